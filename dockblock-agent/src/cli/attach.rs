@@ -1,0 +1,33 @@
+use dockblock_agent::{
+    loader::{self, AttachRequest},
+    paths::{LinkKind, PinDir},
+    require_root, Result,
+};
+
+use super::AttachArgs;
+
+pub fn run(pins: &PinDir, args: AttachArgs) -> Result<()> {
+    require_root()?;
+    let bridges = if args.no_bridge { vec![] } else { args.bridges };
+    let req = AttachRequest {
+        uplinks: args.interfaces,
+        bridges,
+        xdp_mode: args.xdp_mode,
+        max_rules: args.max_rules,
+    };
+    for done in loader::attach(pins, &req)? {
+        let what = match done.kind {
+            LinkKind::XdpNative => "XDP (native mode)",
+            LinkKind::XdpSkb => "XDP (skb mode)",
+            LinkKind::TcEgress => "TC (tcx egress)",
+        };
+        let how = if done.replaced {
+            "program replaced in the existing link"
+        } else {
+            "new link"
+        };
+        println!("attached {what} to {}: {how}", done.interface);
+    }
+    println!("pinned under {}", pins.root().display());
+    Ok(())
+}

@@ -1,0 +1,30 @@
+use dockblock_agent::{paths::PinDir, require_root, status, Result};
+
+use super::output::print_json;
+
+pub fn run(pins: &PinDir, json: bool) -> Result<()> {
+    require_root()?;
+    let status = status::status(pins)?;
+    if json {
+        print_json(&status);
+        return Ok(());
+    }
+    println!("pin folder: {}", status.pin_dir);
+    if !status.attached {
+        println!("not attached");
+    }
+    for l in &status.links {
+        let mode = l.mode.map(|m| format!(" ({m})")).unwrap_or_default();
+        println!(
+            "{}{mode} on {} (ifindex {}): link {}, program {}, {}",
+            l.hook, l.interface, l.ifindex, l.link_id, l.program_id, l.state
+        );
+    }
+    if let Some(fill) = &status.rules {
+        println!(
+            "rules: {} of {} ({} port slots blocked)",
+            fill.rules, fill.capacity, fill.blocked_port_slots
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The library's one error type. Each variant says what went wrong in words
+//! an operator can act on; `exit_code` maps it to the CLI's exit codes.
+
+use std::path::PathBuf;
+
+use crate::exit_code::ExitCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A port spec that does not follow Docker's syntax or range.
+    #[error("invalid port spec `{spec}`: {why}")]
+    BadPortSpec { spec: String, why: String },
+
+    /// The process lacks the privileges to load programs and open pins.
+    #[error("dockblock-agent must run as root (it needs CAP_BPF and CAP_NET_ADMIN)")]
+    NotRoot,
+
+    /// No pinned maps: `attach` has not run, or `detach` removed them.
+    #[error("dockblock is not attached (nothing pinned in {pin_dir}); run `dockblock-agent attach IFACE` first")]
+    NotAttached { pin_dir: PathBuf },
+
+    /// An interface named on the command line does not exist.
+    #[error("interface `{name}` does not exist{hint}")]
+    UnknownInterface { name: String, hint: &'static str },
+
+    /// `detach IFACE` for an interface dockblock is not attached to.
+    #[error("dockblock is not attached to `{name}`")]
+    NotAttachedTo { name: String },
+
+    /// `unblock` of ports no rule covers.
+    #[error("no rule blocks {spec}; `dockblock-agent list` shows the rules")]
+    NotBlocked { spec: String },
+
+    /// The rule catalog is full.
+    #[error("rule table full ({capacity} rules); unblock rules or re-attach with a larger --max-rules after detach")]
+    RulesFull { capacity: u32 },
+
+    /// bpffs is missing and could not be mounted.
+    #[error("cannot mount bpffs at {path}: {source}")]
+    Bpffs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// Another dockblock-agent holds the lock for too long.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// A filesystem operation on the pin folder failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// Loading, attaching or a map operation failed in the kernel.
+    #[error("{what}: {source}")]
+    Bpf {
+        what: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    /// Wraps a kernel/aya error with what we were doing.
+    pub fn bpf(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Bpf {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Usage errors are what the command line alone shows to be wrong.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::BadPortSpec { .. } => ExitCode::Usage,
+            _ => ExitCode::Failure,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,35 @@
+//! dockblock's user side: one library that the CLI (and, later, the daemon)
+//! share. State lives in pinned maps and links, never in a process.
+//!
+//! - [`paths`]: every pin path; [`bpffs`]: mount bpffs; [`lock`]: the pin
+//!   folder lock for changing commands.
+//! - [`loader`]: load, attach (and replace in place), detach.
+//! - [`ports`] and [`rules`]: the rule model, pure; [`store`]: applies it to
+//!   the pinned maps.
+//! - [`status`], [`link_info`]: what is attached where.
+
+pub mod bpffs;
+pub mod error;
+pub mod exit_code;
+pub mod link_info;
+pub mod loader;
+pub mod lock;
+pub mod paths;
+pub mod ports;
+pub mod rules;
+pub mod status;
+pub mod store;
+
+pub use error::{Error, Result};
+
+/// The kernel object built from dockblock-ebpf by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dockblock"));
+
+/// Fails with `NotRoot` unless the process runs as root.
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::NotRoot);
+    }
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! Loading the kernel object, attaching it, and detaching it.
+//!
+//! Maps are created once and pinned; a later load reuses the pinned maps, so
+//! rules survive re-attach and program upgrades. Links are pinned too, so the
+//! programs stay attached after the process exits. Re-attaching an interface
+//! that already has a live link swaps the program inside that link
+//! (`bpf_link_update`): there is no moment without a filter.
+
+use std::path::Path;
+
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    Ebpf, EbpfLoader,
+};
+use dockblock_common::{map_names, program_names};
+
+use crate::{
+    bpffs,
+    error::{Error, Result},
+    link_info,
+    lock::PinLock,
+    paths::{LinkKind, LinkPin, PinDir},
+    store::RuleStore,
+    EBPF_OBJECT,
+};
+
+/// How to attach XDP on an uplink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeChoice {
+    /// Native on devices with a driver behind them, generic (skb) on virtual
+    /// ones such as veth, where traffic arrives as skbs and native mode
+    /// would add an skb-to-xdp conversion.
+    #[default]
+    Auto,
+    /// Native (driver) mode; fails if the driver lacks XDP support.
+    Native,
+    /// Generic (skb) mode; works on every interface.
+    Skb,
+}
+
+pub struct AttachRequest {
+    pub uplinks: Vec<String>,
+    pub bridges: Vec<String>,
+    pub xdp_mode: XdpModeChoice,
+    /// Rule capacity for newly created maps; `None` keeps the default (or
+    /// the existing maps' capacity).
+    pub max_rules: Option<u32>,
+}
+
+/// What `attach` did on one interface.
+#[derive(Clone, Debug)]
+pub struct Attached {
+    pub interface: String,
+    pub kind: LinkKind,
+    /// True when an existing link got the new program in place.
+    pub replaced: bool,
+}
+
+/// Loads the object with its maps pinned under `pins` (created if missing)
+/// and both programs loaded into the kernel, not attached.
+pub fn load(pins: &PinDir, max_rules: Option<u32>) -> Result<Ebpf> {
+    let maps_dir = pins.maps_dir();
+    std::fs::create_dir_all(&maps_dir).map_err(|e| Error::io("create", &maps_dir, e))?;
+    let map_paths: Vec<_> = map_names::ALL
+        .iter()
+        .map(|name| (*name, pins.map(name)))
+        .collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &map_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    if let Some(max_rules) = max_rules {
+        // +1: id 0 is never used.
+        loader.map_max_entries(map_names::RULES, max_rules + 1);
+        loader.map_max_entries(map_names::RULE_STATS, max_rules + 1);
+    }
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|e| Error::bpf("load the eBPF object", e))?;
+    xdp_program(&mut ebpf)?
+        .load()
+        .map_err(|e| Error::bpf("load XDP program (verifier)", e))?;
+    tc_program(&mut ebpf)?
+        .load()
+        .map_err(|e| Error::bpf("load TC program (verifier)", e))?;
+    Ok(ebpf)
+}
+
+pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let prog = ebpf
+        .program_mut(program_names::UPLINK_XDP)
+        .expect("object has the XDP program");
+    prog.try_into().map_err(|e| Error::bpf("XDP program", e))
+}
+
+pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    let prog = ebpf
+        .program_mut(program_names::BRIDGE_TC)
+        .expect("object has the TC program");
+    prog.try_into().map_err(|e| Error::bpf("TC program", e))
+}
+
+/// Attaches XDP to every uplink and TC to every bridge, pinning maps and
+/// links under `pins`. Safe to run again: live links get the new program in
+/// place, rules are kept.
+pub fn attach(pins: &PinDir, req: &AttachRequest) -> Result<Vec<Attached>> {
+    // Check every name before changing anything.
+    for name in &req.uplinks {
+        link_info::ifindex(name).ok_or_else(|| Error::UnknownInterface {
+            name: name.clone(),
+            hint: "",
+        })?;
+    }
+    for name in &req.bridges {
+        let hint = " (is dockerd running? name the bridge with --bridge NAME, or pass --no-bridge)";
+        link_info::ifindex(name).ok_or_else(|| Error::UnknownInterface {
+            name: name.clone(),
+            hint,
+        })?;
+    }
+    bpffs::ensure_mounted(pins.root())?;
+    let links_dir = pins.links_dir();
+    std::fs::create_dir_all(&links_dir).map_err(|e| Error::io("create", &links_dir, e))?;
+    let _lock = PinLock::acquire(pins.root())?;
+
+    let existed = pins.is_attached();
+    let mut ebpf = load(pins, req.max_rules)?;
+    if existed {
+        check_capacity(pins, req.max_rules)?;
+    }
+    // Slots before links: a fresh link must never see slots the catalog does
+    // not explain (e.g. left by a process killed mid-write).
+    RuleStore::open(pins)?.resync()?;
+
+    let mut done = Vec::new();
+    for name in &req.uplinks {
+        done.push(attach_xdp(&mut ebpf, pins, name, req.xdp_mode)?);
+    }
+    for name in &req.bridges {
+        done.push(attach_tc(&mut ebpf, pins, name)?);
+    }
+    Ok(done)
+}
+
+fn check_capacity(pins: &PinDir, max_rules: Option<u32>) -> Result<()> {
+    let Some(wanted) = max_rules else {
+        return Ok(());
+    };
+    let have = RuleStore::open(pins)?.capacity();
+    if have != wanted {
+        let err = std::io::Error::other(format!(
+            "the pinned maps hold {have} rules; run `dockblock-agent detach` first to change --max-rules"
+        ));
+        return Err(Error::bpf("--max-rules", err));
+    }
+    Ok(())
+}
+
+/// The live pinned link of `kind`s on `interface`, if any. A link whose
+/// interface vanished (or was re-created under the same name) is defunct:
+/// its pin is removed so a fresh link can take its place.
+fn live_link(pins: &PinDir, interface: &str, xdp: bool) -> Result<Option<(LinkPin, FdLink)>> {
+    let ifindex = link_info::ifindex(interface);
+    for pin in pins
+        .links()
+        .into_iter()
+        .filter(|p| p.interface == interface && p.kind.is_xdp() == xdp)
+    {
+        let alive = link_info::read(&pin.path)
+            .map(|i| Some(i.ifindex) == ifindex)
+            .unwrap_or(false);
+        if alive {
+            let link = PinnedLink::from_pin(&pin.path)
+                .map_err(|e| Error::bpf(format!("open {}", pin.path.display()), e))?;
+            return Ok(Some((pin, link.into())));
+        }
+        std::fs::remove_file(&pin.path)
+            .map_err(|e| Error::io("remove defunct link", &pin.path, e))?;
+    }
+    Ok(None)
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    interface: &str,
+    choice: XdpModeChoice,
+) -> Result<Attached> {
+    let prog = xdp_program(ebpf)?;
+    if let Some((pin, link)) = live_link(pins, interface, true)? {
+        let link = XdpLink::try_from(link).map_err(|e| Error::bpf("XDP link", e))?;
+        prog.attach_to_link(link)
+            .map_err(|e| Error::bpf(format!("replace XDP program on {interface}"), e))?;
+        return Ok(Attached {
+            interface: interface.into(),
+            kind: pin.kind,
+            replaced: true,
+        });
+    }
+    let tries: &[LinkKind] = match choice {
+        XdpModeChoice::Native => &[LinkKind::XdpNative],
+        XdpModeChoice::Skb => &[LinkKind::XdpSkb],
+        XdpModeChoice::Auto if has_driver(interface) => &[LinkKind::XdpNative, LinkKind::XdpSkb],
+        XdpModeChoice::Auto => &[LinkKind::XdpSkb],
+    };
+    let mut last_err = None;
+    for &kind in tries {
+        let mode = if kind == LinkKind::XdpNative {
+            XdpMode::Driver
+        } else {
+            XdpMode::Skb
+        };
+        match prog.attach(interface, mode) {
+            Ok(id) => {
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| Error::bpf("take XDP link", e))?;
+                let link = FdLink::try_from(link)
+                    .map_err(|e| Error::bpf("XDP link is not a bpf_link", e))?;
+                pin_link(link, &pins.link(kind, interface))?;
+                return Ok(Attached {
+                    interface: interface.into(),
+                    kind,
+                    replaced: false,
+                });
+            }
+            Err(e) => last_err = Some(Error::bpf(format!("attach XDP ({kind}) to {interface}"), e)),
+        }
+    }
+    Err(last_err.expect("at least one mode was tried"))
+}
+
+fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, interface: &str) -> Result<Attached> {
+    let prog = tc_program(ebpf)?;
+    if let Some((_, link)) = live_link(pins, interface, false)? {
+        let link = SchedClassifierLink::try_from(link).map_err(|e| Error::bpf("TCX link", e))?;
+        prog.attach_to_link(link)
+            .map_err(|e| Error::bpf(format!("replace TC program on {interface}"), e))?;
+        return Ok(Attached {
+            interface: interface.into(),
+            kind: LinkKind::TcEgress,
+            replaced: true,
+        });
+    }
+    // First in the TCX chain: a drop verdict should not depend on what other
+    // programs on the bridge do before us.
+    let options = TcAttachOptions::TcxOrder(LinkOrder::first());
+    let id = prog
+        .attach_with_options(interface, TcAttachType::Egress, options)
+        .map_err(|e| Error::bpf(format!("attach TCX egress to {interface}"), e))?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| Error::bpf("take TC link", e))?;
+    let link = FdLink::try_from(link).map_err(|e| Error::bpf("TC link is not a bpf_link", e))?;
+    pin_link(link, &pins.link(LinkKind::TcEgress, interface))?;
+    Ok(Attached {
+        interface: interface.into(),
+        kind: LinkKind::TcEgress,
+        replaced: false,
+    })
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<()> {
+    link.pin(path)
+        .map_err(|e| Error::bpf(format!("pin link at {}", path.display()), e))?;
+    Ok(())
+}
+
+/// Whether a real device (with a driver) backs the interface; virtual ones
+/// (veth, bridge, tun, wireguard) have no `device` entry in sysfs.
+fn has_driver(interface: &str) -> bool {
+    Path::new("/sys/class/net")
+        .join(interface)
+        .join("device")
+        .exists()
+}
+
+/// Detaches `interfaces` (all when empty). Detaching everything also removes
+/// the maps, the rules in them and the pin folder.
+pub fn detach(pins: &PinDir, interfaces: &[String]) -> Result<Vec<LinkPin>> {
+    if !pins.is_attached() {
+        return Err(Error::NotAttached {
+            pin_dir: pins.root().into(),
+        });
+    }
+    let _lock = PinLock::acquire(pins.root())?;
+    let links = pins.links();
+    for name in interfaces {
+        if !links.iter().any(|l| &l.interface == name) {
+            return Err(Error::NotAttachedTo { name: name.clone() });
+        }
+    }
+    let chosen: Vec<LinkPin> = links
+        .into_iter()
+        .filter(|l| interfaces.is_empty() || interfaces.contains(&l.interface))
+        .collect();
+    // Removing the last reference (the pin) destroys the link.
+    for link in &chosen {
+        std::fs::remove_file(&link.path).map_err(|e| Error::io("unpin link", &link.path, e))?;
+    }
+    if interfaces.is_empty() {
+        std::fs::remove_dir_all(pins.root())
+            .map_err(|e| Error::io("remove pin folder", pins.root(), e))?;
+    }
+    Ok(chosen)
+}

@@ -1,0 +1,168 @@
+//! Every path dockblock uses, built in one place.
+//!
+//! ```text
+//! /sys/fs/bpf/dockblock/          pin folder (flock'ed by changing commands)
+//!   maps/PORT_RULES ...           one pin per map in dockblock_common::map_names
+//!   links/xdpskb_eth1             one pin per link: <kind>_<interface>
+//!   links/tc_docker0
+//! ```
+//!
+//! bpffs refuses names with a dot (reserved for its own files), and VLAN
+//! interfaces have dots (`eth0.100`), so a dot in an interface name is stored
+//! as `:`, which interface names cannot contain.
+//! ```text
+//! ```
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+/// Default pin folder.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/dockblock";
+/// Environment variable that overrides the pin folder (as `--pin-dir` does).
+pub const PIN_DIR_ENV: &str = "DOCKBLOCK_PIN_DIR";
+/// Where bpffs is mounted when missing.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// The kind of an attachment, which is also the prefix of its link pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// XDP in the driver (native mode).
+    XdpNative,
+    /// XDP in the generic (skb) path.
+    XdpSkb,
+    /// TCX egress on a bridge.
+    TcEgress,
+}
+
+impl LinkKind {
+    const ALL: [LinkKind; 3] = [LinkKind::XdpNative, LinkKind::XdpSkb, LinkKind::TcEgress];
+
+    fn prefix(self) -> &'static str {
+        match self {
+            LinkKind::XdpNative => "xdpdrv",
+            LinkKind::XdpSkb => "xdpskb",
+            LinkKind::TcEgress => "tc",
+        }
+    }
+
+    pub fn is_xdp(self) -> bool {
+        self != LinkKind::TcEgress
+    }
+}
+
+impl fmt::Display for LinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix())
+    }
+}
+
+/// A pinned link, as named in the links folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkPin {
+    pub kind: LinkKind,
+    pub interface: String,
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn link(&self, kind: LinkKind, interface: &str) -> PathBuf {
+        self.links_dir()
+            .join(format!("{}_{}", kind.prefix(), interface.replace('.', ":")))
+    }
+
+    /// The link pins present, sorted by name.
+    pub fn links(&self) -> Vec<LinkPin> {
+        let Ok(entries) = std::fs::read_dir(self.links_dir()) else {
+            return vec![];
+        };
+        let mut pins: Vec<LinkPin> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (prefix, interface) = name.split_once('_')?;
+                let kind = LinkKind::ALL.into_iter().find(|k| k.prefix() == prefix)?;
+                Some(LinkPin {
+                    kind,
+                    interface: interface.replace(':', "."),
+                    path: e.path(),
+                })
+            })
+            .collect();
+        pins.sort_by(|a, b| a.path.cmp(&b.path));
+        pins
+    }
+
+    /// Whether `attach` has created the maps.
+    pub fn is_attached(&self) -> bool {
+        self.map(dockblock_common::map_names::PORT_RULES).exists()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pins_round_trip_through_their_names() {
+        let dir = std::env::temp_dir().join(format!("dockblock-paths-{}", std::process::id()));
+        let pins = PinDir::new(&dir);
+        std::fs::create_dir_all(pins.links_dir()).unwrap();
+        for (kind, iface) in [
+            (LinkKind::XdpSkb, "eth0.100"),
+            (LinkKind::TcEgress, "br-1a2b"),
+            (LinkKind::XdpNative, "en_s3"),
+        ] {
+            std::fs::write(pins.link(kind, iface), b"").unwrap();
+        }
+        std::fs::write(pins.links_dir().join("stray"), b"").unwrap();
+        let found: Vec<(LinkKind, String)> = pins
+            .links()
+            .into_iter()
+            .map(|p| (p.kind, p.interface))
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(pins
+            .link(LinkKind::XdpSkb, "eth0.100")
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .find('.')
+            .is_none());
+        assert_eq!(
+            found,
+            vec![
+                (LinkKind::TcEgress, "br-1a2b".to_string()),
+                (LinkKind::XdpNative, "en_s3".to_string()),
+                (LinkKind::XdpSkb, "eth0.100".to_string()),
+            ]
+        );
+    }
+}
