@@ -1,0 +1,290 @@
+//! Datapath tests: the loaded kernel programs judge crafted packets through
+//! BPF_PROG_TEST_RUN. Rules go in through the same RuleStore the CLI uses.
+
+use dockblock_agent::rules::Scope::{Container, Dialed};
+use dockblock_common::outcome;
+use dockblock_tests::{
+    datapath::{Datapath, Verdict::*},
+    packet::*,
+};
+
+#[test]
+fn tcp_syn_to_a_blocked_dialed_port_is_dropped_at_the_uplink_only() {
+    let mut dp = Datapath::load("syn");
+    let syn = Packet::syn(3306).build();
+    assert_eq!(dp.xdp(&syn), Pass, "no rule yet");
+    dp.block(Dialed, "3306/tcp");
+    assert_eq!(dp.xdp(&syn), Drop);
+    assert_eq!(
+        dp.tc(&syn),
+        Pass,
+        "dialed rules are not judged at the bridge"
+    );
+    assert_eq!(dp.xdp(&Packet::syn(3307).build()), Pass);
+    assert_eq!(
+        dp.xdp(&Packet::udp(3306).build()),
+        Pass,
+        "tcp rule leaves udp open"
+    );
+    dp.unblock(Dialed, "3306/tcp");
+    assert_eq!(dp.xdp(&syn), Pass, "unblocked");
+}
+
+#[test]
+fn container_port_rules_are_judged_at_the_bridge_only() {
+    let mut dp = Datapath::load("ctr");
+    dp.block(Container, "80/tcp");
+    let syn = Packet::syn(80).build();
+    assert_eq!(dp.tc(&syn), Drop);
+    assert_eq!(dp.xdp(&syn), Pass);
+    assert_eq!(dp.tc(&Packet::syn(8080).build()), Pass);
+}
+
+#[test]
+fn replies_and_established_traffic_pass_and_are_counted_on_the_rule() {
+    let mut dp = Datapath::load("reply");
+    dp.block(Dialed, "40000/tcp");
+    dp.block(Container, "40000/tcp");
+    for flags in [SYN | ACK, ACK, PSH | ACK, FIN | ACK, RST, RST | ACK] {
+        let frame = Packet::tcp(40000, flags).build();
+        assert_eq!(dp.xdp(&frame), Pass, "flags {flags:#x}");
+        assert_eq!(dp.tc(&frame), Pass, "flags {flags:#x}");
+    }
+    assert_eq!(dp.xdp(&Packet::tcp(40000, SYN).build()), Drop);
+    assert_eq!(
+        dp.xdp(&Packet::tcp(40000, SYN | FIN).build()),
+        Drop,
+        "a SYN without ACK opens"
+    );
+    let rules = dp.rules();
+    assert_eq!(rules[0].stats.passed.packets, 6);
+    assert_eq!(rules[0].stats.dropped.packets, 2);
+    assert_eq!(dp.xdp_counter(outcome::PASSED_NOT_NEW).packets, 6);
+}
+
+#[test]
+fn udp_and_protocol_less_specs() {
+    let mut dp = Datapath::load("udp");
+    dp.block(Dialed, "5353/udp");
+    dp.block(Dialed, "8080");
+    assert_eq!(dp.xdp(&Packet::udp(5353).build()), Drop);
+    assert_eq!(dp.xdp(&Packet::syn(5353).build()), Pass);
+    assert_eq!(dp.xdp(&Packet::udp(8080).build()), Drop);
+    assert_eq!(dp.xdp(&Packet::syn(8080).build()), Drop);
+    assert_eq!(dp.xdp(&Packet::udp(53).build()), Pass);
+    dp.unblock(Dialed, "8080/tcp");
+    assert_eq!(dp.xdp(&Packet::syn(8080).build()), Pass);
+    assert_eq!(dp.xdp(&Packet::udp(8080).build()), Drop, "udp half stays");
+}
+
+#[test]
+fn ranges_cover_exactly_their_ports_and_split_on_unblock() {
+    let mut dp = Datapath::load("range");
+    dp.block(Dialed, "30000-30010/tcp");
+    for (port, want) in [
+        (29999, Pass),
+        (30000, Drop),
+        (30005, Drop),
+        (30010, Drop),
+        (30011, Pass),
+    ] {
+        assert_eq!(dp.xdp(&Packet::syn(port).build()), want, "port {port}");
+    }
+    dp.unblock(Dialed, "30005/tcp");
+    for (port, want) in [(30004, Drop), (30005, Pass), (30006, Drop)] {
+        assert_eq!(
+            dp.xdp(&Packet::syn(port).build()),
+            want,
+            "port {port} after split"
+        );
+    }
+}
+
+#[test]
+fn every_port_blocked_drops_every_port() {
+    let mut dp = Datapath::load("all");
+    dp.block(Dialed, "1-65535/tcp");
+    for port in [1, 22, 443, 32768, 65535] {
+        assert_eq!(dp.xdp(&Packet::syn(port).build()), Drop, "port {port}");
+    }
+    assert_eq!(dp.xdp(&Packet::udp(53).build()), Pass);
+}
+
+#[test]
+fn overlapping_rules_count_on_the_narrowest() {
+    let mut dp = Datapath::load("overlap");
+    dp.block(Dialed, "1-65535/tcp");
+    dp.block(Dialed, "3306/tcp");
+    assert_eq!(dp.xdp(&Packet::syn(3306).build()), Drop);
+    assert_eq!(dp.xdp(&Packet::syn(22).build()), Drop);
+    let rules = dp.rules();
+    assert_eq!(
+        (
+            rules[0].stats.dropped.packets,
+            rules[1].stats.dropped.packets
+        ),
+        (1, 1)
+    );
+    dp.unblock(Dialed, "3306/tcp");
+    assert_eq!(
+        dp.xdp(&Packet::syn(3306).build()),
+        Pass,
+        "unblock opens the port in every rule"
+    );
+}
+
+#[test]
+fn ipv4_options_are_skipped_by_header_length() {
+    let mut dp = Datapath::load("ihl");
+    dp.block(Dialed, "3306/tcp");
+    dp.block(Dialed, "257/tcp");
+    for ihl in 5..=15 {
+        let frame = Packet::syn(3306).ihl(ihl).build();
+        assert_eq!(dp.xdp(&frame), Drop, "ihl {ihl}");
+        assert_eq!(
+            dp.xdp(&Packet::syn(3307).ihl(ihl).build()),
+            Pass,
+            "ihl {ihl}"
+        );
+    }
+    // NOP options read as ports 0x0101 = 257 if the options were not skipped.
+    assert_eq!(dp.xdp(&Packet::syn(1000).sport(9).ihl(6).build()), Pass);
+}
+
+#[test]
+fn bad_ip_headers_pass_as_malformed() {
+    let mut dp = Datapath::load("badip");
+    dp.block(Dialed, "3306/tcp");
+    for ihl in 0..5 {
+        assert_eq!(
+            dp.xdp(&Packet::syn(3306).ihl(ihl).build()),
+            Pass,
+            "ihl {ihl}"
+        );
+    }
+    assert_eq!(
+        dp.xdp(&Packet::syn(3306).ip_version(6).build()),
+        Pass,
+        "version 6 in an IPv4 ethertype"
+    );
+    assert_eq!(dp.xdp_counter(outcome::PASSED_MALFORMED).packets, 6);
+    assert_eq!(dp.xdp_counter(outcome::DROPPED).packets, 0);
+}
+
+#[test]
+fn truncated_at_every_byte_passes_as_malformed() {
+    let mut dp = Datapath::load("trunc");
+    dp.block(Dialed, "3306");
+    dp.block(Container, "3306");
+    let (mut xdp_runs, mut tc_runs) = (0, 0);
+    for full in [
+        Packet::syn(3306).build(),
+        Packet::udp(3306).build(),
+        Packet::syn(3306).ihl(8).build(),
+    ] {
+        // The kernel refuses XDP test runs shorter than an Ethernet header,
+        // and skb test runs shorter than Ethernet + a basic IPv4 header (the
+        // stack never hands such an skb to the bridge either).
+        for len in 14..full.len() {
+            assert_eq!(
+                dp.xdp(&full[..len]),
+                Pass,
+                "xdp, {len} of {} bytes",
+                full.len()
+            );
+            xdp_runs += 1;
+        }
+        for len in 34..full.len() {
+            assert_eq!(
+                dp.tc(&full[..len]),
+                Pass,
+                "tc, {len} of {} bytes",
+                full.len()
+            );
+            tc_runs += 1;
+        }
+        assert_eq!(dp.xdp(&full), Drop, "the whole packet is judged");
+        assert_eq!(dp.tc(&full), Drop, "the whole packet is judged");
+    }
+    assert_eq!(dp.xdp_counter(outcome::PASSED_MALFORMED).packets, xdp_runs);
+    assert_eq!(dp.tc_counter(outcome::PASSED_MALFORMED).packets, tc_runs);
+}
+
+#[test]
+fn non_ip_and_other_protocols_pass_as_unparsed() {
+    let mut dp = Datapath::load("nonip");
+    dp.block(Dialed, "1-65535");
+    let frames = [
+        Packet::syn(80).ether_type(ETH_P_ARP).build(),
+        Packet::syn(80).ether_type(ETH_P_IPV6).build(),
+        Packet::syn(80).ether_type(ETH_P_8021Q).build(),
+        Packet::syn(80).ip_proto(IPPROTO_ICMP).build(),
+    ];
+    for frame in &frames {
+        assert_eq!(dp.xdp(frame), Pass);
+    }
+    assert_eq!(
+        dp.xdp_counter(outcome::PASSED_UNPARSED).packets,
+        frames.len() as u64
+    );
+}
+
+#[test]
+fn first_fragments_are_judged_later_ones_pass() {
+    let mut dp = Datapath::load("frag");
+    dp.block(Dialed, "5000/udp");
+    assert_eq!(
+        dp.xdp(
+            &Packet::udp(5000)
+                .fragment(0, true)
+                .payload(&[0; 64])
+                .build()
+        ),
+        Drop
+    );
+    assert_eq!(
+        dp.xdp(&Packet::udp(5000).fragment(8, false).build()),
+        Pass,
+        "no ports in a later fragment"
+    );
+    assert_eq!(dp.xdp_counter(outcome::PASSED_UNPARSED).packets, 1);
+}
+
+#[test]
+fn counters_add_packets_and_bytes_per_hook_and_rule() {
+    let mut dp = Datapath::load("count");
+    dp.block(Dialed, "3306/tcp");
+    let syn = Packet::syn(3306).payload(&[0; 100]).build();
+    let other = Packet::syn(22).build();
+    for _ in 0..3 {
+        dp.xdp(&syn);
+        dp.xdp(&other);
+        dp.tc(&other);
+    }
+    let dropped = dp.xdp_counter(outcome::DROPPED);
+    assert_eq!((dropped.packets, dropped.bytes), (3, 3 * syn.len() as u64));
+    assert_eq!(dp.xdp_counter(outcome::PASSED_NO_RULE).packets, 3);
+    assert_eq!(dp.tc_counter(outcome::PASSED_NO_RULE).packets, 3);
+    let rule = dp.rules()[0].stats.dropped;
+    assert_eq!((rule.packets, rule.bytes), (3, 3 * syn.len() as u64));
+}
+
+#[test]
+fn a_reused_rule_id_starts_from_zero() {
+    let mut dp = Datapath::load("reuse");
+    dp.block(Dialed, "3306/tcp");
+    dp.xdp(&Packet::syn(3306).build());
+    dp.unblock(Dialed, "3306/tcp");
+    dp.block(Dialed, "5432/tcp");
+    let rules = dp.rules();
+    assert_eq!(rules[0].rule.id, 1, "id 1 was free again");
+    assert_eq!(rules[0].stats.dropped.packets, 0);
+}
+
+#[test]
+fn every_shared_map_is_pinned() {
+    let dp = Datapath::load("pins");
+    for name in dockblock_common::map_names::ALL {
+        assert!(dp.pins.map(name).exists(), "{name} pinned");
+    }
+}
