@@ -129,6 +129,16 @@ pub fn attach(pins: &PinDir, req: &AttachRequest) -> Result<Vec<Attached>> {
     let _lock = PinLock::acquire(pins.root())?;
 
     let existed = pins.is_attached();
+    let result = attach_locked(pins, req, existed);
+    if result.is_err() && !existed {
+        // A first attach that failed leaves nothing behind. Links it made
+        // are unpinned with the folder and die with this process.
+        let _ = std::fs::remove_dir_all(pins.root());
+    }
+    result
+}
+
+fn attach_locked(pins: &PinDir, req: &AttachRequest, existed: bool) -> Result<Vec<Attached>> {
     let mut ebpf = load(pins, req.max_rules)?;
     if existed {
         check_capacity(pins, req.max_rules)?;
@@ -229,7 +239,12 @@ fn attach_xdp(
                     replaced: false,
                 });
             }
-            Err(e) => last_err = Some(Error::bpf(format!("attach XDP ({kind}) to {interface}"), e)),
+            Err(e) => {
+                last_err = Some(attach_error(
+                    format!("attach XDP ({kind}) to {interface}"),
+                    e,
+                ))
+            }
         }
     }
     Err(last_err.expect("at least one mode was tried"))
@@ -252,7 +267,7 @@ fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, interface: &str) -> Result<Attached
     let options = TcAttachOptions::TcxOrder(LinkOrder::first());
     let id = prog
         .attach_with_options(interface, TcAttachType::Egress, options)
-        .map_err(|e| Error::bpf(format!("attach TCX egress to {interface}"), e))?;
+        .map_err(|e| attach_error(format!("attach TCX egress to {interface}"), e))?;
     let link = prog
         .take_link(id)
         .map_err(|e| Error::bpf("take TC link", e))?;
@@ -263,6 +278,22 @@ fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, interface: &str) -> Result<Attached
         kind: LinkKind::TcEgress,
         replaced: false,
     })
+}
+
+/// Names the common cause of a refused attach: another XDP program (from
+/// another tool, or a dockblock with another pin folder) holds the interface.
+fn attach_error(what: String, err: aya::programs::ProgramError) -> Error {
+    use aya::programs::ProgramError;
+    if let ProgramError::SyscallError(sys) = &err {
+        if matches!(
+            sys.io_error.raw_os_error(),
+            Some(libc::EEXIST | libc::EBUSY)
+        ) {
+            let why = "another XDP program is attached there (see `ip link show`); remove it first";
+            return Error::bpf(what, std::io::Error::other(why));
+        }
+    }
+    Error::bpf(what, err)
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<()> {
