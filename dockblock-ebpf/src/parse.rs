@@ -82,7 +82,7 @@ fn parse_ipv4(cur: &Cursor, offset: usize) -> Result<(u8, usize), Reject> {
     if u16::from_be_bytes(ip.frags) & IP_OFFSET_MASK != 0 {
         return Err(Reject::Unparsed);
     }
-    Ok((ip.proto as u8, offset + header_len))
+    Ok((ip.proto, offset + header_len))
 }
 
 #[inline(always)]
