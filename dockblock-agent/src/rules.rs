@@ -94,6 +94,13 @@ impl Rule {
     }
 }
 
+/// What a command does to a port spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    Block,
+    Unblock,
+}
+
 /// One change to the catalog.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Edit {
@@ -144,6 +151,32 @@ pub fn plan_unblock(rules: &[Rule], scope: Scope, spec: PortSpec) -> Result<Vec<
         });
     }
     Ok(edits)
+}
+
+/// The rule set after `edits`. New rules get the lowest free ids below
+/// `id_limit` (id 0 means "no rule"); `RulesFull` when there are none left.
+pub fn apply_edits(rules: &[Rule], edits: &[Edit], id_limit: u32) -> Result<Vec<Rule>> {
+    let mut after = rules.to_vec();
+    for edit in edits {
+        match *edit {
+            Edit::Add(scope, ports) => {
+                let id = (1..id_limit)
+                    .find(|id| !after.iter().any(|r| r.id == *id))
+                    .ok_or(Error::RulesFull {
+                        capacity: id_limit.saturating_sub(1),
+                    })?;
+                after.push(Rule { id, scope, ports });
+            }
+            Edit::Update(id, ports) => {
+                if let Some(rule) = after.iter_mut().find(|r| r.id == id) {
+                    rule.ports = ports;
+                }
+            }
+            Edit::Remove(id) => after.retain(|r| r.id != id),
+        }
+    }
+    after.sort_by_key(|r| r.id);
+    Ok(after)
 }
 
 /// What is left of `rule` once `cut` is opened, lowest ports first.
@@ -273,6 +306,38 @@ mod tests {
             "{err}"
         );
         assert!(plan_unblock(&rules, Scope::Container, spec("3306/tcp")).is_err());
+    }
+
+    #[test]
+    fn edits_take_the_lowest_free_ids_and_stop_at_the_limit() {
+        let rules = [rule(1, "22/tcp"), rule(3, "80/tcp")];
+        let after = apply_edits(
+            &rules,
+            &[Edit::Add(Scope::Dialed, spec("443/tcp")), Edit::Remove(1)],
+            5,
+        )
+        .unwrap();
+        assert_eq!(after, vec![rule(2, "443/tcp"), rule(3, "80/tcp")]);
+        let after = apply_edits(
+            &after,
+            &[
+                Edit::Add(Scope::Dialed, spec("1/tcp")),
+                Edit::Add(Scope::Dialed, spec("2/tcp")),
+            ],
+            5,
+        )
+        .unwrap();
+        assert_eq!(
+            after.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        let err = apply_edits(&after, &[Edit::Add(Scope::Dialed, spec("9/tcp"))], 5).unwrap_err();
+        assert!(
+            err.to_string().contains("rule table full (4 rules)"),
+            "{err}"
+        );
+        let after = apply_edits(&after, &[Edit::Update(4, spec("2-3/tcp"))], 5).unwrap();
+        assert_eq!(after[3], rule(4, "2-3/tcp"));
     }
 
     #[test]

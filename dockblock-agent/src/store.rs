@@ -16,7 +16,7 @@ use crate::{
     error::{Error, Result},
     paths::PinDir,
     ports::PortSpec,
-    rules::{self, Edit, Rule, Scope},
+    rules::{self, Rule, Scope, Verb},
 };
 
 pub struct RuleStore {
@@ -132,62 +132,49 @@ impl RuleStore {
             .collect()
     }
 
-    /// Blocks `spec` in `scope`. Returns false when it was already blocked.
-    pub fn block(&mut self, scope: Scope, spec: PortSpec) -> Result<bool> {
-        let edits = rules::plan_block(&self.rules()?, scope, spec);
-        self.apply(&edits)?;
-        Ok(!edits.is_empty())
-    }
-
-    /// Opens `spec` in `scope`; `NotBlocked` when no rule covers any of it.
-    pub fn unblock(&mut self, scope: Scope, spec: PortSpec) -> Result<()> {
-        let edits = rules::plan_unblock(&self.rules()?, scope, spec)?;
-        self.apply(&edits)
-    }
-
-    /// Writes `edits` to the catalog, then rewrites the touched port slots.
-    fn apply(&mut self, edits: &[Edit]) -> Result<()> {
-        if edits.is_empty() {
-            return Ok(());
-        }
+    /// Applies `verb` to every spec in `scope`, all or nothing: the whole
+    /// change is planned and checked (unknown rules, capacity) before the
+    /// first write. Returns, per spec, whether it changed anything.
+    pub fn change(&mut self, verb: Verb, scope: Scope, specs: &[PortSpec]) -> Result<Vec<bool>> {
         let before = self.rules()?;
         let mut after = before.clone();
-        let adds = edits.iter().filter(|e| matches!(e, Edit::Add(..))).count();
-        let free_ids = self.free_ids(&before, adds)?;
-        let mut new_ids = free_ids.into_iter();
-        let mut touched: Vec<Rule> = Vec::new();
-        for edit in edits {
-            match *edit {
-                Edit::Add(scope, ports) => {
-                    let id = new_ids.next().expect("free_ids returned enough ids");
-                    after.push(Rule { id, scope, ports });
-                }
-                Edit::Update(id, ports) => {
-                    let rule = after
-                        .iter_mut()
-                        .find(|r| r.id == id)
-                        .expect("planned from these rules");
-                    touched.push(*rule);
-                    rule.ports = ports;
-                }
-                Edit::Remove(id) => {
-                    let at = after
-                        .iter()
-                        .position(|r| r.id == id)
-                        .expect("planned from these rules");
-                    touched.push(after.remove(at));
-                }
-            }
+        let mut changed = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let edits = match verb {
+                Verb::Block => rules::plan_block(&after, scope, *spec),
+                Verb::Unblock => rules::plan_unblock(&after, scope, *spec)?,
+            };
+            changed.push(!edits.is_empty());
+            after = rules::apply_edits(&after, &edits, self.capacity)?;
         }
-        let new_or_changed: Vec<Rule> = after
+        self.commit(&before, &after)?;
+        Ok(changed)
+    }
+
+    /// Blocks one spec; false when it was already blocked.
+    pub fn block(&mut self, scope: Scope, spec: PortSpec) -> Result<bool> {
+        Ok(self.change(Verb::Block, scope, &[spec])?[0])
+    }
+
+    /// Opens one spec; `NotBlocked` when no rule covers any of it.
+    pub fn unblock(&mut self, scope: Scope, spec: PortSpec) -> Result<()> {
+        self.change(Verb::Unblock, scope, &[spec]).map(drop)
+    }
+
+    /// Turns the catalog `before` into `after`: catalog entries for new or
+    /// changed rules first, then the port slots they touch, then removals.
+    fn commit(&mut self, before: &[Rule], after: &[Rule]) -> Result<()> {
+        let added_or_changed: Vec<Rule> = after
             .iter()
             .filter(|r| !before.contains(r))
             .copied()
             .collect();
-        touched.extend(&new_or_changed);
-
-        // Catalog first for rules that appear or grow ...
-        for rule in &new_or_changed {
+        let gone_or_changed: Vec<Rule> = before
+            .iter()
+            .filter(|r| !after.contains(r))
+            .copied()
+            .collect();
+        for rule in &added_or_changed {
             if !before.iter().any(|r| r.id == rule.id) {
                 self.zero_stats(rule.id)?;
             }
@@ -195,10 +182,13 @@ impl RuleStore {
                 .insert(rule.id, rule.to_def(), 0)
                 .map_err(|e| Error::bpf("write RULES", e))?;
         }
-        // ... then the slots ...
-        self.write_slots(&after, &touched)?;
-        // ... and catalog removals last.
-        for rule in before
+        let touched: Vec<Rule> = added_or_changed
+            .iter()
+            .chain(&gone_or_changed)
+            .copied()
+            .collect();
+        self.write_slots(after, &touched)?;
+        for rule in gone_or_changed
             .iter()
             .filter(|r| !after.iter().any(|a| a.id == r.id))
         {
@@ -255,20 +245,6 @@ impl RuleStore {
             }
         }
         Ok(())
-    }
-
-    /// `count` unused rule ids, lowest first, or `RulesFull`.
-    fn free_ids(&self, rules: &[Rule], count: usize) -> Result<Vec<u32>> {
-        let ids: Vec<u32> = (1..self.capacity)
-            .filter(|id| !rules.iter().any(|r| r.id == *id))
-            .take(count)
-            .collect();
-        if ids.len() < count {
-            return Err(Error::RulesFull {
-                capacity: self.capacity(),
-            });
-        }
-        Ok(ids)
     }
 
     fn zero_stats(&mut self, id: u32) -> Result<()> {

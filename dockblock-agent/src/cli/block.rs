@@ -1,18 +1,17 @@
 use dockblock_agent::{
-    lock::PinLock, paths::PinDir, ports::PortSpec, require_root, rules::Scope, store::RuleStore,
+    lock::PinLock,
+    paths::PinDir,
+    ports::PortSpec,
+    require_root,
+    rules::{Scope, Verb},
+    store::RuleStore,
     Result,
 };
 
 use super::PortArgs;
 
-#[derive(Clone, Copy)]
-pub enum Verb {
-    Block,
-    Unblock,
-}
-
-/// `block` and `unblock`: every spec is validated before any is applied, and
-/// all run under the pin folder lock.
+/// `block` and `unblock`: every spec is validated, and the whole change
+/// planned, before anything is written; all under the pin folder lock.
 pub fn run(pins: &PinDir, args: PortArgs, verb: Verb) -> Result<()> {
     let specs = args
         .ports
@@ -27,14 +26,12 @@ pub fn run(pins: &PinDir, args: PortArgs, verb: Verb) -> Result<()> {
     require_root()?;
     let mut store = RuleStore::open(pins)?;
     let _lock = PinLock::acquire(pins.root())?;
-    for spec in specs {
-        match verb {
-            Verb::Block if store.block(scope, spec)? => println!("blocked {scope} {spec}"),
-            Verb::Block => println!("already blocked: {scope} {spec}"),
-            Verb::Unblock => {
-                store.unblock(scope, spec)?;
-                println!("unblocked {scope} {spec}");
-            }
+    let changed = store.change(verb, scope, &specs)?;
+    for (spec, changed) in specs.iter().zip(changed) {
+        match (verb, changed) {
+            (Verb::Block, true) => println!("blocked {scope} {spec}"),
+            (Verb::Block, false) => println!("already blocked: {scope} {spec}"),
+            (Verb::Unblock, _) => println!("unblocked {scope} {spec}"),
         }
     }
     Ok(())

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use dockblock_agent::{
     loader::XdpModeChoice,
     paths::{PinDir, DEFAULT_PIN_DIR, PIN_DIR_ENV},
+    rules::Verb,
     Result,
 };
 
@@ -97,8 +98,8 @@ pub fn run(cli: Cli) -> Result<()> {
     let pins = PinDir::new(cli.pin_dir);
     match cli.command {
         Command::Attach(args) => attach::run(&pins, args),
-        Command::Block(args) => block::run(&pins, args, block::Verb::Block),
-        Command::Unblock(args) => block::run(&pins, args, block::Verb::Unblock),
+        Command::Block(args) => block::run(&pins, args, Verb::Block),
+        Command::Unblock(args) => block::run(&pins, args, Verb::Unblock),
         Command::List(args) => list::run(&pins, args.json),
         Command::Stats(args) => stats::run(&pins, args.json),
         Command::Status(args) => status::run(&pins, args.json),
