@@ -1,0 +1,124 @@
+//! Drives the real `dockblock-agent` binary, one process per command, the way
+//! an operator would. Each test gets its own pin folder, so its links and maps
+//! are separate from any other dockblock state on the machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::{describe, try_run_for};
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub struct Agent {
+    bin: PathBuf,
+    pin_dir: String,
+}
+
+impl Agent {
+    /// Uses pin folder `/sys/fs/bpf/dockblock-test-<tag>`; state a crashed
+    /// earlier run left there is detached and removed first.
+    pub fn new(tag: &str) -> Agent {
+        let a = Agent {
+            bin: agent_bin(),
+            pin_dir: format!("{BPFFS}/dockblock-test-{tag}"),
+        };
+        a.cleanup();
+        a
+    }
+
+    pub fn pin_dir(&self) -> &str {
+        &self.pin_dir
+    }
+
+    /// Path of the agent binary, e.g. to run it under `setpriv`.
+    pub fn bin(&self) -> &str {
+        self.bin.to_str().expect("utf-8 path")
+    }
+
+    /// An unstarted `dockblock-agent --pin-dir <dir> <args>`, for callers
+    /// that need to spawn several at once; nothing bounds its run time.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--pin-dir").arg(&self.pin_dir).args(args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// `dockblock-agent --pin-dir <dir> <args>`, 30 s limit.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--pin-dir", &self.pin_dir];
+        full.extend_from_slice(args);
+        try_run_for(Duration::from_secs(30), self.bin(), &full).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs and asserts exit 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "dockblock-agent {args:?}: {}",
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs and asserts exit code `code`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "dockblock-agent {args:?} should exit {code}: {}",
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs with `--json` appended and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = args.to_vec();
+        full.push("--json");
+        let out = self.ok(&full);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} --json: {e}: {out}"))
+    }
+
+    fn cleanup(&self) {
+        if Path::new(&self.pin_dir).exists() {
+            let args = ["--pin-dir", &self.pin_dir, "detach"];
+            if let Some(bin) = self.bin.to_str() {
+                let _ = try_run_for(Duration::from_secs(30), bin, &args);
+            }
+            // Unpinning drops the last reference to any link detach left behind.
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// `$DOCKBLOCK_AGENT_BIN`, else `dockblock-agent` next to the test's `deps/`
+/// folder, where `cargo build --workspace` puts it.
+fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DOCKBLOCK_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("dockblock-agent"))
+        .expect("test exe has no grandparent folder");
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build -p dockblock-agent` first or set DOCKBLOCK_AGENT_BIN",
+        bin.display()
+    );
+    bin
+}
