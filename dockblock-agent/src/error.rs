@@ -27,6 +27,14 @@ pub enum Error {
     #[error("dockblock is not attached to `{name}`")]
     NotAttachedTo { name: String },
 
+    /// `attach --xdp-mode` asks for another mode than the live link has.
+    #[error("{name} already has dockblock's {have}; run `dockblock-agent detach {name}` first to switch to {wanted} (rules are kept)")]
+    ModeChange {
+        name: String,
+        have: &'static str,
+        wanted: &'static str,
+    },
+
     /// `unblock` of ports no rule covers.
     #[error("no rule blocks {spec}; `dockblock-agent list` shows the rules")]
     NotBlocked { spec: String },

@@ -203,6 +203,20 @@ fn attach_xdp(
 ) -> Result<Attached> {
     let prog = xdp_program(ebpf)?;
     if let Some((pin, link)) = live_link(pins, interface, true)? {
+        // The kernel cannot hold a native and a generic program at once, so
+        // a mode change means a moment without a filter: refuse, and say how.
+        let wanted = match choice {
+            XdpModeChoice::Native => Some(LinkKind::XdpNative),
+            XdpModeChoice::Skb => Some(LinkKind::XdpSkb),
+            XdpModeChoice::Auto => None,
+        };
+        if let Some(wanted) = wanted.filter(|w| *w != pin.kind) {
+            return Err(Error::ModeChange {
+                name: interface.into(),
+                have: pin.kind.label(),
+                wanted: wanted.label(),
+            });
+        }
         let link = XdpLink::try_from(link).map_err(|e| Error::bpf("XDP link", e))?;
         prog.attach_to_link(link)
             .map_err(|e| Error::bpf(format!("replace XDP program on {interface}"), e))?;

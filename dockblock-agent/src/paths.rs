@@ -47,6 +47,15 @@ impl LinkKind {
         }
     }
 
+    /// How the CLI names the attachment.
+    pub fn label(self) -> &'static str {
+        match self {
+            LinkKind::XdpNative => "XDP (native mode)",
+            LinkKind::XdpSkb => "XDP (skb mode)",
+            LinkKind::TcEgress => "TC (tcx egress)",
+        }
+    }
+
     pub fn is_xdp(self) -> bool {
         self != LinkKind::TcEgress
     }

@@ -24,6 +24,11 @@ impl PortSpec {
             spec: spec.to_string(),
             why: why.to_string(),
         };
+        if spec.contains(',') {
+            return Err(bad(
+                "give one spec per argument, e.g. `block 80/tcp 443/tcp`",
+            ));
+        }
         let (ports, protos) = match spec.split_once('/') {
             Some((ports, name)) => (
                 ports,
@@ -171,6 +176,7 @@ mod tests {
             ("+80", "1 to 65535"),
             ("8o", "1 to 65535"),
             ("1-2-3", "1 to 65535"),
+            ("80/tcp,81/tcp", "one spec per argument"),
         ] {
             let err = PortSpec::parse(spec).unwrap_err().to_string();
             assert!(err.contains(why), "{spec}: {err}");

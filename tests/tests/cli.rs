@@ -192,3 +192,37 @@ fn detaching_one_interface_keeps_the_rules_for_the_others() {
         a.host_if()
     );
 }
+
+#[test]
+fn xdp_mode_auto_picks_skb_on_veth_and_a_mode_change_needs_detach() {
+    let outside = Outside::new("mode", 46);
+    let agent = Agent::new("mode");
+    let iface = outside.host_if();
+    agent.ok(&["attach", iface, "--no-bridge"]);
+    assert_eq!(
+        agent.json(&["status"])["links"][0]["mode"],
+        "skb",
+        "auto on a veth"
+    );
+    let err = agent.fails(&["attach", iface, "--no-bridge", "--xdp-mode", "native"], 1);
+    assert!(
+        err.contains(&format!("dockblock-agent detach {iface}")),
+        "{err}"
+    );
+    let out = agent.ok(&["attach", iface, "--no-bridge", "--xdp-mode", "skb"]);
+    assert!(
+        out.contains("program replaced in the existing link"),
+        "{out}"
+    );
+    agent.ok(&["block", "7200/tcp"]);
+    agent.ok(&["detach", iface]);
+    agent.ok(&["attach", iface, "--no-bridge", "--xdp-mode", "native"]);
+    let status = agent.json(&["status"]);
+    assert_eq!(status["links"][0]["mode"], "native");
+    assert_eq!(status["rules"]["rules"], 1, "detach IFACE kept the rule");
+    let ip = run_ok("ip", &["link", "show", iface]);
+    assert!(
+        ip.contains("xdp") && !ip.contains("xdpgeneric"),
+        "native XDP: {ip}"
+    );
+}

@@ -1,6 +1,6 @@
 use dockblock_agent::{
     loader::{self, AttachRequest},
-    paths::{LinkKind, PinDir},
+    paths::PinDir,
     require_root, Result,
 };
 
@@ -16,17 +16,16 @@ pub fn run(pins: &PinDir, args: AttachArgs) -> Result<()> {
         max_rules: args.max_rules,
     };
     for done in loader::attach(pins, &req)? {
-        let what = match done.kind {
-            LinkKind::XdpNative => "XDP (native mode)",
-            LinkKind::XdpSkb => "XDP (skb mode)",
-            LinkKind::TcEgress => "TC (tcx egress)",
-        };
         let how = if done.replaced {
             "program replaced in the existing link"
         } else {
             "new link"
         };
-        println!("attached {what} to {}: {how}", done.interface);
+        println!(
+            "attached {} to {}: {how}",
+            done.kind.label(),
+            done.interface
+        );
     }
     println!("pinned under {}", pins.root().display());
     Ok(())
