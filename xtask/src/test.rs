@@ -53,11 +53,62 @@ pub fn run(opts: &Options) -> Result<()> {
     // target before running any test.
     util::run(util::cargo(["build"]).args(HOST))?;
     // One Docker engine and one bpffs are shared by all tests: run serially.
-    util::run(
-        util::cargo(["test", "--workspace", "--exclude", "dockblock-ebpf"])
-            .args(["--", "--test-threads=1"])
-            .args(&opts.args),
-    )?;
-    println!("test: all steps passed");
+    let mut cmd = util::cargo([
+        "test",
+        "--no-fail-fast",
+        "--workspace",
+        "--exclude",
+        "dockblock-ebpf",
+    ]);
+    cmd.args(["--", "--test-threads=1"]).args(&opts.args);
+    let (passed, failed) = run_tallied(&mut cmd)?;
+    // One closing line for the whole run: cargo's own last line is the
+    // summary of the last (doc-test) binary, often "0 passed".
+    println!("tests: {passed} passed, {failed} failed");
+    if failed > 0 {
+        anyhow::bail!("{failed} tests failed");
+    }
     Ok(())
+}
+
+/// Runs cargo test, echoing its output, and adds up the `test result:` lines.
+fn run_tallied(cmd: &mut std::process::Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    println!("+ {}", util::show(cmd));
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            passed += count(summary, " passed");
+            failed += count(summary, " failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        anyhow::bail!("cargo test failed: {status}");
+    }
+    Ok((passed, failed))
+}
+
+/// The number before `label` in e.g. "ok. 15 passed; 0 failed; ...".
+fn count(summary: &str, label: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| part.trim_end().strip_suffix(label))
+        .and_then(|n| n.rsplit([' ', '.']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_cargo_summaries() {
+        let s = "ok. 15 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.09s";
+        assert_eq!(super::count(s, " passed"), 15);
+        assert_eq!(super::count(s, " failed"), 2);
+        assert_eq!(super::count("FAILED. 0 passed; 1 failed;", " failed"), 1);
+    }
 }
