@@ -4,10 +4,6 @@ use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../dockblock-ebpf");
-    let ebpf = Package {
-        name: "dockblock-ebpf",
-        root_dir: root,
-        ..Default::default()
-    };
+    let ebpf = Package { name: "dockblock-ebpf", root_dir: root, ..Default::default() };
     aya_build::build_ebpf([ebpf], Toolchain::Nightly)
 }

@@ -11,42 +11,21 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Mounts bpffs at /sys/fs/bpf unless `pin_root` already lies on a bpffs.
 pub fn ensure_mounted(pin_root: &Path) -> Result<()> {
-    let probe = pin_root
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"));
+    let probe = pin_root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
     if is_bpffs(probe) {
         return Ok(());
     }
     if !pin_root.starts_with(BPFFS_ROOT) {
-        let err =
-            std::io::Error::other(format!("{} is not on a bpf filesystem", pin_root.display()));
-        return Err(Error::Bpffs {
-            path: pin_root.into(),
-            source: err,
-        });
+        let err = std::io::Error::other(format!("{} is not on a bpf filesystem", pin_root.display()));
+        return Err(Error::Bpffs { path: pin_root.into(), source: err });
     }
     let target = CString::new(BPFFS_ROOT).expect("no NUL");
     let fstype = CString::new("bpf").expect("no NUL");
-    std::fs::create_dir_all(BPFFS_ROOT).map_err(|e| Error::Bpffs {
-        path: BPFFS_ROOT.into(),
-        source: e,
-    })?;
+    std::fs::create_dir_all(BPFFS_ROOT).map_err(|e| Error::Bpffs { path: BPFFS_ROOT.into(), source: e })?;
     // SAFETY: valid NUL-terminated strings, null data.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
-        return Err(Error::Bpffs {
-            path: BPFFS_ROOT.into(),
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(Error::Bpffs { path: BPFFS_ROOT.into(), source: std::io::Error::last_os_error() });
     }
     Ok(())
 }

@@ -11,12 +11,20 @@ pub enum Error {
     #[error("invalid port spec `{spec}`: {why}")]
     BadPortSpec { spec: String, why: String },
 
+    /// An `--allow-from` value that is not an address or network.
+    #[error(
+        "invalid --allow-from `{value}`: expected an address or CIDR network (203.0.113.0/24, 2001:db8::/32)"
+    )]
+    BadCidr { value: String },
+
     /// The process lacks the privileges to load programs and open pins.
     #[error("dockblock-agent must run as root (it needs CAP_BPF and CAP_NET_ADMIN)")]
     NotRoot,
 
     /// No pinned maps: `attach` has not run, or `detach` removed them.
-    #[error("dockblock is not attached (nothing pinned in {pin_dir}); run `dockblock-agent attach IFACE` first")]
+    #[error(
+        "dockblock is not attached (nothing pinned in {pin_dir}); run `dockblock-agent attach IFACE` first"
+    )]
     NotAttached { pin_dir: PathBuf },
 
     /// An interface named on the command line does not exist.
@@ -29,11 +37,7 @@ pub enum Error {
 
     /// `attach --xdp-mode` asks for another mode than the live link has.
     #[error("{name} already has dockblock's {have}; run `dockblock-agent detach {name}` first to switch to {wanted} (rules are kept)")]
-    ModeChange {
-        name: String,
-        have: &'static str,
-        wanted: &'static str,
-    },
+    ModeChange { name: String, have: &'static str, wanted: &'static str },
 
     /// `unblock` of ports no rule covers.
     #[error("no rule blocks {spec}; `dockblock-agent list` shows the rules")]
@@ -43,60 +47,49 @@ pub enum Error {
     #[error("rule table full ({capacity} rules); unblock rules or re-attach with a larger --max-rules after detach")]
     RulesFull { capacity: u32 },
 
+    /// The allow-list table is full.
+    #[error("allow-list table full ({capacity} entries in all rules); re-attach with a larger --max-allow after detach")]
+    AllowFull { capacity: u32 },
+
+    /// A rules file that does not parse or names bad values.
+    #[error("{path}:{line}: {why}")]
+    RulesFile { path: String, line: usize, why: String },
+
+    /// An interface without an Ethernet header (wireguard, tun, ...).
+    #[error("interface `{name}` has no Ethernet header (link type {link_type}); dockblock judges Ethernet frames only")]
+    NotEthernet { name: String, link_type: u32 },
+
     /// bpffs is missing and could not be mounted.
     #[error("cannot mount bpffs at {path}: {source}")]
-    Bpffs {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Bpffs { path: PathBuf, source: std::io::Error },
 
     /// Another dockblock-agent holds the lock for too long.
     #[error("cannot lock {path}: {source}")]
-    Lock {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Lock { path: PathBuf, source: std::io::Error },
 
     /// A filesystem operation on the pin folder failed.
     #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
 
     /// Loading, attaching or a map operation failed in the kernel.
     #[error("{what}: {source}")]
-    Bpf {
-        what: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Bpf { what: String, source: Box<dyn std::error::Error + Send + Sync> },
 }
 
 impl Error {
     /// Wraps a kernel/aya error with what we were doing.
-    pub fn bpf(
-        what: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self::Bpf {
-            what: what.into(),
-            source: Box::new(source),
-        }
+    pub fn bpf(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Bpf { what: what.into(), source: Box::new(source) }
     }
 
     pub fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            what,
-            path: path.into(),
-            source,
-        }
+        Self::Io { what, path: path.into(), source }
     }
 
     /// Usage errors are what the command line alone shows to be wrong.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::BadPortSpec { .. } => ExitCode::Usage,
+            Self::BadPortSpec { .. } | Self::BadCidr { .. } | Self::RulesFile { .. } => ExitCode::Usage,
             _ => ExitCode::Failure,
         }
     }

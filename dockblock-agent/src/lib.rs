@@ -8,6 +8,7 @@
 //!   the pinned maps.
 //! - [`status`], [`link_info`]: what is attached where.
 
+pub mod addr;
 pub mod bpffs;
 pub mod error;
 pub mod exit_code;
@@ -16,6 +17,7 @@ pub mod loader;
 pub mod lock;
 pub mod paths;
 pub mod ports;
+pub mod rulefile;
 pub mod rules;
 pub mod status;
 pub mod store;
@@ -24,6 +26,10 @@ pub use error::{Error, Result};
 
 /// The kernel object built from dockblock-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dockblock"));
+
+/// The benchmark traffic generator's program (`cargo xtask bench`), built
+/// from dockblock-ebpf/src/bin/bench_tx.rs; the agent never loads it.
+pub static BENCH_TX_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_tx"));
 
 /// Fails with `NotRoot` unless the process runs as root.
 pub fn require_root() -> Result<()> {

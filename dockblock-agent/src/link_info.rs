@@ -59,22 +59,13 @@ pub fn read(pin: &Path) -> std::io::Result<LinkInfo> {
         info: &mut info as *mut RawLinkInfo as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(LinkInfo {
-        link_id: info.id,
-        program_id: info.prog_id,
-        ifindex: info.ifindex,
-    })
+    Ok(LinkInfo { link_id: info.id, program_id: info.prog_id, ifindex: info.ifindex })
 }
 
 fn open_pin(pin: &Path) -> std::io::Result<OwnedFd> {
     let path = CString::new(pin.as_os_str().as_encoded_bytes())?;
-    let mut attr = ObjGetAttr {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-        _pad: 0,
-    };
+    let mut attr =
+        ObjGetAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -96,4 +87,16 @@ pub fn ifindex(name: &str) -> Option<u32> {
     // SAFETY: valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+/// The name of interface `index`, if it exists.
+pub fn ifname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }

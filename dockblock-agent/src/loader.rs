@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use aya::{
+    maps::MapData,
     programs::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -17,7 +18,9 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use dockblock_common::{map_names, program_names};
+use dockblock_common::{
+    config_flag, map_names, program_names, Config, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_LOG_RATE,
+};
 
 use crate::{
     bpffs,
@@ -43,13 +46,36 @@ pub enum XdpModeChoice {
     Skb,
 }
 
+/// Map capacities, fixed when the maps are first created. `None` keeps the
+/// default (or, on re-attach, what the pinned maps have).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Capacities {
+    /// Rules (a range is one rule).
+    pub max_rules: Option<u32>,
+    /// Allow-list entries over all rules.
+    pub max_allow: Option<u32>,
+    /// UDP flows remembered so their replies pass (LRU beyond that).
+    pub max_flows: Option<u32>,
+    /// Fragmented datagrams whose first fragment was dropped (LRU).
+    pub max_frags: Option<u32>,
+    /// Bytes of the events ring buffer (a power of two, >= page size).
+    pub events_bytes: Option<u32>,
+}
+
+/// Runtime settings in `CONFIG`; `None` keeps the current value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    pub judge_host_traffic: Option<bool>,
+    pub log_rate: Option<u32>,
+    pub flow_timeout_secs: Option<u32>,
+}
+
 pub struct AttachRequest {
     pub uplinks: Vec<String>,
     pub bridges: Vec<String>,
     pub xdp_mode: XdpModeChoice,
-    /// Rule capacity for newly created maps; `None` keeps the default (or
-    /// the existing maps' capacity).
-    pub max_rules: Option<u32>,
+    pub capacities: Capacities,
+    pub settings: Settings,
 }
 
 /// What `attach` did on one interface.
@@ -62,47 +88,69 @@ pub struct Attached {
 }
 
 /// Loads the object with its maps pinned under `pins` (created if missing)
-/// and both programs loaded into the kernel, not attached.
-pub fn load(pins: &PinDir, max_rules: Option<u32>) -> Result<Ebpf> {
+/// and every program loaded into the kernel, not attached.
+pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
     let maps_dir = pins.maps_dir();
     std::fs::create_dir_all(&maps_dir).map_err(|e| Error::io("create", &maps_dir, e))?;
-    let map_paths: Vec<_> = map_names::ALL
-        .iter()
-        .map(|name| (*name, pins.map(name)))
-        .collect();
+    let map_paths: Vec<_> = map_names::ALL.iter().map(|name| (*name, pins.map(name))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    if let Some(max_rules) = max_rules {
-        // +1: id 0 is never used.
-        loader.map_max_entries(map_names::RULES, max_rules + 1);
-        loader.map_max_entries(map_names::RULE_STATS, max_rules + 1);
+    for (name, size) in map_sizes(caps) {
+        loader.map_max_entries(name, size);
     }
-    let mut ebpf = loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| Error::bpf("load the eBPF object", e))?;
-    xdp_program(&mut ebpf)?
-        .load()
-        .map_err(|e| Error::bpf("load XDP program (verifier)", e))?;
-    tc_program(&mut ebpf)?
-        .load()
-        .map_err(|e| Error::bpf("load TC program (verifier)", e))?;
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("load the eBPF object", e))?;
+    xdp_program(&mut ebpf)?.load().map_err(|e| Error::bpf("load XDP program (verifier)", e))?;
+    for name in TC_PROGRAMS {
+        tc_program(&mut ebpf, name)?.load().map_err(|e| Error::bpf(format!("load {name} (verifier)"), e))?;
+    }
+    let mut store = RuleStore::open(pins)?;
+    let config = store.config()?;
+    if config == Config::default() {
+        // Fresh maps: the defaults the datapath needs to log and track.
+        let defaults =
+            Config { log_rate: DEFAULT_LOG_RATE, flow_timeout_secs: DEFAULT_FLOW_TIMEOUT_SECS, ..config };
+        store.set_config(defaults)?;
+    }
     Ok(ebpf)
 }
 
+const TC_PROGRAMS: [&str; 3] =
+    [program_names::BRIDGE_TC, program_names::UPLINK_TRACK, program_names::BRIDGE_TRACK];
+
+/// The max_entries each given capacity sets, by map.
+fn map_sizes(caps: &Capacities) -> Vec<(&'static str, u32)> {
+    let mut sizes = Vec::new();
+    if let Some(n) = caps.max_rules {
+        // +1: id 0 is never used.
+        sizes.extend([(map_names::RULES, n + 1), (map_names::RULE_STATS, n + 1)]);
+    }
+    if let Some(n) = caps.max_allow {
+        // The trie holds both generations.
+        sizes.extend([(map_names::RULE_ALLOW, n), (map_names::ALLOW, 2 * n)]);
+    }
+    if let Some(n) = caps.max_flows {
+        sizes.push((map_names::FLOWS, n));
+    }
+    if let Some(n) = caps.max_frags {
+        sizes.push((map_names::FRAGS, n));
+    }
+    if let Some(n) = caps.events_bytes {
+        sizes.push((map_names::EVENTS, n));
+    }
+    sizes
+}
+
 pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    let prog = ebpf
-        .program_mut(program_names::UPLINK_XDP)
-        .expect("object has the XDP program");
+    let prog = ebpf.program_mut(program_names::UPLINK_XDP).expect("object has the XDP program");
     prog.try_into().map_err(|e| Error::bpf("XDP program", e))
 }
 
-pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-    let prog = ebpf
-        .program_mut(program_names::BRIDGE_TC)
-        .expect("object has the TC program");
-    prog.try_into().map_err(|e| Error::bpf("TC program", e))
+/// One of the TC programs, by name (`program_names`).
+pub fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    let prog = ebpf.program_mut(name).expect("object has every TC program");
+    prog.try_into().map_err(|e| Error::bpf(format!("TC program {name}"), e))
 }
 
 /// Attaches XDP to every uplink and TC to every bridge, pinning maps and
@@ -111,17 +159,13 @@ pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
 pub fn attach(pins: &PinDir, req: &AttachRequest) -> Result<Vec<Attached>> {
     // Check every name before changing anything.
     for name in &req.uplinks {
-        link_info::ifindex(name).ok_or_else(|| Error::UnknownInterface {
-            name: name.clone(),
-            hint: "",
-        })?;
+        check_interface(name, "")?;
     }
     for name in &req.bridges {
-        let hint = " (is dockerd running? name the bridge with --bridge NAME, or pass --no-bridge)";
-        link_info::ifindex(name).ok_or_else(|| Error::UnknownInterface {
-            name: name.clone(),
-            hint,
-        })?;
+        check_interface(
+            name,
+            " (is dockerd running? name the bridge with --bridge NAME, or pass --no-bridge)",
+        )?;
     }
     bpffs::ensure_mounted(pins.root())?;
     let links_dir = pins.links_dir();
@@ -139,34 +183,72 @@ pub fn attach(pins: &PinDir, req: &AttachRequest) -> Result<Vec<Attached>> {
 }
 
 fn attach_locked(pins: &PinDir, req: &AttachRequest, existed: bool) -> Result<Vec<Attached>> {
-    let mut ebpf = load(pins, req.max_rules)?;
     if existed {
-        check_capacity(pins, req.max_rules)?;
+        check_capacities(pins, &req.capacities)?;
     }
+    let mut ebpf = load(pins, &req.capacities)?;
+    let mut store = RuleStore::open(pins)?;
+    apply_settings(&mut store, &req.settings)?;
     // Slots before links: a fresh link must never see slots the catalog does
     // not explain (e.g. left by a process killed mid-write).
-    RuleStore::open(pins)?.resync()?;
+    store.resync()?;
 
     let mut done = Vec::new();
     for name in &req.uplinks {
         done.push(attach_xdp(&mut ebpf, pins, name, req.xdp_mode)?);
+        done.push(attach_tc(&mut ebpf, pins, name, LinkKind::TrackUplink)?);
     }
     for name in &req.bridges {
-        done.push(attach_tc(&mut ebpf, pins, name)?);
+        done.push(attach_tc(&mut ebpf, pins, name, LinkKind::TcEgress)?);
+        done.push(attach_tc(&mut ebpf, pins, name, LinkKind::TrackBridge)?);
     }
     Ok(done)
 }
 
-fn check_capacity(pins: &PinDir, max_rules: Option<u32>) -> Result<()> {
-    let Some(wanted) = max_rules else {
-        return Ok(());
-    };
-    let have = RuleStore::open(pins)?.capacity();
-    if have != wanted {
-        let err = std::io::Error::other(format!(
-            "the pinned maps hold {have} rules; run `dockblock-agent detach` first to change --max-rules"
-        ));
-        return Err(Error::bpf("--max-rules", err));
+fn apply_settings(store: &mut RuleStore, settings: &Settings) -> Result<()> {
+    let mut config = store.config()?;
+    if let Some(judge) = settings.judge_host_traffic {
+        config.flags = if judge {
+            config.flags | config_flag::JUDGE_HOST_TRAFFIC
+        } else {
+            config.flags & !config_flag::JUDGE_HOST_TRAFFIC
+        };
+    }
+    config.log_rate = settings.log_rate.unwrap_or(config.log_rate);
+    config.flow_timeout_secs = settings.flow_timeout_secs.unwrap_or(config.flow_timeout_secs);
+    store.set_config(config)
+}
+
+/// Capacities are fixed when the maps are created; asking for others later
+/// is refused rather than silently ignored.
+fn check_capacities(pins: &PinDir, caps: &Capacities) -> Result<()> {
+    for (name, wanted) in map_sizes(caps) {
+        let info = MapData::from_pin(pins.map(name))
+            .and_then(|m| m.info())
+            .map_err(|e| Error::bpf(format!("read pinned map {name}"), e))?;
+        if info.max_entries() != wanted {
+            let why = format!(
+                "{name} was created with {} entries; run `dockblock-agent detach` first to change its capacity",
+                info.max_entries()
+            );
+            return Err(Error::bpf("capacity", std::io::Error::other(why)));
+        }
+    }
+    Ok(())
+}
+
+/// The interface exists and frames on it start with an Ethernet header.
+fn check_interface(name: &str, hint: &'static str) -> Result<()> {
+    link_info::ifindex(name).ok_or_else(|| Error::UnknownInterface { name: name.into(), hint })?;
+    let type_path = Path::new("/sys/class/net").join(name).join("type");
+    let link_type: u32 = std::fs::read_to_string(&type_path)
+        .map_err(|e| Error::io("read", &type_path, e))?
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    const ARPHRD_ETHER: u32 = 1;
+    if link_type != ARPHRD_ETHER {
+        return Err(Error::NotEthernet { name: name.into(), link_type });
     }
     Ok(())
 }
@@ -174,35 +256,23 @@ fn check_capacity(pins: &PinDir, max_rules: Option<u32>) -> Result<()> {
 /// The live pinned link of `kind`s on `interface`, if any. A link whose
 /// interface vanished (or was re-created under the same name) is defunct:
 /// its pin is removed so a fresh link can take its place.
-fn live_link(pins: &PinDir, interface: &str, xdp: bool) -> Result<Option<(LinkPin, FdLink)>> {
+fn live_link(pins: &PinDir, interface: &str, kinds: &[LinkKind]) -> Result<Option<(LinkPin, FdLink)>> {
     let ifindex = link_info::ifindex(interface);
-    for pin in pins
-        .links()
-        .into_iter()
-        .filter(|p| p.interface == interface && p.kind.is_xdp() == xdp)
-    {
-        let alive = link_info::read(&pin.path)
-            .map(|i| Some(i.ifindex) == ifindex)
-            .unwrap_or(false);
+    for pin in pins.links().into_iter().filter(|p| p.interface == interface && kinds.contains(&p.kind)) {
+        let alive = link_info::read(&pin.path).map(|i| Some(i.ifindex) == ifindex).unwrap_or(false);
         if alive {
             let link = PinnedLink::from_pin(&pin.path)
                 .map_err(|e| Error::bpf(format!("open {}", pin.path.display()), e))?;
             return Ok(Some((pin, link.into())));
         }
-        std::fs::remove_file(&pin.path)
-            .map_err(|e| Error::io("remove defunct link", &pin.path, e))?;
+        std::fs::remove_file(&pin.path).map_err(|e| Error::io("remove defunct link", &pin.path, e))?;
     }
     Ok(None)
 }
 
-fn attach_xdp(
-    ebpf: &mut Ebpf,
-    pins: &PinDir,
-    interface: &str,
-    choice: XdpModeChoice,
-) -> Result<Attached> {
+fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, interface: &str, choice: XdpModeChoice) -> Result<Attached> {
     let prog = xdp_program(ebpf)?;
-    if let Some((pin, link)) = live_link(pins, interface, true)? {
+    if let Some((pin, link)) = live_link(pins, interface, &LinkKind::XDP)? {
         // The kernel cannot hold a native and a generic program at once, so
         // a mode change means a moment without a filter: refuse, and say how.
         let wanted = match choice {
@@ -220,11 +290,7 @@ fn attach_xdp(
         let link = XdpLink::try_from(link).map_err(|e| Error::bpf("XDP link", e))?;
         prog.attach_to_link(link)
             .map_err(|e| Error::bpf(format!("replace XDP program on {interface}"), e))?;
-        return Ok(Attached {
-            interface: interface.into(),
-            kind: pin.kind,
-            replaced: true,
-        });
+        return Ok(Attached { interface: interface.into(), kind: pin.kind, replaced: true });
     }
     let tries: &[LinkKind] = match choice {
         XdpModeChoice::Native => &[LinkKind::XdpNative],
@@ -234,64 +300,44 @@ fn attach_xdp(
     };
     let mut last_err = None;
     for &kind in tries {
-        let mode = if kind == LinkKind::XdpNative {
-            XdpMode::Driver
-        } else {
-            XdpMode::Skb
-        };
+        let mode = if kind == LinkKind::XdpNative { XdpMode::Driver } else { XdpMode::Skb };
         match prog.attach(interface, mode) {
             Ok(id) => {
-                let link = prog
-                    .take_link(id)
-                    .map_err(|e| Error::bpf("take XDP link", e))?;
-                let link = FdLink::try_from(link)
-                    .map_err(|e| Error::bpf("XDP link is not a bpf_link", e))?;
+                let link = prog.take_link(id).map_err(|e| Error::bpf("take XDP link", e))?;
+                let link = FdLink::try_from(link).map_err(|e| Error::bpf("XDP link is not a bpf_link", e))?;
                 pin_link(link, &pins.link(kind, interface))?;
-                return Ok(Attached {
-                    interface: interface.into(),
-                    kind,
-                    replaced: false,
-                });
+                return Ok(Attached { interface: interface.into(), kind, replaced: false });
             }
-            Err(e) => {
-                last_err = Some(attach_error(
-                    format!("attach XDP ({kind}) to {interface}"),
-                    e,
-                ))
-            }
+            Err(e) => last_err = Some(attach_error(format!("attach XDP ({kind}) to {interface}"), e)),
         }
     }
     Err(last_err.expect("at least one mode was tried"))
 }
 
-fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, interface: &str) -> Result<Attached> {
-    let prog = tc_program(ebpf)?;
-    if let Some((_, link)) = live_link(pins, interface, false)? {
+/// Attaches one of the TCX programs; `kind` says which and where.
+fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, interface: &str, kind: LinkKind) -> Result<Attached> {
+    let (name, attach_type) = match kind {
+        LinkKind::TcEgress => (program_names::BRIDGE_TC, TcAttachType::Egress),
+        LinkKind::TrackUplink => (program_names::UPLINK_TRACK, TcAttachType::Egress),
+        LinkKind::TrackBridge => (program_names::BRIDGE_TRACK, TcAttachType::Ingress),
+        LinkKind::XdpNative | LinkKind::XdpSkb => unreachable!("XDP goes through attach_xdp"),
+    };
+    let prog = tc_program(ebpf, name)?;
+    if let Some((_, link)) = live_link(pins, interface, &[kind])? {
         let link = SchedClassifierLink::try_from(link).map_err(|e| Error::bpf("TCX link", e))?;
-        prog.attach_to_link(link)
-            .map_err(|e| Error::bpf(format!("replace TC program on {interface}"), e))?;
-        return Ok(Attached {
-            interface: interface.into(),
-            kind: LinkKind::TcEgress,
-            replaced: true,
-        });
+        prog.attach_to_link(link).map_err(|e| Error::bpf(format!("replace {name} on {interface}"), e))?;
+        return Ok(Attached { interface: interface.into(), kind, replaced: true });
     }
     // First in the TCX chain: a drop verdict should not depend on what other
     // programs on the bridge do before us.
     let options = TcAttachOptions::TcxOrder(LinkOrder::first());
     let id = prog
-        .attach_with_options(interface, TcAttachType::Egress, options)
-        .map_err(|e| attach_error(format!("attach TCX egress to {interface}"), e))?;
-    let link = prog
-        .take_link(id)
-        .map_err(|e| Error::bpf("take TC link", e))?;
+        .attach_with_options(interface, attach_type, options)
+        .map_err(|e| attach_error(format!("attach {name} to {interface}"), e))?;
+    let link = prog.take_link(id).map_err(|e| Error::bpf("take TC link", e))?;
     let link = FdLink::try_from(link).map_err(|e| Error::bpf("TC link is not a bpf_link", e))?;
-    pin_link(link, &pins.link(LinkKind::TcEgress, interface))?;
-    Ok(Attached {
-        interface: interface.into(),
-        kind: LinkKind::TcEgress,
-        replaced: false,
-    })
+    pin_link(link, &pins.link(kind, interface))?;
+    Ok(Attached { interface: interface.into(), kind, replaced: false })
 }
 
 /// Names the common cause of a refused attach: another XDP program (from
@@ -299,10 +345,7 @@ fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, interface: &str) -> Result<Attached
 fn attach_error(what: String, err: aya::programs::ProgramError) -> Error {
     use aya::programs::ProgramError;
     if let ProgramError::SyscallError(sys) = &err {
-        if matches!(
-            sys.io_error.raw_os_error(),
-            Some(libc::EEXIST | libc::EBUSY)
-        ) {
+        if matches!(sys.io_error.raw_os_error(), Some(libc::EEXIST | libc::EBUSY)) {
             let why = "another XDP program is attached there (see `ip link show`); remove it first";
             return Error::bpf(what, std::io::Error::other(why));
         }
@@ -311,27 +354,21 @@ fn attach_error(what: String, err: aya::programs::ProgramError) -> Error {
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<()> {
-    link.pin(path)
-        .map_err(|e| Error::bpf(format!("pin link at {}", path.display()), e))?;
+    link.pin(path).map_err(|e| Error::bpf(format!("pin link at {}", path.display()), e))?;
     Ok(())
 }
 
 /// Whether a real device (with a driver) backs the interface; virtual ones
 /// (veth, bridge, tun, wireguard) have no `device` entry in sysfs.
 fn has_driver(interface: &str) -> bool {
-    Path::new("/sys/class/net")
-        .join(interface)
-        .join("device")
-        .exists()
+    Path::new("/sys/class/net").join(interface).join("device").exists()
 }
 
 /// Detaches `interfaces` (all when empty). Detaching everything also removes
 /// the maps, the rules in them and the pin folder.
 pub fn detach(pins: &PinDir, interfaces: &[String]) -> Result<Vec<LinkPin>> {
     if !pins.is_attached() {
-        return Err(Error::NotAttached {
-            pin_dir: pins.root().into(),
-        });
+        return Err(Error::NotAttached { pin_dir: pins.root().into() });
     }
     let _lock = PinLock::acquire(pins.root())?;
     let links = pins.links();
@@ -340,17 +377,14 @@ pub fn detach(pins: &PinDir, interfaces: &[String]) -> Result<Vec<LinkPin>> {
             return Err(Error::NotAttachedTo { name: name.clone() });
         }
     }
-    let chosen: Vec<LinkPin> = links
-        .into_iter()
-        .filter(|l| interfaces.is_empty() || interfaces.contains(&l.interface))
-        .collect();
+    let chosen: Vec<LinkPin> =
+        links.into_iter().filter(|l| interfaces.is_empty() || interfaces.contains(&l.interface)).collect();
     // Removing the last reference (the pin) destroys the link.
     for link in &chosen {
         std::fs::remove_file(&link.path).map_err(|e| Error::io("unpin link", &link.path, e))?;
     }
     if interfaces.is_empty() {
-        std::fs::remove_dir_all(pins.root())
-            .map_err(|e| Error::io("remove pin folder", pins.root(), e))?;
+        std::fs::remove_dir_all(pins.root()).map_err(|e| Error::io("remove pin folder", pins.root(), e))?;
     }
     Ok(chosen)
 }

@@ -14,16 +14,10 @@ pub struct PinLock {
 impl PinLock {
     /// Blocks until the lock on `dir` is ours.
     pub fn acquire(dir: &Path) -> Result<Self> {
-        let file = File::open(dir).map_err(|e| Error::Lock {
-            path: dir.into(),
-            source: e,
-        })?;
+        let file = File::open(dir).map_err(|e| Error::Lock { path: dir.into(), source: e })?;
         // SAFETY: valid fd owned by `file`.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::Lock {
-                path: dir.into(),
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(Error::Lock { path: dir.into(), source: std::io::Error::last_os_error() });
         }
         Ok(Self { _dir: file })
     }

@@ -15,11 +15,7 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
-            let code = if err.use_stderr() {
-                ExitCode::Usage
-            } else {
-                ExitCode::Ok
-            };
+            let code = if err.use_stderr() { ExitCode::Usage } else { ExitCode::Ok };
             return code.into();
         }
     };

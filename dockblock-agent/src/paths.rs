@@ -32,18 +32,32 @@ pub enum LinkKind {
     XdpNative,
     /// XDP in the generic (skb) path.
     XdpSkb,
-    /// TCX egress on a bridge.
+    /// TCX egress on a bridge: judges container ports.
     TcEgress,
+    /// TCX egress on an uplink: records UDP flows the host opens.
+    TrackUplink,
+    /// TCX ingress on a bridge: records UDP flows containers open.
+    TrackBridge,
 }
 
 impl LinkKind {
-    const ALL: [LinkKind; 3] = [LinkKind::XdpNative, LinkKind::XdpSkb, LinkKind::TcEgress];
+    const ALL: [LinkKind; 5] = [
+        LinkKind::XdpNative,
+        LinkKind::XdpSkb,
+        LinkKind::TcEgress,
+        LinkKind::TrackUplink,
+        LinkKind::TrackBridge,
+    ];
+    /// The kinds that can judge an uplink (one at a time).
+    pub const XDP: [LinkKind; 2] = [LinkKind::XdpNative, LinkKind::XdpSkb];
 
     fn prefix(self) -> &'static str {
         match self {
             LinkKind::XdpNative => "xdpdrv",
             LinkKind::XdpSkb => "xdpskb",
             LinkKind::TcEgress => "tc",
+            LinkKind::TrackUplink => "trackup",
+            LinkKind::TrackBridge => "trackbr",
         }
     }
 
@@ -53,11 +67,22 @@ impl LinkKind {
             LinkKind::XdpNative => "XDP (native mode)",
             LinkKind::XdpSkb => "XDP (skb mode)",
             LinkKind::TcEgress => "TC (tcx egress)",
+            LinkKind::TrackUplink => "UDP flow tracking (tcx egress)",
+            LinkKind::TrackBridge => "UDP flow tracking (tcx ingress)",
         }
     }
 
     pub fn is_xdp(self) -> bool {
-        self != LinkKind::TcEgress
+        Self::XDP.contains(&self)
+    }
+
+    /// "xdp" or "tc", for status.
+    pub fn hook(self) -> &'static str {
+        if self.is_xdp() {
+            "xdp"
+        } else {
+            "tc"
+        }
     }
 }
 
@@ -102,8 +127,7 @@ impl PinDir {
     }
 
     pub fn link(&self, kind: LinkKind, interface: &str) -> PathBuf {
-        self.links_dir()
-            .join(format!("{}_{}", kind.prefix(), interface.replace('.', ":")))
+        self.links_dir().join(format!("{}_{}", kind.prefix(), interface.replace('.', ":")))
     }
 
     /// The link pins present, sorted by name.
@@ -117,11 +141,7 @@ impl PinDir {
                 let name = e.file_name().into_string().ok()?;
                 let (prefix, interface) = name.split_once('_')?;
                 let kind = LinkKind::ALL.into_iter().find(|k| k.prefix() == prefix)?;
-                Some(LinkPin {
-                    kind,
-                    interface: interface.replace(':', "."),
-                    path: e.path(),
-                })
+                Some(LinkPin { kind, interface: interface.replace(':', "."), path: e.path() })
             })
             .collect();
         pins.sort_by(|a, b| a.path.cmp(&b.path));
@@ -143,19 +163,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dockblock-paths-{}", std::process::id()));
         let pins = PinDir::new(&dir);
         std::fs::create_dir_all(pins.links_dir()).unwrap();
-        for (kind, iface) in [
-            (LinkKind::XdpSkb, "eth0.100"),
-            (LinkKind::TcEgress, "br-1a2b"),
-            (LinkKind::XdpNative, "en_s3"),
-        ] {
+        for (kind, iface) in
+            [(LinkKind::XdpSkb, "eth0.100"), (LinkKind::TcEgress, "br-1a2b"), (LinkKind::XdpNative, "en_s3")]
+        {
             std::fs::write(pins.link(kind, iface), b"").unwrap();
         }
         std::fs::write(pins.links_dir().join("stray"), b"").unwrap();
-        let found: Vec<(LinkKind, String)> = pins
-            .links()
-            .into_iter()
-            .map(|p| (p.kind, p.interface))
-            .collect();
+        let found: Vec<(LinkKind, String)> =
+            pins.links().into_iter().map(|p| (p.kind, p.interface)).collect();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(pins
             .link(LinkKind::XdpSkb, "eth0.100")

@@ -20,20 +20,14 @@ pub const ALL_PROTOS: u32 = proto::bit(proto::TCP) | proto::bit(proto::UDP);
 
 impl PortSpec {
     pub fn parse(spec: &str) -> Result<Self> {
-        let bad = |why: &str| Error::BadPortSpec {
-            spec: spec.to_string(),
-            why: why.to_string(),
-        };
+        let bad = |why: &str| Error::BadPortSpec { spec: spec.to_string(), why: why.to_string() };
         if spec.contains(',') {
-            return Err(bad(
-                "give one spec per argument, e.g. `block 80/tcp 443/tcp`",
-            ));
+            return Err(bad("give one spec per argument, e.g. `block 80/tcp 443/tcp`"));
         }
         let (ports, protos) = match spec.split_once('/') {
-            Some((ports, name)) => (
-                ports,
-                proto_from_name(name).ok_or_else(|| bad("protocol must be tcp or udp"))?,
-            ),
+            Some((ports, name)) => {
+                (ports, proto_from_name(name).ok_or_else(|| bad("protocol must be tcp or udp"))?)
+            }
             None => (spec, ALL_PROTOS),
         };
         let (lo, hi) = match ports.split_once('-') {
@@ -64,25 +58,21 @@ impl PortSpec {
 
     /// Protocol indexes in the spec, TCP first.
     pub fn protos(&self) -> impl Iterator<Item = u32> + '_ {
-        [proto::TCP, proto::UDP]
-            .into_iter()
-            .filter(|p| self.protos & proto::bit(*p) != 0)
+        [proto::TCP, proto::UDP].into_iter().filter(|p| self.protos & proto::bit(*p) != 0)
     }
 }
 
 /// Prints the spec back in the syntax it was parsed from.
 impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.lo == self.hi {
-            write!(f, "{}", self.lo)?;
-        } else {
-            write!(f, "{}-{}", self.lo, self.hi)?;
-        }
-        match self.protos {
-            ALL_PROTOS => Ok(()),
-            p if p == proto::bit(proto::TCP) => f.write_str("/tcp"),
-            _ => f.write_str("/udp"),
-        }
+        let ports = if self.lo == self.hi { self.lo.to_string() } else { format!("{}-{}", self.lo, self.hi) };
+        let proto = match self.protos {
+            ALL_PROTOS => "",
+            p if p == proto::bit(proto::TCP) => "/tcp",
+            _ => "/udp",
+        };
+        // pad, not write: tables align it with `{:<16}`.
+        f.pad(&format!("{ports}{proto}"))
     }
 }
 
@@ -121,46 +111,14 @@ mod tests {
 
     #[test]
     fn parses_docker_syntax() {
-        assert_eq!(
-            PortSpec::parse("3306/tcp").unwrap(),
-            PortSpec {
-                lo: 3306,
-                hi: 3306,
-                protos: TCP
-            }
-        );
-        assert_eq!(
-            PortSpec::parse("53/udp").unwrap(),
-            PortSpec {
-                lo: 53,
-                hi: 53,
-                protos: UDP
-            }
-        );
+        assert_eq!(PortSpec::parse("3306/tcp").unwrap(), PortSpec { lo: 3306, hi: 3306, protos: TCP });
+        assert_eq!(PortSpec::parse("53/udp").unwrap(), PortSpec { lo: 53, hi: 53, protos: UDP });
         assert_eq!(
             PortSpec::parse("30000-30010/tcp").unwrap(),
-            PortSpec {
-                lo: 30000,
-                hi: 30010,
-                protos: TCP
-            }
+            PortSpec { lo: 30000, hi: 30010, protos: TCP }
         );
-        assert_eq!(
-            PortSpec::parse("8080").unwrap(),
-            PortSpec {
-                lo: 8080,
-                hi: 8080,
-                protos: TCP | UDP
-            }
-        );
-        assert_eq!(
-            PortSpec::parse("1-65535/UDP").unwrap(),
-            PortSpec {
-                lo: 1,
-                hi: 65535,
-                protos: UDP
-            }
-        );
+        assert_eq!(PortSpec::parse("8080").unwrap(), PortSpec { lo: 8080, hi: 8080, protos: TCP | UDP });
+        assert_eq!(PortSpec::parse("1-65535/UDP").unwrap(), PortSpec { lo: 1, hi: 65535, protos: UDP });
     }
 
     #[test]

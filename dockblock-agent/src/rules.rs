@@ -3,17 +3,23 @@
 //! rule decision is unit-tested here; `store` only writes what these return.
 //!
 //! Semantics:
-//! - A rule is (scope, port range, protocols). Rules may overlap; for each
-//!   port the narrowest range wins, then the lowest id, so a port's drops are
-//!   counted on its most specific rule.
-//! - `block` of something already covered by an identical range is a no-op;
-//!   `block 8080/udp` onto an existing `8080/tcp` widens that rule.
+//! - A rule is (scope, port range, protocols) plus options (allow-list,
+//!   dry-run, log). Rules may overlap; for each port the narrowest range
+//!   wins, then the one with fewer protocols, then the newest, so a port's
+//!   drops are counted on its most specific rule.
+//! - `block` of a range that is already a rule with the same options is a
+//!   no-op or widens its protocols (`block 8080/udp` onto `8080/tcp`); with
+//!   other options it takes those protocols over from the old rule.
 //! - `unblock` opens exactly the given ports: rules are trimmed or split
-//!   around them, never left covering an unblocked port.
+//!   around them (the pieces keep their options), never left covering an
+//!   unblocked port.
+//! - `apply` replaces the whole set; rules identical to existing ones keep
+//!   their ids and counters, so `export | apply` changes nothing.
 
 use std::fmt;
 
-use dockblock_common::{scope, RuleDef};
+use dockblock_common::{proto, rule_flag, scope, RuleDef};
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
@@ -48,50 +54,113 @@ impl Scope {
 
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        // pad, not write_str: tables align it with `{:<9}`.
+        f.pad(match self {
             Scope::Dialed => "dialed",
             Scope::Container => "container",
         })
     }
 }
 
+/// What a rule does besides dropping new connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleOptions {
+    /// Sources that stay allowed: network addresses, sorted, no duplicates.
+    pub allow_from: Vec<IpNet>,
+    /// Count and log what would be dropped; drop nothing.
+    pub dry_run: bool,
+    /// Emit a rate-limited event per dropped packet.
+    pub log: bool,
+}
+
+impl RuleOptions {
+    /// Normalises the allow-list (host bits cleared, sorted, deduplicated).
+    pub fn new(allow_from: impl IntoIterator<Item = IpNet>, dry_run: bool, log: bool) -> Self {
+        let mut allow_from: Vec<IpNet> = allow_from.into_iter().map(|n| n.trunc()).collect();
+        allow_from.sort();
+        allow_from.dedup();
+        Self { allow_from, dry_run, log }
+    }
+
+    pub fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.dry_run {
+            flags |= rule_flag::DRY_RUN;
+        }
+        if self.log {
+            flags |= rule_flag::LOG;
+        }
+        if !self.allow_from.is_empty() {
+            flags |= rule_flag::ALLOW_LIST;
+        }
+        flags
+    }
+}
+
+/// A rule as asked for, before it has an id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub scope: Scope,
+    pub ports: PortSpec,
+    pub options: RuleOptions,
+}
+
+impl RuleSpec {
+    pub fn plain(scope: Scope, ports: PortSpec) -> Self {
+        Self { scope, ports, options: RuleOptions::default() }
+    }
+}
+
 /// A rule in the catalog.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub id: u32,
     pub scope: Scope,
     pub ports: PortSpec,
+    pub options: RuleOptions,
 }
 
 impl Rule {
+    pub fn spec(&self) -> RuleSpec {
+        RuleSpec { scope: self.scope, ports: self.ports, options: self.options.clone() }
+    }
+
     pub fn to_def(&self) -> RuleDef {
         RuleDef {
             scope: self.scope.raw(),
             protos: self.ports.protos,
             port_lo: self.ports.lo,
             port_hi: self.ports.hi,
-            flags: 0,
+            flags: self.options.flags(),
         }
     }
 
-    /// Reads a catalog entry; `None` for an entry this version cannot
-    /// interpret (it is then left alone, never rewritten).
-    pub fn from_def(id: u32, def: &RuleDef) -> Option<Self> {
+    /// Reads a catalog entry and its allow-list; `None` for an entry this
+    /// version cannot interpret (it is then left alone, never rewritten).
+    pub fn from_def(id: u32, def: &RuleDef, allow_from: Vec<IpNet>) -> Option<Self> {
         let scope = Scope::from_raw(def.scope)?;
         let valid = def.protos != 0
             && def.protos & !crate::ports::ALL_PROTOS == 0
+            && def.flags & !rule_flag::ALL == 0
             && def.port_lo >= 1
             && def.port_lo <= def.port_hi;
-        valid.then_some(Rule {
-            id,
-            scope,
-            ports: PortSpec {
-                lo: def.port_lo,
-                hi: def.port_hi,
-                protos: def.protos,
-            },
-        })
+        let ports = PortSpec { lo: def.port_lo, hi: def.port_hi, protos: def.protos };
+        let options = RuleOptions::new(
+            allow_from,
+            def.flags & rule_flag::DRY_RUN != 0,
+            def.flags & rule_flag::LOG != 0,
+        );
+        valid.then_some(Rule { id, scope, ports, options })
     }
+}
+
+/// One change to the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Edit {
+    Add(RuleSpec),
+    /// The rule with this id now reads like this.
+    Update(Rule),
+    Remove(u32),
 }
 
 /// What a command does to a port spec.
@@ -101,78 +170,91 @@ pub enum Verb {
     Unblock,
 }
 
-/// One change to the catalog.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Edit {
-    Add(Scope, PortSpec),
-    /// Rule `id` now covers these ports.
-    Update(u32, PortSpec),
-    Remove(u32),
+/// The edits that block `spec`. Empty when it is already blocked so.
+pub fn plan_block(rules: &[Rule], spec: &RuleSpec) -> Vec<Edit> {
+    let same_range: Vec<&Rule> = rules
+        .iter()
+        .filter(|r| r.scope == spec.scope && r.ports.lo == spec.ports.lo && r.ports.hi == spec.ports.hi)
+        .collect();
+    let mut edits = Vec::new();
+    // Protocols move from a rule with other options to the new one.
+    for rule in
+        same_range.iter().filter(|r| r.options != spec.options && r.ports.protos & spec.ports.protos != 0)
+    {
+        let left = rule.ports.protos & !spec.ports.protos;
+        if left == 0 {
+            edits.push(Edit::Remove(rule.id));
+        } else {
+            edits.push(Edit::Update(Rule {
+                ports: PortSpec { protos: left, ..rule.ports },
+                ..(*rule).clone()
+            }));
+        }
+    }
+    match same_range.iter().find(|r| r.options == spec.options) {
+        Some(rule) if rule.ports.protos & spec.ports.protos == spec.ports.protos => {}
+        Some(rule) => {
+            let protos = rule.ports.protos | spec.ports.protos;
+            edits.push(Edit::Update(Rule { ports: PortSpec { protos, ..rule.ports }, ..(*rule).clone() }));
+        }
+        None => edits.push(Edit::Add(spec.clone())),
+    }
+    edits
 }
 
-/// The edits that block `spec` in `scope`. Empty when it is already blocked.
-pub fn plan_block(rules: &[Rule], scope: Scope, spec: PortSpec) -> Vec<Edit> {
-    let same_range = rules
-        .iter()
-        .find(|r| r.scope == scope && r.ports.lo == spec.lo && r.ports.hi == spec.hi);
-    match same_range {
-        Some(rule) if rule.ports.protos & spec.protos == spec.protos => vec![],
-        Some(rule) => vec![Edit::Update(
-            rule.id,
-            PortSpec {
-                protos: rule.ports.protos | spec.protos,
-                ..spec
-            },
-        )],
-        None => vec![Edit::Add(scope, spec)],
-    }
+/// The edits that replace the whole set with `specs`: rules identical to a
+/// spec stay (with their ids and counters), the others go, the rest is new.
+pub fn plan_replace(rules: &[Rule], specs: &[RuleSpec]) -> Vec<Edit> {
+    let mut edits: Vec<Edit> =
+        rules.iter().filter(|r| !specs.contains(&r.spec())).map(|r| Edit::Remove(r.id)).collect();
+    edits.extend(
+        specs.iter().filter(|s| !rules.iter().any(|r| r.spec() == **s)).map(|s| Edit::Add(s.clone())),
+    );
+    edits
 }
 
 /// The edits that open `spec` in `scope`: every overlapping rule is removed,
-/// trimmed or split.
+/// trimmed or split; the pieces keep the rule's options.
 pub fn plan_unblock(rules: &[Rule], scope: Scope, spec: PortSpec) -> Result<Vec<Edit>> {
     let mut edits = Vec::new();
-    for rule in rules
-        .iter()
-        .filter(|r| r.scope == scope && r.ports.overlaps(&spec))
-    {
+    for rule in rules.iter().filter(|r| r.scope == scope && r.ports.overlaps(&spec)) {
         let mut pieces = subtract(rule.ports, spec).into_iter();
         match pieces.next() {
             None => edits.push(Edit::Remove(rule.id)),
             Some(first) => {
-                edits.push(Edit::Update(rule.id, first));
-                edits.extend(pieces.map(|piece| Edit::Add(scope, piece)));
+                edits.push(Edit::Update(Rule { ports: first, ..rule.clone() }));
+                let options = &rule.options;
+                edits.extend(
+                    pieces.map(|ports| Edit::Add(RuleSpec { scope, ports, options: options.clone() })),
+                );
             }
         }
     }
     if edits.is_empty() {
-        return Err(Error::NotBlocked {
-            spec: format!("{scope} {spec}"),
-        });
+        return Err(Error::NotBlocked { spec: format!("{scope} {spec}") });
     }
     Ok(edits)
 }
 
-/// The rule set after `edits`. New rules get the lowest free ids below
-/// `id_limit` (id 0 means "no rule"); `RulesFull` when there are none left.
+/// The rule set after `edits`, by id. New rules get the lowest free ids
+/// below `id_limit` (id 0 means "no rule"); `RulesFull` when none is left.
 pub fn apply_edits(rules: &[Rule], edits: &[Edit], id_limit: u32) -> Result<Vec<Rule>> {
     let mut after = rules.to_vec();
     for edit in edits {
-        match *edit {
-            Edit::Add(scope, ports) => {
+        match edit {
+            Edit::Add(spec) => {
                 let id = (1..id_limit)
                     .find(|id| !after.iter().any(|r| r.id == *id))
-                    .ok_or(Error::RulesFull {
-                        capacity: id_limit.saturating_sub(1),
-                    })?;
-                after.push(Rule { id, scope, ports });
+                    .ok_or(Error::RulesFull { capacity: id_limit.saturating_sub(1) })?;
+                let RuleSpec { scope, ports, options } = spec.clone();
+                after.push(Rule { id, scope, ports, options });
             }
-            Edit::Update(id, ports) => {
-                if let Some(rule) = after.iter_mut().find(|r| r.id == id) {
-                    rule.ports = ports;
+            Edit::Update(rule) => {
+                if let Some(old) = after.iter_mut().find(|r| r.id == rule.id) {
+                    *old = rule.clone();
                 }
             }
-            Edit::Remove(id) => after.retain(|r| r.id != id),
+            Edit::Remove(id) => after.retain(|r| r.id != *id),
         }
     }
     after.sort_by_key(|r| r.id);
@@ -187,47 +269,30 @@ pub fn subtract(rule: PortSpec, cut: PortSpec) -> Vec<PortSpec> {
     let (lo, hi) = (rule.lo.max(cut.lo), rule.hi.min(cut.hi));
     let mut pieces = Vec::new();
     if rule.lo < lo {
-        pieces.push(PortSpec {
-            lo: rule.lo,
-            hi: lo - 1,
-            ..rule
-        });
+        pieces.push(PortSpec { lo: rule.lo, hi: lo - 1, ..rule });
     }
     let kept = rule.protos & !cut.protos;
     if kept != 0 {
-        pieces.push(PortSpec {
-            lo,
-            hi,
-            protos: kept,
-        });
+        pieces.push(PortSpec { lo, hi, protos: kept });
     }
     if hi < rule.hi {
-        pieces.push(PortSpec {
-            lo: hi + 1,
-            hi: rule.hi,
-            ..rule
-        });
+        pieces.push(PortSpec { lo: hi + 1, hi: rule.hi, ..rule });
     }
     pieces
 }
 
-/// For one scope and protocol: the rule id that owns each port (index =
-/// port, 0 = none). Narrowest range wins, then the lowest id.
-pub fn port_owners(rules: &[Rule], scope: Scope, proto: u32) -> Vec<u32> {
-    let mut ranked: Vec<&Rule> = rules
-        .iter()
-        .filter(|r| r.scope == scope && r.ports.protos & dockblock_common::proto::bit(proto) != 0)
-        .collect();
-    // Paint widest and highest id first, so the winner paints last.
+/// For one scope and protocol: the rule that owns each port (index = port,
+/// `None` = open). Narrowest range wins, then fewer protocols, then newest.
+pub fn port_owners(rules: &[Rule], scope: Scope, proto: u32) -> Vec<Option<&Rule>> {
+    let mut ranked: Vec<&Rule> =
+        rules.iter().filter(|r| r.scope == scope && r.ports.protos & proto::bit(proto) != 0).collect();
+    // Paint the weakest first, so the winner paints last.
     ranked.sort_by_key(|r| {
-        (
-            std::cmp::Reverse(r.ports.port_count()),
-            std::cmp::Reverse(r.id),
-        )
+        (std::cmp::Reverse(r.ports.port_count()), std::cmp::Reverse(r.ports.protos.count_ones()), r.id)
     });
-    let mut owners = vec![0; 65536];
+    let mut owners = vec![None; 65536];
     for rule in ranked {
-        owners[usize::from(rule.ports.lo)..=usize::from(rule.ports.hi)].fill(rule.id);
+        owners[usize::from(rule.ports.lo)..=usize::from(rule.ports.hi)].fill(Some(rule));
     }
     owners
 }
@@ -235,65 +300,87 @@ pub fn port_owners(rules: &[Rule], scope: Scope, proto: u32) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dockblock_common::proto;
 
     fn spec(s: &str) -> PortSpec {
         PortSpec::parse(s).unwrap()
     }
 
     fn rule(id: u32, s: &str) -> Rule {
-        Rule {
-            id,
-            scope: Scope::Dialed,
-            ports: spec(s),
-        }
+        Rule { id, scope: Scope::Dialed, ports: spec(s), options: RuleOptions::default() }
+    }
+
+    fn plain(s: &str) -> RuleSpec {
+        RuleSpec::plain(Scope::Dialed, spec(s))
+    }
+
+    fn with_options(mut r: Rule, options: &RuleOptions) -> Rule {
+        r.options = options.clone();
+        r
+    }
+
+    fn office() -> RuleOptions {
+        RuleOptions::new(["203.0.113.7/24".parse().unwrap()], false, false)
     }
 
     #[test]
     fn block_adds_merges_or_does_nothing() {
         let rules = [rule(1, "8080/tcp"), rule(2, "53")];
-        assert_eq!(
-            plan_block(&rules, Scope::Dialed, spec("3306/tcp")),
-            vec![Edit::Add(Scope::Dialed, spec("3306/tcp"))]
-        );
-        assert_eq!(
-            plan_block(&rules, Scope::Dialed, spec("8080/udp")),
-            vec![Edit::Update(1, spec("8080"))]
-        );
-        assert_eq!(plan_block(&rules, Scope::Dialed, spec("8080/tcp")), vec![]);
-        assert_eq!(plan_block(&rules, Scope::Dialed, spec("53/udp")), vec![]);
+        assert_eq!(plan_block(&rules, &plain("3306/tcp")), vec![Edit::Add(plain("3306/tcp"))]);
+        assert_eq!(plan_block(&rules, &plain("8080/udp")), vec![Edit::Update(rule(1, "8080"))]);
+        assert_eq!(plan_block(&rules, &plain("8080/tcp")), vec![]);
+        assert_eq!(plan_block(&rules, &plain("53/udp")), vec![]);
         // The same ports in the other scope are a different rule.
-        assert_eq!(
-            plan_block(&rules, Scope::Container, spec("8080/tcp")),
-            vec![Edit::Add(Scope::Container, spec("8080/tcp"))]
-        );
+        let other = RuleSpec::plain(Scope::Container, spec("8080/tcp"));
+        assert_eq!(plan_block(&rules, &other), vec![Edit::Add(other.clone())]);
     }
 
     #[test]
-    fn unblock_removes_trims_and_splits() {
-        let rules = [
-            rule(1, "3306/tcp"),
-            rule(2, "30000-30010/tcp"),
-            rule(3, "8080"),
-        ];
-        assert_eq!(
-            plan_unblock(&rules, Scope::Dialed, spec("3306/tcp")).unwrap(),
-            vec![Edit::Remove(1)]
+    fn block_with_other_options_takes_the_protocols_over() {
+        let rules = [rule(1, "8080"), rule(2, "3306/tcp")];
+        let new = RuleSpec { options: office(), ..plain("8080/tcp") };
+        assert_eq!(plan_block(&rules, &new), vec![Edit::Update(rule(1, "8080/udp")), Edit::Add(new.clone())]);
+        let new = RuleSpec { options: office(), ..plain("3306/tcp") };
+        assert_eq!(plan_block(&rules, &new), vec![Edit::Remove(2), Edit::Add(new.clone())]);
+        let same = [with_options(rule(3, "3306/tcp"), &office())];
+        assert_eq!(plan_block(&same, &new), vec![], "identical rule");
+    }
+
+    #[test]
+    fn options_are_normalised() {
+        let o = RuleOptions::new(
+            ["10.0.0.0/8".parse().unwrap(), "2001:db8::1/32".parse().unwrap(), "10.1.2.3/8".parse().unwrap()],
+            true,
+            false,
         );
+        let shown: Vec<String> = o.allow_from.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "2001:db8::/32"]);
+        assert_eq!(o.flags(), rule_flag::DRY_RUN | rule_flag::ALLOW_LIST);
+    }
+
+    #[test]
+    fn replace_keeps_identical_rules_and_their_ids() {
+        let rules = [rule(1, "22/tcp"), rule(2, "80/tcp"), with_options(rule(3, "443/tcp"), &office())];
+        let specs = [plain("80/tcp"), RuleSpec { options: office(), ..plain("443/tcp") }, plain("53/udp")];
+        assert_eq!(plan_replace(&rules, &specs), vec![Edit::Remove(1), Edit::Add(plain("53/udp"))]);
+        let all: Vec<RuleSpec> = rules.iter().map(Rule::spec).collect();
+        assert_eq!(plan_replace(&rules, &all), vec![], "export | apply changes nothing");
+    }
+
+    #[test]
+    fn unblock_removes_trims_and_splits_keeping_options() {
+        let rules =
+            [rule(1, "3306/tcp"), with_options(rule(2, "30000-30010/tcp"), &office()), rule(3, "8080")];
+        assert_eq!(plan_unblock(&rules, Scope::Dialed, spec("3306/tcp")).unwrap(), vec![Edit::Remove(1)]);
         assert_eq!(
             plan_unblock(&rules, Scope::Dialed, spec("30005/tcp")).unwrap(),
             vec![
-                Edit::Update(2, spec("30000-30004/tcp")),
-                Edit::Add(Scope::Dialed, spec("30006-30010/tcp"))
+                Edit::Update(with_options(rule(2, "30000-30004/tcp"), &office())),
+                Edit::Add(RuleSpec { options: office(), ..plain("30006-30010/tcp") })
             ]
         );
         assert_eq!(
             plan_unblock(&rules, Scope::Dialed, spec("8080/tcp")).unwrap(),
-            vec![Edit::Update(3, spec("8080/udp"))]
-        );
-        assert_eq!(
-            plan_unblock(&rules, Scope::Dialed, spec("29000-30000")).unwrap(),
-            vec![Edit::Update(2, spec("30001-30010/tcp"))]
+            vec![Edit::Update(rule(3, "8080/udp"))]
         );
     }
 
@@ -301,42 +388,20 @@ mod tests {
     fn unblock_of_an_open_port_is_an_error() {
         let rules = [rule(1, "3306/tcp")];
         let err = plan_unblock(&rules, Scope::Dialed, spec("3306/udp")).unwrap_err();
-        assert!(
-            err.to_string().contains("no rule blocks dialed 3306/udp"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("no rule blocks dialed 3306/udp"), "{err}");
         assert!(plan_unblock(&rules, Scope::Container, spec("3306/tcp")).is_err());
     }
 
     #[test]
     fn edits_take_the_lowest_free_ids_and_stop_at_the_limit() {
         let rules = [rule(1, "22/tcp"), rule(3, "80/tcp")];
-        let after = apply_edits(
-            &rules,
-            &[Edit::Add(Scope::Dialed, spec("443/tcp")), Edit::Remove(1)],
-            5,
-        )
-        .unwrap();
+        let after = apply_edits(&rules, &[Edit::Add(plain("443/tcp")), Edit::Remove(1)], 5).unwrap();
         assert_eq!(after, vec![rule(2, "443/tcp"), rule(3, "80/tcp")]);
-        let after = apply_edits(
-            &after,
-            &[
-                Edit::Add(Scope::Dialed, spec("1/tcp")),
-                Edit::Add(Scope::Dialed, spec("2/tcp")),
-            ],
-            5,
-        )
-        .unwrap();
-        assert_eq!(
-            after.iter().map(|r| r.id).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4]
-        );
-        let err = apply_edits(&after, &[Edit::Add(Scope::Dialed, spec("9/tcp"))], 5).unwrap_err();
-        assert!(
-            err.to_string().contains("rule table full (4 rules)"),
-            "{err}"
-        );
-        let after = apply_edits(&after, &[Edit::Update(4, spec("2-3/tcp"))], 5).unwrap();
+        let after = apply_edits(&after, &[Edit::Add(plain("1/tcp")), Edit::Add(plain("2/tcp"))], 5).unwrap();
+        assert_eq!(after.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        let err = apply_edits(&after, &[Edit::Add(plain("9/tcp"))], 5).unwrap_err();
+        assert!(err.to_string().contains("rule table full (4 rules)"), "{err}");
+        let after = apply_edits(&after, &[Edit::Update(rule(4, "2-3/tcp"))], 5).unwrap();
         assert_eq!(after[3], rule(4, "2-3/tcp"));
     }
 
@@ -347,37 +412,33 @@ mod tests {
             vec![spec("10-14"), spec("15/udp"), spec("16-20")]
         );
         assert_eq!(subtract(spec("10-20/tcp"), spec("1-100")), vec![]);
-        assert_eq!(
-            subtract(spec("10-20/tcp"), spec("30/tcp")),
-            vec![spec("10-20/tcp")]
-        );
-        assert_eq!(
-            subtract(spec("1-65535/udp"), spec("65535")),
-            vec![spec("1-65534/udp")]
-        );
+        assert_eq!(subtract(spec("10-20/tcp"), spec("30/tcp")), vec![spec("10-20/tcp")]);
+        assert_eq!(subtract(spec("1-65535/udp"), spec("65535")), vec![spec("1-65534/udp")]);
     }
 
     #[test]
-    fn narrowest_rule_then_lowest_id_owns_a_port() {
+    fn narrowest_then_single_protocol_then_newest_owns_a_port() {
         let rules = [
             rule(5, "1-65535/tcp"),
             rule(7, "100-200/tcp"),
-            rule(6, "150/tcp"),
+            rule(6, "150"),
             rule(8, "150/tcp"),
             rule(9, "300/udp"),
+            rule(4, "170-270/tcp"),
+            rule(10, "100-200/tcp"),
         ];
-        let owners = port_owners(&rules, Scope::Dialed, proto::TCP);
+        let owners: Vec<u32> =
+            port_owners(&rules, Scope::Dialed, proto::TCP).iter().map(|o| o.map_or(0, |r| r.id)).collect();
         assert_eq!(owners[0], 0);
         assert_eq!(owners[1], 5);
-        assert_eq!(owners[100], 7);
-        assert_eq!(owners[150], 6);
+        assert_eq!(owners[100], 10, "same width: newest");
+        assert_eq!(owners[150], 8, "single protocol beats tcp+udp");
+        assert_eq!(owners[180], 10);
         assert_eq!(owners[300], 5);
         assert_eq!(owners[65535], 5);
         let udp = port_owners(&rules, Scope::Dialed, proto::UDP);
-        assert_eq!(udp.iter().filter(|o| **o != 0).count(), 1);
-        assert!(port_owners(&rules, Scope::Container, proto::TCP)
-            .iter()
-            .all(|o| *o == 0));
+        assert_eq!(udp.iter().filter(|o| o.is_some()).count(), 2);
+        assert!(port_owners(&rules, Scope::Container, proto::TCP).iter().all(Option::is_none));
     }
 
     #[test]
@@ -386,23 +447,14 @@ mod tests {
             id: 3,
             scope: Scope::Container,
             ports: spec("30000-30010/udp"),
+            options: RuleOptions::new([], true, true),
         };
-        assert_eq!(Rule::from_def(3, &r.to_def()), Some(r));
-        let garbage = RuleDef {
-            scope: 9,
-            protos: 1,
-            port_lo: 1,
-            port_hi: 1,
-            flags: 0,
-        };
-        assert_eq!(Rule::from_def(1, &garbage), None);
-        let reversed = RuleDef {
-            scope: 0,
-            protos: 1,
-            port_lo: 9,
-            port_hi: 1,
-            flags: 0,
-        };
-        assert_eq!(Rule::from_def(1, &reversed), None);
+        assert_eq!(Rule::from_def(3, &r.to_def(), vec![]), Some(r));
+        let garbage = RuleDef { scope: 9, protos: 1, port_lo: 1, port_hi: 1, flags: 0 };
+        assert_eq!(Rule::from_def(1, &garbage, vec![]), None);
+        let reversed = RuleDef { scope: 0, protos: 1, port_lo: 9, port_hi: 1, flags: 0 };
+        assert_eq!(Rule::from_def(1, &reversed, vec![]), None);
+        let unknown_flag = RuleDef { scope: 0, protos: 1, port_lo: 1, port_hi: 1, flags: 1 << 9 };
+        assert_eq!(Rule::from_def(1, &unknown_flag, vec![]), None);
     }
 }

@@ -25,6 +25,11 @@ pub struct LinkStatus {
     pub hook: &'static str,
     /// XDP mode: "native" or "skb"; null for tc.
     pub mode: Option<&'static str>,
+    /// "judge" (drops by the rules) or "track" (records UDP flows opened
+    /// from blocked ports, so their replies pass).
+    pub role: &'static str,
+    /// "ingress" or "egress".
+    pub direction: &'static str,
     pub interface: String,
     /// 0 when the interface is gone.
     pub ifindex: u32,
@@ -39,6 +44,9 @@ pub struct LinkStatus {
 pub struct RuleFill {
     pub rules: u32,
     pub capacity: u32,
+    /// Allow-list entries over all rules, and how many fit.
+    pub allow_entries: u32,
+    pub allow_capacity: u32,
     /// Distinct (scope, protocol, port) slots that a rule blocks.
     pub blocked_port_slots: u32,
 }
@@ -53,11 +61,21 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             let ifindex = info.map_or(0, |i| i.ifindex);
             let live = ifindex != 0 && link_info::ifindex(&pin.interface) == Some(ifindex);
             LinkStatus {
-                hook: if pin.kind.is_xdp() { "xdp" } else { "tc" },
+                hook: pin.kind.hook(),
                 mode: match pin.kind {
                     LinkKind::XdpNative => Some("native"),
                     LinkKind::XdpSkb => Some("skb"),
-                    LinkKind::TcEgress => None,
+                    _ => None,
+                },
+                role: if matches!(pin.kind, LinkKind::TrackUplink | LinkKind::TrackBridge) {
+                    "track"
+                } else {
+                    "judge"
+                },
+                direction: if matches!(pin.kind, LinkKind::TcEgress | LinkKind::TrackUplink) {
+                    "egress"
+                } else {
+                    "ingress"
                 },
                 interface: pin.interface,
                 ifindex,
@@ -73,25 +91,18 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         let slots = Scope::ALL
             .into_iter()
             .flat_map(|scope| [proto::TCP, proto::UDP].map(|p| (scope, p)))
-            .map(|(scope, p)| {
-                port_owners(&rules, scope, p)
-                    .iter()
-                    .filter(|o| **o != 0)
-                    .count() as u32
-            })
+            .map(|(scope, p)| port_owners(&rules, scope, p).iter().filter(|o| o.is_some()).count() as u32)
             .sum();
+        let allow_entries = rules.iter().map(|r| r.options.allow_from.len() as u32).sum();
         Some(RuleFill {
             rules: rules.len() as u32,
             capacity: store.capacity(),
+            allow_entries,
+            allow_capacity: store.allow_capacity(),
             blocked_port_slots: slots,
         })
     } else {
         None
     };
-    Ok(Status {
-        pin_dir: pins.root().display().to_string(),
-        attached,
-        links,
-        rules,
-    })
+    Ok(Status { pin_dir: pins.root().display().to_string(), attached, links, rules })
 }

@@ -1,48 +1,72 @@
 //! The rule store: the pinned maps, opened by a short-lived process. It reads
-//! the catalog, applies the edits `rules` plans, and rewrites the port slots
-//! those edits touch.
+//! the catalog (RULES, RULE_ALLOW), applies the edits `rules` plans, and
+//! compiles the result into what the datapath reads (PORT_RULES, ALLOW).
 //!
-//! Write order keeps the datapath safe if the process dies half-way: a new
-//! rule enters the catalog before its port slots, and a removed rule leaves
-//! its port slots before the catalog. `attach` re-derives every slot from the
-//! catalog (`resync`), which repairs whatever a killed process left.
+//! The datapath state exists in two generations; `CONFIG` names the live
+//! one. A change is written to the idle generation, made live by one write
+//! to `CONFIG`, then copied to the other, so a packet sees the old rule set
+//! or the new one, never a mix. Outside a commit both generations are equal.
+//!
+//! Write order keeps the datapath safe if the process dies half-way: the
+//! catalog gains new rules before any generation points at them, and loses
+//! removed rules only after both generations stopped pointing at them.
+//! `attach` recompiles both generations from the catalog (`resync`), which
+//! repairs whatever a killed process left.
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
-use dockblock_common::{
-    map_names, port_index, proto, Counter, PortRule, RuleDef, RuleStats, HOOK_STATS_LEN,
+use std::collections::BTreeMap;
+
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues,
 };
+use dockblock_common::{
+    map_names, port_index, proto, AllowEntry, AllowKey, Config, Counter, LogBudget, PortRule, RuleDef,
+    RuleStats, ALLOW_KEY_RULE_BITS, HOOK_STATS_LEN,
+};
+use ipnet::IpNet;
 
 use crate::{
+    addr,
     error::{Error, Result},
     paths::PinDir,
-    ports::PortSpec,
-    rules::{self, Rule, Scope, Verb},
+    ports::{PortSpec, ALL_PROTOS},
+    rules::{self, Edit, Rule, RuleSpec, Scope},
 };
 
 pub struct RuleStore {
     port_rules: Array<MapData, PortRule>,
     catalog: HashMap<MapData, u32, RuleDef>,
+    catalog_allow: HashMap<MapData, AllowEntry, u32>,
+    allow: LpmTrie<MapData, AllowKey, u32>,
+    config: Array<MapData, Config>,
     rule_stats: PerCpuArray<MapData, RuleStats>,
     hook_stats: PerCpuArray<MapData, Counter>,
-    capacity: u32,
+    log_budget: PerCpuArray<MapData, LogBudget>,
+    rule_capacity: u32,
+    allow_capacity: u32,
 }
 
 /// A rule with its counters summed over CPUs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RuleWithStats {
     pub rule: Rule,
     pub stats: RuleStats,
 }
 
+/// What `replace` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplaceSummary {
+    pub added: usize,
+    pub removed: usize,
+    pub kept: usize,
+}
+
 fn open_map(pins: &PinDir, name: &str) -> Result<MapData> {
     let path = pins.map(name);
     if !path.exists() {
-        return Err(Error::NotAttached {
-            pin_dir: pins.root().into(),
-        });
+        return Err(Error::NotAttached { pin_dir: pins.root().into() });
     }
-    MapData::from_pin(&path)
-        .map_err(|e| Error::bpf(format!("open pinned map {}", path.display()), e))
+    MapData::from_pin(&path).map_err(|e| Error::bpf(format!("open pinned map {}", path.display()), e))
 }
 
 fn typed<T>(pins: &PinDir, name: &str) -> Result<T>
@@ -54,35 +78,67 @@ where
     T::try_from(map).map_err(|e| Error::bpf(format!("map {name} has an unexpected shape"), e))
 }
 
+fn max_entries(pins: &PinDir, name: &str) -> Result<u32> {
+    let info = open_map(pins, name)?.info().map_err(|e| Error::bpf(format!("read {name} info"), e))?;
+    Ok(info.max_entries())
+}
+
+fn sum(a: Counter, b: Counter) -> Counter {
+    Counter { packets: a.packets + b.packets, bytes: a.bytes + b.bytes }
+}
+
 impl RuleStore {
     /// Opens the pinned maps in `pins`; `NotAttached` if they are missing.
     pub fn open(pins: &PinDir) -> Result<Self> {
-        let catalog: HashMap<MapData, u32, RuleDef> = typed(pins, map_names::RULES)?;
-        let capacity = open_map(pins, map_names::RULES)?
-            .info()
-            .map_err(|e| Error::bpf("read RULES info", e))?
-            .max_entries();
         Ok(Self {
             port_rules: typed(pins, map_names::PORT_RULES)?,
-            catalog,
+            catalog: typed(pins, map_names::RULES)?,
+            catalog_allow: typed(pins, map_names::RULE_ALLOW)?,
+            allow: typed(pins, map_names::ALLOW)?,
+            config: typed(pins, map_names::CONFIG)?,
             rule_stats: typed(pins, map_names::RULE_STATS)?,
             hook_stats: typed(pins, map_names::HOOK_STATS)?,
-            capacity,
+            log_budget: typed(pins, map_names::LOG_BUDGET)?,
+            rule_capacity: max_entries(pins, map_names::RULES)?,
+            allow_capacity: max_entries(pins, map_names::RULE_ALLOW)?,
         })
     }
 
     /// How many rules the catalog holds at most.
     pub fn capacity(&self) -> u32 {
         // Id 0 means "no rule" in the port slots, so one slot is never used.
-        self.capacity - 1
+        self.rule_capacity - 1
+    }
+
+    /// How many allow-list entries (all rules together) fit.
+    pub fn allow_capacity(&self) -> u32 {
+        self.allow_capacity
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).map_err(|e| Error::bpf("read CONFIG", e))
+    }
+
+    /// Sets everything in `CONFIG` but the generation, which only `commit`
+    /// moves.
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        let generation = self.config()?.generation;
+        self.config.set(0, Config { generation, ..config }, 0).map_err(|e| Error::bpf("write CONFIG", e))
     }
 
     /// The rules, by id.
     pub fn rules(&self) -> Result<Vec<Rule>> {
+        let mut allow: BTreeMap<u32, Vec<IpNet>> = BTreeMap::new();
+        for entry in self.catalog_allow.keys() {
+            let entry = entry.map_err(|e| Error::bpf("read RULE_ALLOW", e))?;
+            if let Some(net) = addr::from_mapped(entry.addr, entry.prefix_len) {
+                allow.entry(entry.rule_id).or_default().push(net);
+            }
+        }
         let mut rules = Vec::new();
         for entry in self.catalog.iter() {
             let (id, def) = entry.map_err(|e| Error::bpf("read RULES", e))?;
-            match Rule::from_def(id, &def) {
+            match Rule::from_def(id, &def, allow.remove(&id).unwrap_or_default()) {
                 Some(rule) => rules.push(rule),
                 None => log::warn!("ignoring rule {id} that this version cannot read: {def:?}"),
             }
@@ -96,130 +152,178 @@ impl RuleStore {
         self.rules()?
             .into_iter()
             .map(|rule| {
-                Ok(RuleWithStats {
-                    rule,
-                    stats: self.rule_stats(rule.id)?,
-                })
+                let stats = self.rule_stats(rule.id)?;
+                Ok(RuleWithStats { rule, stats })
             })
             .collect()
     }
 
     fn rule_stats(&self, id: u32) -> Result<RuleStats> {
-        let per_cpu = self
-            .rule_stats
-            .get(&id, 0)
-            .map_err(|e| Error::bpf("read RULE_STATS", e))?;
-        Ok(per_cpu
-            .iter()
-            .fold(RuleStats::default(), |sum, s| RuleStats {
-                dropped: add(sum.dropped, s.dropped),
-                passed: add(sum.passed, s.passed),
-            }))
+        let per_cpu = self.rule_stats.get(&id, 0).map_err(|e| Error::bpf("read RULE_STATS", e))?;
+        Ok(per_cpu.iter().fold(RuleStats::default(), |t, s| RuleStats {
+            dropped: sum(t.dropped, s.dropped),
+            passed: sum(t.passed, s.passed),
+            allowed: sum(t.allowed, s.allowed),
+            dry_run: sum(t.dry_run, s.dry_run),
+        }))
     }
 
     /// Per-hook counters summed over CPUs, indexed by `hook_stats_index`.
     pub fn hook_stats(&self) -> Result<Vec<Counter>> {
         (0..HOOK_STATS_LEN)
             .map(|i| {
-                let per_cpu = self
-                    .hook_stats
-                    .get(&i, 0)
-                    .map_err(|e| Error::bpf("read HOOK_STATS", e))?;
-                Ok(per_cpu
-                    .iter()
-                    .fold(Counter::default(), |sum, c| add(sum, *c)))
+                let per_cpu = self.hook_stats.get(&i, 0).map_err(|e| Error::bpf("read HOOK_STATS", e))?;
+                Ok(per_cpu.iter().fold(Counter::default(), |t, c| sum(t, *c)))
             })
             .collect()
     }
 
-    /// Applies `verb` to every spec in `scope`, all or nothing: the whole
-    /// change is planned and checked (unknown rules, capacity) before the
-    /// first write. Returns, per spec, whether it changed anything.
-    pub fn change(&mut self, verb: Verb, scope: Scope, specs: &[PortSpec]) -> Result<Vec<bool>> {
+    /// Log events not sent because of the rate limit or a full ring buffer.
+    pub fn suppressed_events(&self) -> Result<u64> {
+        let per_cpu = self.log_budget.get(&0, 0).map_err(|e| Error::bpf("read LOG_BUDGET", e))?;
+        Ok(per_cpu.iter().map(|b| b.suppressed).sum())
+    }
+
+    /// Blocks every spec, all or nothing. Returns, per spec, whether it
+    /// changed anything.
+    pub fn block(&mut self, specs: &[RuleSpec]) -> Result<Vec<bool>> {
         let before = self.rules()?;
         let mut after = before.clone();
         let mut changed = Vec::with_capacity(specs.len());
         for spec in specs {
-            let edits = match verb {
-                Verb::Block => rules::plan_block(&after, scope, *spec),
-                Verb::Unblock => rules::plan_unblock(&after, scope, *spec)?,
-            };
+            let edits = rules::plan_block(&after, spec);
             changed.push(!edits.is_empty());
-            after = rules::apply_edits(&after, &edits, self.capacity)?;
+            after = rules::apply_edits(&after, &edits, self.rule_capacity)?;
         }
         self.commit(&before, &after)?;
         Ok(changed)
     }
 
-    /// Blocks one spec; false when it was already blocked.
-    pub fn block(&mut self, scope: Scope, spec: PortSpec) -> Result<bool> {
-        Ok(self.change(Verb::Block, scope, &[spec])?[0])
+    /// Opens every spec in `scope`, all or nothing; `NotBlocked` when no rule
+    /// covers one of them.
+    pub fn unblock(&mut self, scope: Scope, specs: &[PortSpec]) -> Result<()> {
+        let before = self.rules()?;
+        let mut after = before.clone();
+        for spec in specs {
+            let edits = rules::plan_unblock(&after, scope, *spec)?;
+            after = rules::apply_edits(&after, &edits, self.rule_capacity)?;
+        }
+        self.commit(&before, &after)
     }
 
-    /// Opens one spec; `NotBlocked` when no rule covers any of it.
-    pub fn unblock(&mut self, scope: Scope, spec: PortSpec) -> Result<()> {
-        self.change(Verb::Unblock, scope, &[spec]).map(drop)
+    /// Replaces the whole rule set with `specs` in one atomic switch.
+    pub fn replace(&mut self, specs: &[RuleSpec]) -> Result<ReplaceSummary> {
+        let before = self.rules()?;
+        let edits = rules::plan_replace(&before, specs);
+        let after = rules::apply_edits(&before, &edits, self.rule_capacity)?;
+        self.commit(&before, &after)?;
+        let removed = edits.iter().filter(|e| matches!(e, Edit::Remove(_))).count();
+        let added = edits.len() - removed;
+        Ok(ReplaceSummary { added, removed, kept: before.len() - removed })
     }
 
-    /// Turns the catalog `before` into `after`: catalog entries for new or
-    /// changed rules first, then the port slots they touch, then removals.
+    /// Turns the catalog `before` into `after` and switches the datapath to
+    /// it atomically (see the module comment for the order).
     fn commit(&mut self, before: &[Rule], after: &[Rule]) -> Result<()> {
-        let added_or_changed: Vec<Rule> = after
-            .iter()
-            .filter(|r| !before.contains(r))
-            .copied()
-            .collect();
-        let gone_or_changed: Vec<Rule> = before
-            .iter()
-            .filter(|r| !after.contains(r))
-            .copied()
-            .collect();
+        let added_or_changed: Vec<&Rule> = after.iter().filter(|r| !before.contains(r)).collect();
+        let gone_or_changed: Vec<&Rule> = before.iter().filter(|r| !after.contains(r)).collect();
+        if added_or_changed.is_empty() && gone_or_changed.is_empty() {
+            return Ok(());
+        }
+        let allow_entries: usize = after.iter().map(|r| r.options.allow_from.len()).sum();
+        if allow_entries > self.allow_capacity as usize {
+            return Err(Error::AllowFull { capacity: self.allow_capacity });
+        }
+
         for rule in &added_or_changed {
-            if !before.iter().any(|r| r.id == rule.id) {
+            let old = before.iter().find(|r| r.id == rule.id);
+            if old.is_none() {
                 self.zero_stats(rule.id)?;
             }
-            self.catalog
-                .insert(rule.id, rule.to_def(), 0)
-                .map_err(|e| Error::bpf("write RULES", e))?;
+            self.set_catalog_allow(
+                rule.id,
+                old.map_or(&[][..], |o| &o.options.allow_from),
+                &rule.options.allow_from,
+            )?;
+            self.catalog.insert(rule.id, rule.to_def(), 0).map_err(|e| Error::bpf("write RULES", e))?;
         }
-        let touched: Vec<Rule> = added_or_changed
-            .iter()
-            .chain(&gone_or_changed)
-            .copied()
-            .collect();
-        self.write_slots(after, &touched)?;
-        for rule in gone_or_changed
-            .iter()
-            .filter(|r| !after.iter().any(|a| a.id == r.id))
-        {
-            self.catalog
-                .remove(&rule.id)
-                .map_err(|e| Error::bpf("delete from RULES", e))?;
+
+        let touched: Vec<&Rule> = added_or_changed.iter().chain(&gone_or_changed).copied().collect();
+        let live = self.config()?.generation & 1;
+        for generation in [live ^ 1, live] {
+            self.write_generation(generation, before, after, &touched)?;
+            if generation != live {
+                self.switch_to(generation)?;
+            }
+        }
+
+        for rule in gone_or_changed.iter().filter(|r| !after.iter().any(|a| a.id == r.id)) {
+            self.set_catalog_allow(rule.id, &rule.options.allow_from, &[])?;
+            self.catalog.remove(&rule.id).map_err(|e| Error::bpf("delete from RULES", e))?;
         }
         Ok(())
     }
 
-    /// Rewrites every port slot from the catalog (used by `attach`).
+    fn switch_to(&mut self, generation: u32) -> Result<()> {
+        let config = Config { generation, ..self.config()? };
+        self.config.set(0, config, 0).map_err(|e| Error::bpf("switch CONFIG generation", e))
+    }
+
+    /// Makes `generation` hold `after`, given it holds `before` and only the
+    /// `touched` rules differ.
+    fn write_generation(
+        &mut self,
+        generation: u32,
+        before: &[Rule],
+        after: &[Rule],
+        touched: &[&Rule],
+    ) -> Result<()> {
+        for rule in touched {
+            let old = before.iter().find(|r| r.id == rule.id);
+            let new = after.iter().find(|r| r.id == rule.id);
+            let none: &[IpNet] = &[];
+            let old_allow = old.map_or(none, |r| &r.options.allow_from);
+            let new_allow = new.map_or(none, |r| &r.options.allow_from);
+            for net in old_allow.iter().filter(|n| !new_allow.contains(n)) {
+                // Already absent is fine: this is also how resync starts.
+                let _ = self.allow.remove(&allow_key(generation, rule.id, net));
+            }
+            for net in new_allow {
+                self.allow
+                    .insert(&allow_key(generation, rule.id, net), 0, 0)
+                    .map_err(|e| Error::bpf("write ALLOW", e))?;
+            }
+        }
+        self.write_slots(generation, after, touched)
+    }
+
+    /// Rewrites both generations from the catalog (used by `attach`).
     pub fn resync(&mut self) -> Result<()> {
         let rules = self.rules()?;
+        let stale: Vec<Key<AllowKey>> = self.allow.keys().filter_map(|k| k.ok()).collect();
+        for key in stale {
+            let _ = self.allow.remove(&key);
+        }
         let everything: Vec<Rule> = Scope::ALL
             .into_iter()
             .map(|scope| Rule {
                 id: 0,
                 scope,
-                ports: PortSpec {
-                    lo: 1,
-                    hi: 65535,
-                    protos: crate::ports::ALL_PROTOS,
-                },
+                ports: PortSpec { lo: 1, hi: 65535, protos: ALL_PROTOS },
+                options: Default::default(),
             })
             .collect();
-        self.write_slots(&rules, &everything)
+        let mut touched: Vec<&Rule> = everything.iter().collect();
+        touched.extend(&rules);
+        for generation in [0, 1] {
+            self.write_generation(generation, &[], &rules, &touched)?;
+        }
+        Ok(())
     }
 
     /// Sets the slots of every (scope, protocol, port) that a rule in
-    /// `touched` covers to its owner under `rules`.
-    fn write_slots(&mut self, rules: &[Rule], touched: &[Rule]) -> Result<()> {
+    /// `touched` covers to its owner under `rules`, in `generation`.
+    fn write_slots(&mut self, generation: u32, rules: &[Rule], touched: &[&Rule]) -> Result<()> {
         for scope in Scope::ALL {
             for proto in [proto::TCP, proto::UDP] {
                 let mut ports: Vec<u16> = touched
@@ -234,15 +338,28 @@ impl RuleStore {
                 ports.dedup();
                 let owners = rules::port_owners(rules, scope, proto);
                 for port in ports {
-                    let slot = PortRule {
-                        rule_id: owners[usize::from(port)],
-                        flags: 0,
-                    };
+                    let slot = owners[usize::from(port)].map_or(PortRule::default(), |r| PortRule {
+                        rule_id: r.id,
+                        flags: r.options.flags(),
+                    });
                     self.port_rules
-                        .set(port_index(scope.raw(), proto, port), slot, 0)
+                        .set(port_index(generation, scope.raw(), proto, port), slot, 0)
                         .map_err(|e| Error::bpf("write PORT_RULES", e))?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Moves rule `id`'s catalog allow-list from `old` to `new`.
+    fn set_catalog_allow(&mut self, id: u32, old: &[IpNet], new: &[IpNet]) -> Result<()> {
+        for net in old.iter().filter(|n| !new.contains(n)) {
+            let _ = self.catalog_allow.remove(&allow_entry(id, net));
+        }
+        for net in new.iter().filter(|n| !old.contains(n)) {
+            self.catalog_allow
+                .insert(allow_entry(id, net), 0, 0)
+                .map_err(|e| Error::bpf("write RULE_ALLOW", e))?;
         }
         Ok(())
     }
@@ -252,15 +369,17 @@ impl RuleStore {
             .map_err(|(_, e)| Error::io("count CPUs", "/sys/devices/system/cpu/possible", e))?;
         let zeros = PerCpuValues::try_from(vec![RuleStats::default(); cpus])
             .map_err(|e| Error::bpf("zero RULE_STATS", e))?;
-        self.rule_stats
-            .set(id, zeros, 0)
-            .map_err(|e| Error::bpf("zero RULE_STATS", e))
+        self.rule_stats.set(id, zeros, 0).map_err(|e| Error::bpf("zero RULE_STATS", e))
     }
 }
 
-fn add(a: Counter, b: Counter) -> Counter {
-    Counter {
-        packets: a.packets + b.packets,
-        bytes: a.bytes + b.bytes,
-    }
+fn allow_entry(rule_id: u32, net: &IpNet) -> AllowEntry {
+    let (addr, prefix_len) = addr::to_mapped(net);
+    AllowEntry { rule_id, prefix_len, addr }
+}
+
+fn allow_key(generation: u32, rule_id: u32, net: &IpNet) -> Key<AllowKey> {
+    let (addr, prefix_len) = addr::to_mapped(net);
+    let data = AllowKey { generation_be: generation.to_be(), rule_id_be: rule_id.to_be(), addr };
+    Key::new(ALLOW_KEY_RULE_BITS + prefix_len, data)
 }

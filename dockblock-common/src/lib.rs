@@ -23,9 +23,29 @@ pub mod map_names {
     pub const RULE_STATS: &str = "RULE_STATS";
     /// `PERCPU_ARRAY` [`crate::hook_stats_index`] -> [`crate::Counter`].
     pub const HOOK_STATS: &str = "HOOK_STATS";
+    /// `HASH` [`crate::AllowEntry`] -> u32: the allow-lists as the user gave
+    /// them, the catalog `ALLOW` is compiled from. The datapath never reads it.
+    pub const RULE_ALLOW: &str = "RULE_ALLOW";
+    /// `ARRAY` of one [`crate::Config`]: the active generation and flags.
+    pub const CONFIG: &str = "CONFIG";
+    /// `LPM_TRIE` [`crate::AllowKey`] -> u32: per-rule source allow-lists.
+    pub const ALLOW: &str = "ALLOW";
+    /// `LRU_HASH` [`crate::FlowKey`] -> last-seen ns: UDP flows the host or a
+    /// container opened from a blocked port, so their replies pass.
+    pub const FLOWS: &str = "FLOWS";
+    /// `LRU_HASH` [`crate::FragKey`] -> rule id: IPv4/IPv6 datagrams whose
+    /// first fragment was dropped, so their later fragments are dropped too.
+    pub const FRAGS: &str = "FRAGS";
+    /// `RINGBUF` of [`crate::Event`]: drops of rules with `--log`.
+    pub const EVENTS: &str = "EVENTS";
+    /// `PERCPU_ARRAY` of one [`crate::LogBudget`]: the events rate limit.
+    pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map the agent pins, in a fixed order.
-    pub const ALL: [&str; 4] = [PORT_RULES, RULES, RULE_STATS, HOOK_STATS];
+    pub const ALL: [&str; 11] = [
+        PORT_RULES, RULES, RULE_ALLOW, RULE_STATS, HOOK_STATS, CONFIG, ALLOW, FLOWS, FRAGS, EVENTS,
+        LOG_BUDGET,
+    ];
 }
 
 /// Names of the programs in the kernel object.
@@ -34,6 +54,12 @@ pub mod program_names {
     pub const UPLINK_XDP: &str = "dockblock_xdp";
     /// TC (TCX egress) program for Docker bridges: judges the container port.
     pub const BRIDGE_TC: &str = "dockblock_tc";
+    /// TC (TCX egress) on uplinks: records UDP flows the host opens from a
+    /// blocked dialed port.
+    pub const UPLINK_TRACK: &str = "dockblock_track_up";
+    /// TC (TCX ingress) on bridges: records UDP flows containers open from a
+    /// blocked container port.
+    pub const BRIDGE_TRACK: &str = "dockblock_track_br";
 }
 
 /// Where a port rule is judged.
@@ -56,14 +82,32 @@ pub mod proto {
     }
 }
 
-/// Number of entries of `PORT_RULES`: one per (scope, protocol, port).
-pub const PORT_RULES_LEN: u32 = scope::COUNT * proto::COUNT * 65536;
+/// The rule set exists twice, as generation 0 and 1. The datapath reads the
+/// generation named in `CONFIG`; a change is written to the other one and
+/// made live by flipping `CONFIG`, so a packet sees the old set or the new
+/// one, never a mix.
+pub const GENERATIONS: u32 = 2;
+
+/// Number of entries of `PORT_RULES`: one per (generation, scope, protocol,
+/// port).
+pub const PORT_RULES_LEN: u32 = GENERATIONS * scope::COUNT * proto::COUNT * 65536;
 
 /// Index into `PORT_RULES`. One array lookup per packet, whatever the number
 /// of blocked ports.
 #[inline(always)]
-pub const fn port_index(scope: u32, proto: u32, port: u16) -> u32 {
-    (scope << 17) | (proto << 16) | port as u32
+pub const fn port_index(generation: u32, scope: u32, proto: u32, port: u16) -> u32 {
+    ((generation & 1) << 18) | (scope << 17) | (proto << 16) | port as u32
+}
+
+/// Flags of a rule, in [`PortRule::flags`] and [`RuleDef::flags`].
+pub mod rule_flag {
+    /// Count and log what the rule would drop; drop nothing.
+    pub const DRY_RUN: u32 = 1;
+    /// Emit a rate-limited event per dropped packet.
+    pub const LOG: u32 = 2;
+    /// Sources in `ALLOW` for this rule pass.
+    pub const ALLOW_LIST: u32 = 4;
+    pub const ALL: u32 = DRY_RUN | LOG | ALLOW_LIST;
 }
 
 /// The value of a `PORT_RULES` slot. `rule_id == 0` means "no rule".
@@ -71,8 +115,117 @@ pub const fn port_index(scope: u32, proto: u32, port: u16) -> u32 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortRule {
     pub rule_id: u32,
-    /// Reserved for per-rule datapath flags; always 0 today.
+    /// [`rule_flag`] bits, copied from the rule so the datapath needs one
+    /// lookup.
     pub flags: u32,
+}
+
+/// Global settings, one entry in `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The live generation of `PORT_RULES` and `ALLOW` (0 or 1).
+    pub generation: u32,
+    /// [`config_flag`] bits.
+    pub flags: u32,
+    /// Events per second per CPU before `--log` events are suppressed.
+    pub log_rate: u32,
+    /// How long a UDP flow the host or a container opened lets replies in.
+    pub flow_timeout_secs: u32,
+}
+
+pub mod config_flag {
+    /// Judge packets the host itself sends into the bridge (docker-proxy,
+    /// `curl <container-ip>`) with container-port rules. Off: they pass, as
+    /// they do with DOCKER-USER.
+    pub const JUDGE_HOST_TRAFFIC: u32 = 1;
+}
+
+/// Data of an `ALLOW` key (an LPM trie; each side wraps it in its library's
+/// `Key { prefix_len, data }`). It holds the generation and rule id
+/// (big-endian, so they form a 64-bit prefix every entry matches in full)
+/// then the source address, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`), so
+/// one trie serves both families. `prefix_len` counts the bits that must
+/// match: 64 + the address prefix (96 + n for IPv4 /n).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowKey {
+    pub generation_be: u32,
+    pub rule_id_be: u32,
+    pub addr: [u8; 16],
+}
+
+/// Key of `RULE_ALLOW`: one allowed source network of one rule, the
+/// address IPv4-mapped and `prefix_len` counted on the 128-bit form.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowEntry {
+    pub rule_id: u32,
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+/// Bits of [`AllowKey`]'s data before the address.
+pub const ALLOW_KEY_RULE_BITS: u32 = 64;
+
+/// Key of `FLOWS`: a UDP flow seen leaving from `local_port`, as the reply
+/// will look: from `remote`/`remote_port`, to `local_port`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    pub remote: [u8; 16],
+    pub remote_port: u16,
+    pub local_port: u16,
+    /// One of [`scope`].
+    pub scope: u32,
+}
+
+/// Key of `FRAGS`: one fragmented datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// IPv4 identification or IPv6 fragment identification.
+    pub id: u32,
+    /// IP protocol number.
+    pub proto: u32,
+}
+
+/// A dropped (or, in dry-run, would-be-dropped) packet of a `--log` rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC ns.
+    pub timestamp_ns: u64,
+    pub rule_id: u32,
+    /// One of [`hook`].
+    pub hook: u32,
+    pub ifindex: u32,
+    /// 1 when the rule is in dry-run and the packet passed.
+    pub dry_run: u32,
+    /// 4 or 6.
+    pub family: u32,
+    /// IP protocol number.
+    pub proto: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+}
+
+/// Per-CPU state of the events rate limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogBudget {
+    /// Start of the current one-second window, ns.
+    pub window_start_ns: u64,
+    /// Events sent in the window.
+    pub sent: u32,
+    pub _pad: u32,
+    /// Events not sent because of the rate limit, in total.
+    pub suppressed: u64,
 }
 
 /// A rule as the user wrote it, stored in the `RULES` catalog.
@@ -101,11 +254,15 @@ pub struct Counter {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleStats {
-    /// New connections the rule dropped.
+    /// New connections the rule dropped (and later fragments of them).
     pub dropped: Counter,
     /// Packets on the rule's ports that passed because they did not open a
-    /// new connection (TCP replies and established traffic).
+    /// new connection (TCP replies and established traffic, UDP replies).
     pub passed: Counter,
+    /// New connections that passed because their source is allow-listed.
+    pub allowed: Counter,
+    /// New connections a dry-run rule would have dropped.
+    pub dry_run: Counter,
 }
 
 /// The hook a program runs at.
@@ -123,12 +280,19 @@ pub mod outcome {
     pub const PASSED_NO_RULE: u32 = 1;
     /// A rule matched its port, but it did not open a new connection.
     pub const PASSED_NOT_NEW: u32 = 2;
-    /// Not something the program judges: non-IPv4, not TCP/UDP, a non-first
-    /// IPv4 fragment.
+    /// Not something the program judges: not IP, not TCP/UDP, a later
+    /// fragment of a datagram that was not dropped, more IPv6 extension
+    /// headers or VLAN tags than the parser walks.
     pub const PASSED_UNPARSED: u32 = 3;
-    /// Claims to be IPv4/TCP/UDP but is truncated or has a bad header length.
+    /// Claims to be IP TCP/UDP but is truncated or has a bad header length.
     pub const PASSED_MALFORMED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A rule matched, but the source is on its allow-list.
+    pub const PASSED_ALLOWED: u32 = 5;
+    /// A dry-run rule would have dropped it.
+    pub const PASSED_DRY_RUN: u32 = 6;
+    /// Not judged: sent by the host itself into the bridge.
+    pub const PASSED_HOST: u32 = 7;
+    pub const COUNT: u32 = 8;
     /// Names for display, indexed by outcome.
     pub const NAMES: [&str; COUNT as usize] = [
         "dropped",
@@ -136,6 +300,9 @@ pub mod outcome {
         "passed_not_new",
         "passed_unparsed",
         "passed_malformed",
+        "passed_allowed",
+        "passed_dry_run",
+        "passed_host",
     ];
 }
 
@@ -148,6 +315,14 @@ pub const fn hook_stats_index(hook: u32, outcome: u32) -> u32 {
     hook * outcome::COUNT + outcome
 }
 
+/// Default capacities (all can be set at attach).
+pub const DEFAULT_MAX_ALLOW: u32 = 8192;
+pub const DEFAULT_MAX_FLOWS: u32 = 65536;
+pub const DEFAULT_MAX_FRAGS: u32 = 8192;
+pub const DEFAULT_EVENTS_BYTES: u32 = 1 << 20;
+pub const DEFAULT_LOG_RATE: u32 = 100;
+pub const DEFAULT_FLOW_TIMEOUT_SECS: u32 = 30;
+
 /// Default capacity of the rule catalog (`RULES`, `RULE_STATS`). A port range
 /// is one rule, so this bounds distinct rules, not ports. Rule id 0 is
 /// reserved for "no rule", so ids run from 1 to `DEFAULT_MAX_RULES - 1`.
@@ -157,15 +332,29 @@ pub const DEFAULT_MAX_RULES: u32 = 4096;
 const _: () = assert!(size_of::<PortRule>() == 8);
 const _: () = assert!(size_of::<RuleDef>() == 16);
 const _: () = assert!(size_of::<Counter>() == 16);
-const _: () = assert!(size_of::<RuleStats>() == 32);
-const _: () = assert!(port_index(scope::CONTAINER, proto::UDP, 65535) == PORT_RULES_LEN - 1);
+const _: () = assert!(size_of::<RuleStats>() == 64);
+const _: () = assert!(size_of::<Config>() == 16);
+const _: () = assert!(size_of::<AllowKey>() == 24);
+const _: () = assert!(size_of::<AllowEntry>() == 24);
+const _: () = assert!(size_of::<FlowKey>() == 24);
+const _: () = assert!(size_of::<FragKey>() == 40);
+const _: () = assert!(size_of::<Event>() == 72);
+const _: () = assert!(size_of::<LogBudget>() == 24);
+const _: () = assert!(port_index(1, scope::CONTAINER, proto::UDP, 65535) == PORT_RULES_LEN - 1);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are repr(C), made only of integers, with no padding
+    // SAFETY: all are repr(C), made only of integers, with no padding
     // (checked by the size assertions above).
     unsafe impl aya::Pod for super::PortRule {}
     unsafe impl aya::Pod for super::RuleDef {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::RuleStats {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::AllowKey {}
+    unsafe impl aya::Pod for super::AllowEntry {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::LogBudget {}
 }

@@ -1,13 +1,15 @@
-//! The maps the programs use. Names, layouts and sizes come from
+//! The maps the programs use. Names, layouts and default sizes come from
 //! dockblock-common; the agent pins these maps in the pin folder and may
-//! override the rule capacity at load time.
+//! override capacities at load time.
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use dockblock_common::{
-    Counter, PortRule, RuleDef, RuleStats, DEFAULT_MAX_RULES, HOOK_STATS_LEN, PORT_RULES_LEN,
+    AllowEntry, AllowKey, Config, Counter, FlowKey, FragKey, LogBudget, PortRule, RuleDef, RuleStats,
+    DEFAULT_EVENTS_BYTES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FRAGS, DEFAULT_MAX_RULES,
+    HOOK_STATS_LEN, PORT_RULES_LEN,
 };
 
 #[map]
@@ -18,8 +20,31 @@ pub static PORT_RULES: Array<PortRule> = Array::with_max_entries(PORT_RULES_LEN,
 #[map]
 pub static RULES: HashMap<u32, RuleDef> = HashMap::with_max_entries(DEFAULT_MAX_RULES, 0);
 
+/// Read only by the agent, like RULES.
+#[map]
+pub static RULE_ALLOW: HashMap<AllowEntry, u32> = HashMap::with_max_entries(DEFAULT_MAX_ALLOW, 0);
+
 #[map]
 pub static RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_RULES, 0);
 
 #[map]
 pub static HOOK_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(HOOK_STATS_LEN, 0);
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Both generations' entries live here, so it holds twice `--max-allow`.
+#[map]
+pub static ALLOW: LpmTrie<AllowKey, u32> = LpmTrie::with_max_entries(2 * DEFAULT_MAX_ALLOW, 0);
+
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map]
+pub static FRAGS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(DEFAULT_MAX_FRAGS, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES, 0);
+
+#[map]
+pub static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(1, 0);

@@ -1,11 +1,16 @@
 //! The one verdict function both hooks share, and the counters every path
 //! leaves through.
 
-use dockblock_common::{hook_stats_index, outcome, port_index, Counter};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use dockblock_common::{
+    config_flag, hook_stats_index, outcome, port_index, proto, rule_flag, AllowKey, Config, Counter, FlowKey,
+    FragKey, PortRule, RuleStats, ALLOW_KEY_RULE_BITS,
+};
 
 use crate::{
-    maps::{HOOK_STATS, PORT_RULES, RULE_STATS},
-    parse::{parse, Cursor, Reject},
+    events::{self, Seen},
+    maps::{ALLOW, CONFIG, FLOWS, FRAGS, HOOK_STATS, PORT_RULES, RULE_STATS},
+    parse::{parse, Cursor, Facts, Frag, Reject},
 };
 
 pub enum Verdict {
@@ -14,32 +19,108 @@ pub enum Verdict {
 }
 
 /// Judges the packet in `cur` against the rules of `scope`, counts it under
-/// `hook`, and says what to do with it. `len` is the packet length in bytes.
+/// `seen.hook`, and says what to do with it. `len` is the packet length in
+/// bytes; `from_host` marks packets the host itself sent (bridge only).
 #[inline(always)]
-pub fn judge(cur: &Cursor, hook: u32, scope: u32, len: u64) -> Verdict {
-    let l4 = match parse(cur) {
-        Ok(l4) => l4,
+pub fn judge(cur: &Cursor, scope: u32, len: u64, seen: &Seen, from_host: bool) -> Verdict {
+    let hook = seen.hook;
+    let config = config();
+    if from_host && config.flags & config_flag::JUDGE_HOST_TRAFFIC == 0 {
+        return finish(hook, outcome::PASSED_HOST, len);
+    }
+    let facts = match parse(cur) {
+        Ok(facts) => facts,
         Err(Reject::Unparsed) => return finish(hook, outcome::PASSED_UNPARSED, len),
         Err(Reject::Malformed) => return finish(hook, outcome::PASSED_MALFORMED, len),
     };
-    let rule_id = match PORT_RULES.get(port_index(scope, l4.proto, l4.dport)) {
-        Some(rule) if rule.rule_id != 0 => rule.rule_id,
+    let Some(l4) = &facts.l4 else {
+        return judge_later_fragment(&facts, hook, len);
+    };
+    let rule = match PORT_RULES.get(port_index(config.generation, scope, l4.proto, l4.dport)) {
+        Some(rule) if rule.rule_id != 0 => *rule,
         _ => return finish(hook, outcome::PASSED_NO_RULE, len),
     };
-    let stats = RULE_STATS.get_ptr_mut(rule_id);
-    if l4.is_new {
+    let stats = RULE_STATS.get_ptr_mut(rule.rule_id);
+    let count = |pick: fn(&mut RuleStats) -> &mut Counter| {
         if let Some(stats) = stats {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-            add(unsafe { &mut (*stats).dropped }, len);
+            add(pick(unsafe { &mut *stats }), len);
         }
-        finish(hook, outcome::DROPPED, len)
-    } else {
-        if let Some(stats) = stats {
-            // SAFETY: as above.
-            add(unsafe { &mut (*stats).passed }, len);
-        }
-        finish(hook, outcome::PASSED_NOT_NEW, len)
+    };
+    if !l4.is_new || (l4.proto == proto::UDP && is_reply(&facts, l4.sport, l4.dport, scope, &config)) {
+        count(|s| &mut s.passed);
+        return finish(hook, outcome::PASSED_NOT_NEW, len);
     }
+    if rule.flags & rule_flag::ALLOW_LIST != 0 && is_allowed(&facts, &rule, &config) {
+        count(|s| &mut s.allowed);
+        return finish(hook, outcome::PASSED_ALLOWED, len);
+    }
+    let dry_run = rule.flags & rule_flag::DRY_RUN != 0;
+    if rule.flags & rule_flag::LOG != 0 {
+        events::emit(&facts, rule.rule_id, dry_run, seen, config.log_rate);
+    }
+    if dry_run {
+        count(|s| &mut s.dry_run);
+        return finish(hook, outcome::PASSED_DRY_RUN, len);
+    }
+    if let Frag::First { id } = facts.frag {
+        // Later fragments carry no ports: remember the datagram to drop them.
+        let _ = FRAGS.insert(frag_key(&facts, id), rule.rule_id, 0);
+    }
+    count(|s| &mut s.dropped);
+    finish(hook, outcome::DROPPED, len)
+}
+
+/// A later fragment is dropped when its first fragment was.
+#[inline(always)]
+fn judge_later_fragment(facts: &Facts, hook: u32, len: u64) -> Verdict {
+    let Frag::Later { id, last } = facts.frag else {
+        return finish(hook, outcome::PASSED_UNPARSED, len);
+    };
+    let key = frag_key(facts, id);
+    // SAFETY: the value is copied out at once.
+    let Some(rule_id) = (unsafe { FRAGS.get(key) }).copied() else {
+        return finish(hook, outcome::PASSED_UNPARSED, len);
+    };
+    if last {
+        let _ = FRAGS.remove(key);
+    }
+    if let Some(stats) = RULE_STATS.get_ptr_mut(rule_id) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        add(unsafe { &mut (*stats).dropped }, len);
+    }
+    finish(hook, outcome::DROPPED, len)
+}
+
+#[inline(always)]
+fn frag_key(facts: &Facts, id: u32) -> FragKey {
+    FragKey { src: facts.src, dst: facts.dst, id, proto: facts.ip_proto as u32 }
+}
+
+/// Whether a UDP datagram answers a flow the host or a container opened
+/// from its destination port (recorded by the tracking programs).
+#[inline(always)]
+fn is_reply(facts: &Facts, sport: u16, dport: u16, scope: u32, config: &Config) -> bool {
+    let key = FlowKey { remote: facts.src, remote_port: sport, local_port: dport, scope };
+    // SAFETY: the value is copied out at once.
+    let Some(seen) = (unsafe { FLOWS.get(key) }).copied() else { return false };
+    let now = unsafe { bpf_ktime_get_ns() };
+    now.saturating_sub(seen) < u64::from(config.flow_timeout_secs) * 1_000_000_000
+}
+
+#[inline(always)]
+fn is_allowed(facts: &Facts, rule: &PortRule, config: &Config) -> bool {
+    let data = AllowKey {
+        generation_be: config.generation.to_be(),
+        rule_id_be: rule.rule_id.to_be(),
+        addr: facts.src,
+    };
+    ALLOW.get(Key::new(ALLOW_KEY_RULE_BITS + 128, data)).is_some()
+}
+
+#[inline(always)]
+pub fn config() -> Config {
+    CONFIG.get(0).copied().unwrap_or_default()
 }
 
 #[inline(always)]

@@ -19,10 +19,7 @@ impl Agent {
     /// Uses pin folder `/sys/fs/bpf/dockblock-test-<tag>`; state a crashed
     /// earlier run left there is detached and removed first.
     pub fn new(tag: &str) -> Agent {
-        let a = Agent {
-            bin: agent_bin(),
-            pin_dir: format!("{BPFFS}/dockblock-test-{tag}"),
-        };
+        let a = Agent { bin: agent_bin(), pin_dir: format!("{BPFFS}/dockblock-test-{tag}") };
         a.cleanup();
         a
     }
@@ -41,9 +38,7 @@ impl Agent {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--pin-dir").arg(&self.pin_dir).args(args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd
     }
 
@@ -57,11 +52,7 @@ impl Agent {
     /// Runs and asserts exit 0; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "dockblock-agent {args:?}: {}",
-            describe(&out)
-        );
+        assert!(out.status.success(), "dockblock-agent {args:?}: {}", describe(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

@@ -2,17 +2,19 @@
 //! a throw-away folder, run on crafted packets with BPF_PROG_TEST_RUN.
 
 use aya::{
+    maps::{Array, Map, MapData, RingBuf},
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
 use dockblock_agent::{
-    loader,
+    loader::{self, Capacities},
     paths::PinDir,
     ports::PortSpec,
-    rules::Scope,
+    rulefile::parse_net,
+    rules::{RuleOptions, RuleSpec, Scope},
     store::{RuleStore, RuleWithStats},
 };
-use dockblock_common::{hook, hook_stats_index, Counter};
+use dockblock_common::{hook, hook_stats_index, map_names, program_names, Config, Counter, Event, PortRule};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -20,7 +22,7 @@ pub const XDP_PASS: u32 = 2;
 pub const TC_NEXT: u32 = u32::MAX;
 pub const TC_SHOT: u32 = 2;
 
-/// What both hooks did with one packet.
+/// What a hook did with one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Pass,
@@ -33,58 +35,91 @@ pub struct Datapath {
     pub store: RuleStore,
 }
 
+/// Where a TC test packet comes from: the kernel reads `ingress_ifindex`
+/// from the `__sk_buff` we pass, 0 meaning the host sent it.
+#[derive(Clone, Copy)]
+pub enum From {
+    /// Forwarded from an uplink (ingress_ifindex 1).
+    Outside,
+    /// Sent by the host itself (ingress_ifindex 0).
+    Host,
+}
+
+/// `struct __sk_buff` up to `ingress_ifindex` (offset 36); the kernel
+/// accepts a shorter context and zero-fills the rest.
+fn skb_ctx(from: From) -> [u8; 40] {
+    let mut ctx = [0u8; 40];
+    if let From::Outside = from {
+        ctx[36..40].copy_from_slice(&1u32.to_ne_bytes());
+    }
+    ctx
+}
+
 impl Datapath {
     /// Loads the programs with maps pinned under a folder unique to `tag`.
     pub fn load(tag: &str) -> Self {
-        let pins = PinDir::new(format!(
-            "/sys/fs/bpf/dockblock-dp-{tag}-{}",
-            std::process::id()
-        ));
+        Self::load_with(tag, Capacities { max_rules: Some(64), max_allow: Some(64), ..Default::default() })
+    }
+
+    pub fn load_with(tag: &str, caps: Capacities) -> Self {
+        let pins = PinDir::new(format!("/sys/fs/bpf/dockblock-dp-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(pins.root());
         dockblock_agent::bpffs::ensure_mounted(pins.root()).expect("bpffs");
-        let ebpf = loader::load(&pins, Some(64)).expect("load programs");
+        let ebpf = loader::load(&pins, &caps).expect("load programs");
         let store = RuleStore::open(&pins).expect("open pinned maps");
         Self { ebpf, pins, store }
     }
 
     pub fn block(&mut self, scope: Scope, spec: &str) {
-        self.store
-            .block(scope, PortSpec::parse(spec).unwrap())
-            .expect("block");
+        self.block_with(scope, spec, RuleOptions::default());
+    }
+
+    pub fn block_with(&mut self, scope: Scope, spec: &str, options: RuleOptions) {
+        let spec = RuleSpec { scope, ports: PortSpec::parse(spec).unwrap(), options };
+        self.store.block(&[spec]).expect("block");
+    }
+
+    /// Options with an allow-list of `nets`.
+    pub fn allow(nets: &[&str]) -> RuleOptions {
+        RuleOptions::new(nets.iter().map(|n| parse_net(n).unwrap()), false, false)
     }
 
     pub fn unblock(&mut self, scope: Scope, spec: &str) {
-        self.store
-            .unblock(scope, PortSpec::parse(spec).unwrap())
-            .expect("unblock");
+        self.store.unblock(scope, &[PortSpec::parse(spec).unwrap()]).expect("unblock");
     }
 
     /// Runs the XDP program (dialed ports) on `frame`.
     pub fn xdp(&mut self, frame: &[u8]) -> Verdict {
         let prog = loader::xdp_program(&mut self.ebpf).unwrap();
-        match prog
-            .test_run(options(frame))
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
-        {
+        match prog.test_run(options(frame)).expect("BPF_PROG_TEST_RUN").return_value {
             XDP_PASS => Verdict::Pass,
             XDP_DROP => Verdict::Drop,
             other => panic!("unexpected XDP return {other}"),
         }
     }
 
-    /// Runs the TC program (container ports) on `frame`.
+    /// Runs the bridge TC program (container ports) on a forwarded `frame`.
     pub fn tc(&mut self, frame: &[u8]) -> Verdict {
-        let prog = loader::tc_program(&mut self.ebpf).unwrap();
-        match prog
-            .test_run(options(frame))
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
-        {
+        self.tc_from(frame, From::Outside)
+    }
+
+    pub fn tc_from(&mut self, frame: &[u8], from: From) -> Verdict {
+        let ctx = skb_ctx(from);
+        let opts = TestRunOptions { ctx_in: Some(&ctx), ..options(frame) };
+        let prog = loader::tc_program(&mut self.ebpf, program_names::BRIDGE_TC).unwrap();
+        match prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value {
             TC_NEXT => Verdict::Pass,
             TC_SHOT => Verdict::Drop,
             other => panic!("unexpected TC return {other}"),
         }
+    }
+
+    /// Runs a flow-tracking program on an outgoing `frame`; it never drops.
+    pub fn track(&mut self, program: &str, frame: &[u8]) {
+        let ctx = skb_ctx(From::Outside);
+        let opts = TestRunOptions { ctx_in: Some(&ctx), ..options(frame) };
+        let prog = loader::tc_program(&mut self.ebpf, program).unwrap();
+        assert_eq!(prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value, TC_NEXT);
     }
 
     pub fn hook_counter(&self, hook: u32, outcome: u32) -> Counter {
@@ -102,13 +137,43 @@ impl Datapath {
     pub fn rules(&self) -> Vec<RuleWithStats> {
         self.store.rules_with_stats().unwrap()
     }
+
+    pub fn set_config(&mut self, edit: impl FnOnce(&mut Config)) {
+        let mut config = self.store.config().unwrap();
+        edit(&mut config);
+        self.store.set_config(config).unwrap();
+    }
+
+    /// The pinned PORT_RULES array, for tests that look under the store.
+    pub fn port_rules(&self) -> Array<MapData, PortRule> {
+        self.raw_map(map_names::PORT_RULES)
+    }
+
+    /// The pinned CONFIG array.
+    pub fn config_map(&self) -> Array<MapData, Config> {
+        self.raw_map(map_names::CONFIG)
+    }
+
+    fn raw_map<T: TryFrom<Map, Error = aya::maps::MapError>>(&self, name: &str) -> T {
+        let data = MapData::from_pin(self.pins.map(name)).unwrap();
+        T::try_from(Map::from_map_data(data).unwrap()).unwrap()
+    }
+
+    /// Every event waiting in the ring buffer.
+    pub fn events(&self) -> Vec<Event> {
+        let data = MapData::from_pin(self.pins.map(map_names::EVENTS)).unwrap();
+        let mut ring = RingBuf::try_from(Map::RingBuf(data)).unwrap();
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            // SAFETY: the program wrote an Event.
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        }
+        events
+    }
 }
 
 fn options(frame: &[u8]) -> TestRunOptions<'_> {
-    TestRunOptions {
-        data_in: Some(frame),
-        ..TestRunOptions::new()
-    }
+    TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() }
 }
 
 impl Drop for Datapath {

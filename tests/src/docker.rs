@@ -12,8 +12,7 @@ pub const MARKER: &str = "dockblock-ok";
 
 /// True if the Docker daemon answers.
 pub fn docker_available() -> bool {
-    crate::try_run_for(Duration::from_secs(20), "docker", &["info"])
-        .is_ok_and(|o| o.status.success())
+    crate::try_run_for(Duration::from_secs(20), "docker", &["info"]).is_ok_and(|o| o.status.success())
 }
 
 /// Imports `IMAGE` (busybox plus one symlink per applet) unless it exists.
@@ -25,25 +24,18 @@ pub fn ensure_image() {
     let _ = std::fs::remove_dir_all(&dir);
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).expect("create image dir");
-    std::fs::copy("/bin/busybox", bin.join("busybox"))
-        .expect("copy /bin/busybox (install busybox-static)");
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("copy /bin/busybox (install busybox-static)");
     for applet in run_ok("/bin/busybox", &["--list"]).lines() {
         if applet != "busybox" {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet symlink");
         }
     }
     std::fs::create_dir_all(dir.join("tmp")).expect("create /tmp");
-    let script = format!(
-        "tar -C {} -cf - . | docker import --change 'CMD [\"/bin/sh\"]' - {IMAGE}",
-        dir.display()
-    );
+    let script =
+        format!("tar -C {} -cf - . | docker import --change 'CMD [\"/bin/sh\"]' - {IMAGE}", dir.display());
     let out = run("sh", &["-c", &script]);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "docker import failed: {}",
-        crate::describe(&out)
-    );
+    assert!(out.status.success(), "docker import failed: {}", crate::describe(&out));
 }
 
 pub struct Container {
@@ -55,9 +47,8 @@ impl Container {
     /// Starts `dbt-<tag>`: busybox httpd on container port 80 serving `MARKER`,
     /// published as `host_port`, and waits until it answers.
     pub fn web(tag: &str, host_port: u16) -> Container {
-        let script = format!(
-            "mkdir -p /www && echo {MARKER} > /www/index.html && exec httpd -f -p 80 -h /www"
-        );
+        let script =
+            format!("mkdir -p /www && echo {MARKER} > /www/index.html && exec httpd -f -p 80 -h /www");
         let publish = format!("{host_port}:80");
         let c = Container::start(tag, &["-p", &publish, IMAGE, "sh", "-c", &script]);
         c.wait_http(&format!("http://{}:80/", c.ip));
@@ -69,17 +60,11 @@ impl Container {
         let name = format!("dbt-{tag}");
         quiet("docker", &["rm", "-f", &name]);
         // Guard first, so a failed start is still removed.
-        let mut c = Container {
-            name,
-            ip: String::new(),
-        };
+        let mut c = Container { name, ip: String::new() };
         let mut full = vec!["run", "-d", "--name", &c.name];
         full.extend_from_slice(args);
         run_ok("docker", &full);
-        let ip = run_ok(
-            "docker",
-            &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &c.name],
-        );
+        let ip = run_ok("docker", &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &c.name]);
         c.ip = ip.trim().to_string();
         assert!(!c.ip.is_empty(), "container {} has no IP", c.name);
         c
@@ -124,11 +109,7 @@ impl Container {
             std::thread::sleep(Duration::from_millis(200));
         }
         let logs = run("docker", &["logs", &self.name]);
-        panic!(
-            "{} did not serve {url} within 10 s; logs: {}",
-            self.name,
-            crate::describe(&logs)
-        );
+        panic!("{} did not serve {url} within 10 s; logs: {}", self.name, crate::describe(&logs));
     }
 }
 

@@ -59,11 +59,7 @@ pub fn run(cmd: &str, args: &[&str]) -> Output {
 /// Like `run`, but panics unless the command exits 0; returns stdout.
 pub fn run_ok(cmd: &str, args: &[&str]) -> String {
     let out = run(cmd, args);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        describe(&out)
-    );
+    assert!(out.status.success(), "{cmd} {args:?} failed: {}", describe(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -19,10 +19,7 @@ impl Outside {
     /// Creates netns `dbt-<tag>` and veth `dbu<tag>` (host) / `dbo<tag>` (ns)
     /// on 198.18.<subnet>.0/30: host .1, ns .2. Tests pick distinct subnets.
     pub fn new(tag: &str, subnet: u8) -> Outside {
-        assert!(
-            tag.len() <= 12,
-            "tag {tag:?} too long for an interface name"
-        );
+        assert!(tag.len() <= 12, "tag {tag:?} too long for an interface name");
         let o = Outside {
             ns: format!("dbt-{tag}"),
             host_if: format!("dbu{tag}"),
@@ -32,27 +29,10 @@ impl Outside {
         };
         o.remove(); // leftovers of a crashed run
         run_ok("ip", &["netns", "add", &o.ns]);
-        run_ok(
-            "ip",
-            &[
-                "link", "add", &o.host_if, "type", "veth", "peer", "name", &o.ns_if, "netns", &o.ns,
-            ],
-        );
-        run_ok(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("{}/30", o.host_ip),
-                "dev",
-                &o.host_if,
-            ],
-        );
+        run_ok("ip", &["link", "add", &o.host_if, "type", "veth", "peer", "name", &o.ns_if, "netns", &o.ns]);
+        run_ok("ip", &["addr", "add", &format!("{}/30", o.host_ip), "dev", &o.host_if]);
         run_ok("ip", &["link", "set", &o.host_if, "up"]);
-        o.exec_ok(
-            "ip",
-            &["addr", "add", &format!("{}/30", o.ns_ip), "dev", &o.ns_if],
-        );
+        o.exec_ok("ip", &["addr", "add", &format!("{}/30", o.ns_ip), "dev", &o.ns_if]);
         o.exec_ok("ip", &["link", "set", &o.ns_if, "up"]);
         o.exec_ok("ip", &["link", "set", "lo", "up"]);
         o
@@ -91,16 +71,7 @@ impl Outside {
     /// One bounded HTTP GET from inside the namespace. True only if curl exits
     /// 0 and the body contains `marker`, so an error page does not count.
     pub fn curl_ok(&self, url: &str, marker: &str) -> bool {
-        let full = [
-            "netns",
-            "exec",
-            &self.ns,
-            "curl",
-            "-s",
-            "--max-time",
-            "3",
-            url,
-        ];
+        let full = ["netns", "exec", &self.ns, "curl", "-s", "--max-time", "3", url];
         let out = run_for(Duration::from_secs(10), "ip", &full);
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains(marker)
     }
@@ -133,10 +104,7 @@ impl Background {
     pub fn spawn(cmd: &mut Command, port: u16, netns: Option<&str>) -> Background {
         let mut in_ns = Command::new("ip");
         let cmd = match netns {
-            Some(ns) => in_ns
-                .args(["netns", "exec", ns])
-                .arg(cmd.get_program())
-                .args(cmd.get_args()),
+            Some(ns) => in_ns.args(["netns", "exec", ns]).arg(cmd.get_program()).args(cmd.get_args()),
             None => cmd,
         };
         let child = cmd

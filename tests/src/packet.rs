@@ -1,6 +1,9 @@
 //! A small packet builder for datapath tests: Ethernet, IPv4 (with options
-//! and fragment fields), TCP or UDP. Every field a test might bend is a
+//! and fragment fields) or IPv6 (with extension headers), VLAN tags, TCP or
+//! UDP. Every field a test might bend is a
 //! builder method; `build` lays out the bytes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -12,6 +15,14 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+/// IPv6 extension header numbers.
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_AUTH: u8 = 51;
+pub const IPV6_DEST_OPTS: u8 = 60;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -19,7 +30,14 @@ pub const IPPROTO_UDP: u8 = 17;
 
 #[derive(Clone, Debug)]
 pub struct Packet {
+    /// VLAN tags, outermost first: (TPID, VLAN id).
+    vlans: Vec<(u16, u16)>,
     ether_type: u16,
+    src: IpAddr,
+    dst: IpAddr,
+    /// IPv6 extension headers, in order: (kind, length in 8-byte units
+    /// beyond the first 8).
+    ext: Vec<(u8, u8)>,
     version: u8,
     /// IPv4 header length in 32-bit words (5 = no options).
     ihl: u8,
@@ -36,7 +54,11 @@ pub struct Packet {
 impl Packet {
     pub fn tcp(dport: u16, flags: u8) -> Self {
         Self {
+            vlans: vec![],
             ether_type: ETH_P_IP,
+            src: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
+            dst: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+            ext: vec![],
             version: 4,
             ihl: 5,
             frag_offset: 0,
@@ -54,11 +76,40 @@ impl Packet {
     }
 
     pub fn udp(dport: u16) -> Self {
-        Self {
-            proto: IPPROTO_UDP,
-            tcp_flags: 0,
-            ..Self::tcp(dport, 0)
-        }
+        Self { proto: IPPROTO_UDP, tcp_flags: 0, ..Self::tcp(dport, 0) }
+    }
+
+    /// Switches to IPv6 (ether type, version, addresses 2001:db8::2 -> ::1).
+    pub fn v6(mut self) -> Self {
+        self.ether_type = ETH_P_IPV6;
+        self.version = 6;
+        self.src = "2001:db8::2".parse().unwrap();
+        self.dst = "2001:db8::1".parse().unwrap();
+        self
+    }
+
+    /// Sets the source address (and the family with it).
+    pub fn src(self, src: &str) -> Self {
+        let src: IpAddr = src.parse().expect("an IP address");
+        let packet = if src.is_ipv6() && !self.src.is_ipv6() { self.v6() } else { self };
+        Self { src, ..packet }
+    }
+
+    pub fn dst(mut self, dst: &str) -> Self {
+        self.dst = dst.parse().expect("an IP address");
+        self
+    }
+
+    /// Adds a VLAN tag (outermost first).
+    pub fn vlan(mut self, tpid: u16, vid: u16) -> Self {
+        self.vlans.push((tpid, vid));
+        self
+    }
+
+    /// Adds an IPv6 extension header of `kind` and `extra` 8-byte units.
+    pub fn ext(mut self, kind: u8, extra: u8) -> Self {
+        self.ext.push((kind, extra));
+        self
     }
 
     pub fn ip_proto(mut self, proto: u8) -> Self {
@@ -99,6 +150,24 @@ impl Packet {
     }
 
     pub fn build(&self) -> Vec<u8> {
+        let l4 = self.l4();
+        let ip = match (self.src, self.dst) {
+            (IpAddr::V6(src), IpAddr::V6(dst)) => self.ipv6(src, dst, &l4),
+            (IpAddr::V4(src), IpAddr::V4(dst)) => self.ipv4(src, dst, &l4),
+            _ => panic!("source and destination of different families"),
+        };
+        let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        for (tpid, vid) in &self.vlans {
+            frame.extend_from_slice(&tpid.to_be_bytes());
+            frame.extend_from_slice(&vid.to_be_bytes());
+        }
+        frame.extend_from_slice(&self.ether_type.to_be_bytes());
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&l4);
+        frame
+    }
+
+    fn l4(&self) -> Vec<u8> {
         let mut l4 = match self.proto {
             IPPROTO_TCP => {
                 let mut h = vec![0u8; 20];
@@ -120,7 +189,10 @@ impl Packet {
             _ => vec![8, 0, 0, 0, 0, 1, 0, 1],
         };
         l4.extend_from_slice(&self.payload);
+        l4
+    }
 
+    fn ipv4(&self, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Vec<u8> {
         // Options are NOPs; a header shorter than 20 bytes is still laid out
         // as 20 so the test controls only the field, not the buffer.
         let ip_len = usize::from(self.ihl.max(5)) * 4;
@@ -134,25 +206,62 @@ impl Packet {
         ip[8] = 64;
         ip[9] = self.proto;
         ip[10..12].copy_from_slice(&[0, 0]);
-        ip[12..16].copy_from_slice(&[198, 18, 0, 2]);
-        ip[16..20].copy_from_slice(&[198, 18, 0, 1]);
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&dst.octets());
         let csum = checksum(&ip);
         ip[10..12].copy_from_slice(&csum.to_be_bytes());
+        ip
+    }
 
-        let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-        frame.extend_from_slice(&self.ether_type.to_be_bytes());
-        frame.extend_from_slice(&ip);
-        frame.extend_from_slice(&l4);
-        frame
+    /// The IPv6 header and extension headers; a fragment header is added
+    /// when `fragment` was set.
+    fn ipv6(&self, src: Ipv6Addr, dst: Ipv6Addr, l4: &[u8]) -> Vec<u8> {
+        let mut chain = self.ext.clone();
+        if self.frag_offset != 0 || self.more_fragments {
+            chain.push((IPV6_FRAGMENT, 0));
+        }
+        let mut ext = Vec::new();
+        for (i, (kind, extra)) in chain.iter().enumerate() {
+            let next = chain.get(i + 1).map_or(self.proto, |(k, _)| *k);
+            let mut h = match *kind {
+                IPV6_FRAGMENT => {
+                    let field = (self.frag_offset << 3) | u16::from(self.more_fragments);
+                    let mut h = vec![next, 0, 0, 0, 0, 0, 0x56, 0x78];
+                    h[2..4].copy_from_slice(&field.to_be_bytes());
+                    h
+                }
+                // AH counts its length in 4-byte units, minus 2.
+                IPV6_AUTH => {
+                    let mut h = vec![0u8; 8 + usize::from(*extra) * 8];
+                    h[1] = (h.len() / 4 - 2) as u8;
+                    h
+                }
+                _ => {
+                    let mut h = vec![0u8; 8 + usize::from(*extra) * 8];
+                    h[1] = *extra;
+                    h
+                }
+            };
+            h[0] = next;
+            ext.extend_from_slice(&h);
+        }
+        let first = chain.first().map_or(self.proto, |(k, _)| *k);
+        let mut ip = vec![0u8; 40];
+        ip[0] = self.version << 4;
+        ip[4..6].copy_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
+        ip[6] = first;
+        ip[7] = 64;
+        ip[8..24].copy_from_slice(&src.octets());
+        ip[24..40].copy_from_slice(&dst.octets());
+        ip.extend_from_slice(&ext);
+        ip
     }
 }
 
 /// Internet checksum (RFC 1071).
 fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
+    let mut sum: u32 =
+        bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -181,6 +290,29 @@ mod tests {
         assert_eq!(p.len(), 14 + 60 + 8);
         assert_eq!(p[14], 0x4f);
         assert_eq!(&p[14 + 60 + 2..14 + 60 + 4], &53u16.to_be_bytes());
+    }
+
+    #[test]
+    fn ipv6_with_extension_headers_and_vlans() {
+        let p = Packet::syn(443)
+            .v6()
+            .vlan(ETH_P_8021AD, 10)
+            .vlan(ETH_P_8021Q, 20)
+            .ext(IPV6_HOP_BY_HOP, 0)
+            .ext(IPV6_DEST_OPTS, 1)
+            .build();
+        assert_eq!(&p[12..14], &ETH_P_8021AD.to_be_bytes());
+        assert_eq!(&p[16..18], &ETH_P_8021Q.to_be_bytes());
+        assert_eq!(&p[20..22], &ETH_P_IPV6.to_be_bytes());
+        let ip = 22;
+        assert_eq!(p[ip] >> 4, 6);
+        assert_eq!(p[ip + 6], IPV6_HOP_BY_HOP);
+        assert_eq!(p[ip + 40], IPV6_DEST_OPTS, "hop-by-hop points at dest opts");
+        assert_eq!(p[ip + 48], IPPROTO_TCP, "dest opts points at tcp");
+        assert_eq!(p[ip + 49], 1);
+        let tcp = ip + 40 + 8 + 16;
+        assert_eq!(&p[tcp + 2..tcp + 4], &443u16.to_be_bytes());
+        assert_eq!(p.len(), tcp + 20);
     }
 
     #[test]

@@ -13,11 +13,13 @@ use dockblock_tests::{
 /// A TCP service on the host end of the uplink, answering `hello`.
 fn host_service(ip: &str, port: u16) -> Background {
     let listen = format!("TCP-LISTEN:{port},bind={ip},reuseaddr,fork");
-    Background::spawn(
-        Command::new("timeout").args(["30", "socat", &listen, "SYSTEM:echo hello"]),
-        port,
-        None,
-    )
+    Background::spawn(Command::new("timeout").args(["30", "socat", &listen, "SYSTEM:echo hello"]), port, None)
+}
+
+/// The XDP links in `status --json`.
+fn xdp_links(agent: &Agent) -> Vec<serde_json::Value> {
+    let status = agent.json(&["status"]);
+    status["links"].as_array().unwrap().iter().filter(|l| l["hook"] == "xdp").cloned().collect()
 }
 
 /// Whether the outside namespace can open a TCP connection to `ip:port`.
@@ -48,10 +50,7 @@ fn non_root_is_refused_and_nothing_is_created() {
             agent.pin_dir(),
         ];
         full.extend(&args);
-        let out = Command::new("setpriv")
-            .args(&full)
-            .output()
-            .expect("setpriv");
+        let out = Command::new("setpriv").args(&full).output().expect("setpriv");
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("must run as root"), "{args:?}: {stderr}");
@@ -76,14 +75,10 @@ fn parallel_cli_calls_lose_no_update() {
         assert!(out.status.success(), "{}", describe(&out));
     }
     let rules = agent.json(&["list"])["rules"].as_array().unwrap().clone();
-    let mut ports: Vec<u64> = rules
-        .iter()
-        .map(|r| r["port_lo"].as_u64().unwrap())
-        .collect();
+    let mut ports: Vec<u64> = rules.iter().map(|r| r["port_lo"].as_u64().unwrap()).collect();
     ports.sort();
     assert_eq!(ports, (10000..10016).collect::<Vec<u64>>());
-    let ids: std::collections::BTreeSet<u64> =
-        rules.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    let ids: std::collections::BTreeSet<u64> = rules.iter().map(|r| r["id"].as_u64().unwrap()).collect();
     assert_eq!(ids.len(), 16, "distinct ids");
 }
 
@@ -91,13 +86,7 @@ fn parallel_cli_calls_lose_no_update() {
 fn a_full_rule_table_refuses_the_whole_change() {
     let outside = Outside::new("full", 42);
     let agent = Agent::new("full");
-    agent.ok(&[
-        "attach",
-        outside.host_if(),
-        "--no-bridge",
-        "--max-rules",
-        "3",
-    ]);
+    agent.ok(&["attach", outside.host_if(), "--no-bridge", "--max-rules", "3"]);
     agent.ok(&["block", "1001/tcp", "1002/tcp"]);
     let err = agent.fails(&["block", "1003/tcp", "1004/tcp"], 1);
     assert!(err.contains("rule table full (3 rules)"), "{err}");
@@ -107,27 +96,11 @@ fn a_full_rule_table_refuses_the_whole_change() {
         .iter()
         .map(|r| r["spec"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(
-        specs,
-        ["1001/tcp", "1002/tcp"],
-        "nothing of the refused change was written"
-    );
+    assert_eq!(specs, ["1001/tcp", "1002/tcp"], "nothing of the refused change was written");
     agent.ok(&["block", "1003/tcp"]);
     assert_eq!(agent.json(&["status"])["rules"]["capacity"], 3);
-    let err = agent.fails(
-        &[
-            "attach",
-            outside.host_if(),
-            "--no-bridge",
-            "--max-rules",
-            "10",
-        ],
-        1,
-    );
-    assert!(
-        err.contains("detach"),
-        "capacity is fixed until detach: {err}"
-    );
+    let err = agent.fails(&["attach", outside.host_if(), "--no-bridge", "--max-rules", "10"], 1);
+    assert!(err.contains("detach"), "capacity is fixed until detach: {err}");
 }
 
 #[test]
@@ -139,16 +112,15 @@ fn an_interface_that_disappears_goes_defunct_and_attach_replaces_it() {
         agent.ok(&["block", "7000/tcp"]);
     } // the veth and namespace are deleted here
     let links = agent.json(&["status"])["links"].clone();
-    assert_eq!(links[0]["state"], "defunct", "{links}");
-    assert_eq!(links[0]["ifindex"], 0);
+    for link in links.as_array().unwrap() {
+        assert_eq!(link["state"], "defunct", "{links}");
+        assert_eq!(link["ifindex"], 0);
+    }
 
     let outside = Outside::new("gone", 43);
     let _service = host_service(outside.host_ip(), 7000);
     let _open = host_service(outside.host_ip(), 7001);
-    assert!(
-        connects(&outside, outside.host_ip(), 7001),
-        "service reachable"
-    );
+    assert!(connects(&outside, outside.host_ip(), 7001), "service reachable");
     assert!(
         connects(&outside, outside.host_ip(), 7000),
         "no link yet: rules not enforced on the new interface"
@@ -158,14 +130,11 @@ fn an_interface_that_disappears_goes_defunct_and_attach_replaces_it() {
     let links = agent.json(&["status"])["links"].clone();
     assert_eq!(
         links.as_array().unwrap().len(),
-        1,
-        "the defunct pin was replaced: {links}"
+        2,
+        "the defunct pins (xdp, udp tracking) were replaced: {links}"
     );
-    assert_eq!(links[0]["state"], "attached");
-    assert!(
-        !connects(&outside, outside.host_ip(), 7000),
-        "rule kept and enforced"
-    );
+    assert!(links.as_array().unwrap().iter().all(|l| l["state"] == "attached"), "{links}");
+    assert!(!connects(&outside, outside.host_ip(), 7000), "rule kept and enforced");
     assert!(connects(&outside, outside.host_ip(), 7001));
 }
 
@@ -186,11 +155,7 @@ fn detaching_one_interface_keeps_the_rules_for_the_others() {
     let err = agent.fails(&["detach", a.host_if()], 1);
     assert!(err.contains("not attached to"), "{err}");
     let links = run_ok("ip", &["link", "show", a.host_if()]);
-    assert!(
-        !links.contains("xdp"),
-        "no XDP left on {}: {links}",
-        a.host_if()
-    );
+    assert!(!links.contains("xdp"), "no XDP left on {}: {links}", a.host_if());
 }
 
 #[test]
@@ -199,30 +164,16 @@ fn xdp_mode_auto_picks_skb_on_veth_and_a_mode_change_needs_detach() {
     let agent = Agent::new("mode");
     let iface = outside.host_if();
     agent.ok(&["attach", iface, "--no-bridge"]);
-    assert_eq!(
-        agent.json(&["status"])["links"][0]["mode"],
-        "skb",
-        "auto on a veth"
-    );
+    assert_eq!(xdp_links(&agent)[0]["mode"], "skb", "auto on a veth");
     let err = agent.fails(&["attach", iface, "--no-bridge", "--xdp-mode", "native"], 1);
-    assert!(
-        err.contains(&format!("dockblock-agent detach {iface}")),
-        "{err}"
-    );
+    assert!(err.contains(&format!("dockblock-agent detach {iface}")), "{err}");
     let out = agent.ok(&["attach", iface, "--no-bridge", "--xdp-mode", "skb"]);
-    assert!(
-        out.contains("program replaced in the existing link"),
-        "{out}"
-    );
+    assert!(out.contains("program replaced in the existing link"), "{out}");
     agent.ok(&["block", "7200/tcp"]);
     agent.ok(&["detach", iface]);
     agent.ok(&["attach", iface, "--no-bridge", "--xdp-mode", "native"]);
-    let status = agent.json(&["status"]);
-    assert_eq!(status["links"][0]["mode"], "native");
-    assert_eq!(status["rules"]["rules"], 1, "detach IFACE kept the rule");
+    assert_eq!(xdp_links(&agent)[0]["mode"], "native");
+    assert_eq!(agent.json(&["status"])["rules"]["rules"], 1, "detach IFACE kept the rule");
     let ip = run_ok("ip", &["link", "show", iface]);
-    assert!(
-        ip.contains("xdp") && !ip.contains("xdpgeneric"),
-        "native XDP: {ip}"
-    );
+    assert!(ip.contains("xdp") && !ip.contains("xdpgeneric"), "native XDP: {ip}");
 }

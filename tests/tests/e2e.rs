@@ -36,9 +36,7 @@ fn smoke() {
     let netns = run("ip", &["netns", "list"]);
     assert!(!String::from_utf8_lossy(&netns.stdout).contains("dbt-smk"));
     assert!(!run("ip", &["link", "show", "dbusmk"]).status.success());
-    assert!(!run("docker", &["container", "inspect", "dbt-smk"])
-        .status
-        .success());
+    assert!(!run("docker", &["container", "inspect", "dbt-smk"]).status.success());
 }
 
 /// One published web container, the outside namespace and an agent with its
@@ -58,22 +56,13 @@ impl Rig {
         let web = Container::web(tag, host_port);
         let agent = Agent::new(tag);
         let url = format!("http://{}:{host_port}/", out.host_ip());
-        assert!(
-            out.curl_ok(&url, MARKER),
-            "rig broken: outside cannot reach {url}"
-        );
-        Rig {
-            agent,
-            _web: web,
-            out,
-            url,
-        }
+        assert!(out.curl_ok(&url, MARKER), "rig broken: outside cannot reach {url}");
+        Rig { agent, _web: web, out, url }
     }
 
     /// `attach <uplink> --bridge docker0`.
     fn attach(&self) {
-        self.agent
-            .ok(&["attach", self.out.host_if(), "--bridge", "docker0"]);
+        self.agent.ok(&["attach", self.out.host_if(), "--bridge", "docker0"]);
     }
 
     fn reachable(&self) -> bool {
@@ -84,32 +73,19 @@ impl Rig {
 /// The rule with this scope and spec from `list --json`.
 fn rule(agent: &Agent, scope: &str, spec: &str) -> Option<Value> {
     let list = agent.json(&["list"]);
-    let rules = list["rules"]
-        .as_array()
-        .unwrap_or_else(|| panic!("list --json: {list}"));
-    rules
-        .iter()
-        .find(|r| r["scope"] == scope && r["spec"] == spec)
-        .cloned()
+    let rules = list["rules"].as_array().unwrap_or_else(|| panic!("list --json: {list}"));
+    rules.iter().find(|r| r["scope"] == scope && r["spec"] == spec).cloned()
 }
 
 fn dropped_packets(rule: &Value) -> u64 {
-    rule["dropped"]["packets"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no dropped.packets: {rule}"))
+    rule["dropped"]["packets"].as_u64().unwrap_or_else(|| panic!("no dropped.packets: {rule}"))
 }
 
 /// Links from `status --json` on `iface` with `hook` (any hook if None).
 fn links(agent: &Agent, iface: &str, hook: Option<&str>) -> Vec<Value> {
     let status = agent.json(&["status"]);
-    let links = status["links"]
-        .as_array()
-        .unwrap_or_else(|| panic!("status --json: {status}"));
-    links
-        .iter()
-        .filter(|l| l["interface"] == iface && hook.is_none_or(|h| l["hook"] == h))
-        .cloned()
-        .collect()
+    let links = status["links"].as_array().unwrap_or_else(|| panic!("status --json: {status}"));
+    links.iter().filter(|l| l["interface"] == iface && hook.is_none_or(|h| l["hook"] == h)).cloned().collect()
 }
 
 /// a. A dialed-port rule drops at the uplink, is listed with a drop count,
@@ -122,33 +98,19 @@ fn dialed_port_blocked_at_uplink() {
     assert!(rig.reachable(), "attached without rules must pass traffic");
 
     rig.agent.ok(&["block", "18080/tcp"]);
-    assert!(
-        !rig.reachable(),
-        "18080/tcp blocked, yet outside reached {}",
-        rig.url
-    );
+    assert!(!rig.reachable(), "18080/tcp blocked, yet outside reached {}", rig.url);
     let text = rig.agent.ok(&["list"]);
     assert!(text.contains("18080/tcp"), "list lacks the rule: {text}");
     let r = rule(&rig.agent, "dialed", "18080/tcp").expect("dialed 18080/tcp in list --json");
     assert!(dropped_packets(&r) > 0, "failed attempt not counted: {r}");
 
     rig.agent.ok(&["unblock", "18080/tcp"]);
-    assert!(
-        rule(&rig.agent, "dialed", "18080/tcp").is_none(),
-        "unblock left the rule"
-    );
-    assert!(
-        rig.reachable(),
-        "unblocked, yet outside cannot reach {}",
-        rig.url
-    );
+    assert!(rule(&rig.agent, "dialed", "18080/tcp").is_none(), "unblock left the rule");
+    assert!(rig.reachable(), "unblocked, yet outside cannot reach {}", rig.url);
 
     // Port 80 is only the container's port: nobody dials it at the uplink.
     rig.agent.ok(&["block", "80/tcp"]);
-    assert!(
-        rig.reachable(),
-        "dialed 80/tcp must not block the published 18080"
-    );
+    assert!(rig.reachable(), "dialed 80/tcp must not block the published 18080");
 }
 
 /// b. A container-port rule drops after DNAT, on docker0, whatever port was
@@ -159,30 +121,16 @@ fn container_port_blocked_at_bridge() {
     rig.attach();
 
     rig.agent.ok(&["block", "--container-port", "80/tcp"]);
-    assert!(
-        !rig.reachable(),
-        "container port 80 blocked, yet outside reached {}",
-        rig.url
-    );
+    assert!(!rig.reachable(), "container port 80 blocked, yet outside reached {}", rig.url);
     let r = rule(&rig.agent, "container", "80/tcp").expect("container 80/tcp in list --json");
     assert!(dropped_packets(&r) > 0, "failed attempt not counted: {r}");
 
     rig.agent.ok(&["unblock", "--container-port", "80/tcp"]);
-    assert!(
-        rule(&rig.agent, "container", "80/tcp").is_none(),
-        "unblock left the rule"
-    );
-    assert!(
-        rig.reachable(),
-        "unblocked, yet outside cannot reach {}",
-        rig.url
-    );
+    assert!(rule(&rig.agent, "container", "80/tcp").is_none(), "unblock left the rule");
+    assert!(rig.reachable(), "unblocked, yet outside cannot reach {}", rig.url);
 
     rig.agent.ok(&["block", "--container-port", "18082/tcp"]);
-    assert!(
-        rig.reachable(),
-        "container-port 18082 must not block what reaches port 80"
-    );
+    assert!(rig.reachable(), "container-port 18082 must not block what reaches port 80");
 }
 
 /// c. Enforcement lives in the kernel, not in a CLI process, and a second
@@ -196,17 +144,16 @@ fn rules_outlive_cli_and_reattach() {
     assert!(!rig.reachable(), "rule not enforced after the CLI exited");
 
     rig.attach();
-    assert!(
-        rule(&rig.agent, "dialed", "18083/tcp").is_some(),
-        "second attach lost the rule"
-    );
+    assert!(rule(&rig.agent, "dialed", "18083/tcp").is_some(), "second attach lost the rule");
     assert!(!rig.reachable(), "second attach stopped enforcement");
 
     let xdp = links(&rig.agent, rig.out.host_if(), Some("xdp"));
     assert_eq!(xdp.len(), 1, "want one xdp link on the uplink: {xdp:?}");
     assert_eq!(xdp[0]["state"], "attached", "{xdp:?}");
+    // On docker0: the judging program (egress) and UDP flow tracking (ingress).
     let bridge = links(&rig.agent, "docker0", None);
-    assert_eq!(bridge.len(), 1, "want one link on docker0: {bridge:?}");
+    assert_eq!(bridge.len(), 2, "want two links on docker0: {bridge:?}");
+    assert!(bridge.iter().any(|l| l["role"] == "judge" && l["direction"] == "egress"), "{bridge:?}");
 }
 
 /// d. Replies to connections a container opened pass, even when their
@@ -227,10 +174,7 @@ fn replies_to_container_connections_pass() {
         String::from_utf8_lossy(&o.stdout).contains("pong")
     };
     // A different source port, so the checked dial below reuses no 4-tuple.
-    assert!(
-        dial(SPORT - 1),
-        "rig broken: container cannot reach the outside server"
-    );
+    assert!(dial(SPORT - 1), "rig broken: container cannot reach the outside server");
 
     agent.ok(&["attach", out.host_if(), "--bridge", "docker0"]);
     let spec = format!("{SPORT}/tcp");
@@ -240,17 +184,9 @@ fn replies_to_container_connections_pass() {
     // (exit 28) instead of being refused by the host (exit 7).
     let url = format!("http://{}:{SPORT}/", out.host_ip());
     let probe = out.exec("curl", &["-s", "--max-time", "2", &url]);
-    assert_eq!(
-        probe.status.code(),
-        Some(28),
-        "dialed {spec} not enforced: {}",
-        describe(&probe)
-    );
+    assert_eq!(probe.status.code(), Some(28), "dialed {spec} not enforced: {}", describe(&probe));
 
-    assert!(
-        dial(SPORT),
-        "reply to the container's own connection was dropped"
-    );
+    assert!(dial(SPORT), "reply to the container's own connection was dropped");
     // Both hooks saw the replies, matched them to the rule, and let them by.
     for scope in ["dialed", "container"] {
         let r = rule(&agent, scope, &spec).unwrap_or_else(|| panic!("{scope} {spec} listed"));
@@ -264,20 +200,13 @@ fn replies_to_container_connections_pass() {
 fn bad_input_changes_nothing() {
     let rig = Rig::new("bad", 5, 18085);
     let not_attached = rig.agent.fails(&["block", "80/tcp"], 1);
-    assert!(
-        not_attached.contains("not attached"),
-        "stderr: {not_attached}"
-    );
+    assert!(not_attached.contains("not attached"), "stderr: {not_attached}");
 
     rig.attach();
     rig.agent.ok(&["block", "18085/tcp"]);
     for spec in ["0/tcp", "70000/tcp", "20-10/tcp", "80/icmp"] {
         let err = rig.agent.fails(&["block", spec], 2);
-        assert_eq!(
-            err.trim().lines().count(),
-            1,
-            "block {spec}: want one stderr line: {err}"
-        );
+        assert_eq!(err.trim().lines().count(), 1, "block {spec}: want one stderr line: {err}");
     }
     rig.agent.fails(&["attach", "nosuchif0"], 1);
 
@@ -289,11 +218,7 @@ fn bad_input_changes_nothing() {
 
     rig.agent.ok(&["detach"]);
     let again = rig.agent.run(&["detach"]);
-    assert!(
-        !again.status.success(),
-        "second detach succeeded: {}",
-        describe(&again)
-    );
+    assert!(!again.status.success(), "second detach succeeded: {}", describe(&again));
 }
 
 /// f. `detach` removes the pin folder and every link it made; traffic flows.
@@ -308,31 +233,17 @@ fn detach_cleans_up() {
         .as_array()
         .expect("links array")
         .iter()
-        .map(|l| {
-            l["link_id"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("link_id: {l}"))
-        })
+        .map(|l| l["link_id"].as_u64().unwrap_or_else(|| panic!("link_id: {l}")))
         .collect();
-    assert!(
-        ids.len() >= 2,
-        "want the xdp and the docker0 link: {status}"
-    );
+    assert!(ids.len() >= 2, "want the xdp and the docker0 link: {status}");
 
     rig.agent.ok(&["detach"]);
-    assert!(
-        !Path::new(rig.agent.pin_dir()).exists(),
-        "pin folder left behind"
-    );
+    assert!(!Path::new(rig.agent.pin_dir()).exists(), "pin folder left behind");
     let show = run_ok("ip", &["-d", "link", "show", rig.out.host_if()]);
     assert!(!show.contains("xdp"), "xdp still on the uplink: {show}");
     for id in ids {
         let link = run("bpftool", &["link", "show", "id", &id.to_string()]);
-        assert!(
-            !link.status.success(),
-            "link {id} survived detach: {}",
-            describe(&link)
-        );
+        assert!(!link.status.success(), "link {id} survived detach: {}", describe(&link));
     }
     assert!(rig.reachable(), "traffic still blocked after detach");
 }

@@ -59,9 +59,7 @@ mod tests {
     #[test]
     fn passes_trailing_args_through() {
         let cli = super::Cli::parse_from(["xtask", "run", "--release", "--", "attach", "--x"]);
-        let super::Cmd::Run(opts) = cli.cmd else {
-            panic!("not run")
-        };
+        let super::Cmd::Run(opts) = cli.cmd else { panic!("not run") };
         assert!(opts.release);
         assert_eq!(opts.args, ["attach", "--x"]);
     }
@@ -69,9 +67,7 @@ mod tests {
     #[test]
     fn test_takes_a_filter() {
         let cli = super::Cli::parse_from(["xtask", "test", "--skip-setup", "--", "e2e"]);
-        let super::Cmd::Test(opts) = cli.cmd else {
-            panic!("not test")
-        };
+        let super::Cmd::Test(opts) = cli.cmd else { panic!("not test") };
         assert!(opts.skip_setup);
         assert_eq!(opts.args, ["e2e"]);
     }

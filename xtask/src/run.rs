@@ -14,9 +14,7 @@ pub struct Options {
 }
 
 pub fn run(opts: Options) -> Result<()> {
-    let agent = build::run(&build::Options {
-        release: opts.release,
-    })?;
+    let agent = build::run(&build::Options { release: opts.release })?;
     println!("+ {} {}", agent.display(), show_args(&opts.args));
     // exec() replaces xtask, so signals reach the agent directly and its exit
     // status is ours. It only returns on failure.

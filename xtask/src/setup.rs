@@ -101,28 +101,19 @@ fn nightly() -> Result<Outcome> {
     if has_nightly(&list) {
         return Ok(Outcome::AlreadyThere);
     }
-    util::run(Command::new("rustup").args([
-        "toolchain",
-        "install",
-        "nightly",
-        "--profile",
-        "minimal",
-    ]))?;
+    util::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     Ok(Outcome::Done("installed"))
 }
 
 /// Lines look like "nightly-x86_64-unknown-linux-gnu (default)". A dated
 /// "nightly-2025-01-01-..." is not what `+nightly` resolves to.
 fn has_nightly(toolchain_list: &str) -> bool {
-    toolchain_list
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .any(|name| {
-            name == "nightly"
-                || name
-                    .strip_prefix("nightly-")
-                    .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
-        })
+    toolchain_list.lines().filter_map(|l| l.split_whitespace().next()).any(|name| {
+        name == "nightly"
+            || name
+                .strip_prefix("nightly-")
+                .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+    })
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
@@ -132,19 +123,10 @@ fn nightly_sysroot() -> Result<PathBuf> {
 
 /// build-std (used for the bpfel target) compiles `core` from rust-src.
 fn rust_src() -> Result<Outcome> {
-    if nightly_sysroot()?
-        .join("lib/rustlib/src/rust/library")
-        .is_dir()
-    {
+    if nightly_sysroot()?.join("lib/rustlib/src/rust/library").is_dir() {
         return Ok(Outcome::AlreadyThere);
     }
-    util::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))?;
+    util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     Ok(Outcome::Done("installed"))
 }
 
@@ -158,20 +140,10 @@ fn lint_tools() -> Result<Outcome> {
         did = true;
     }
     if !works(&["+nightly", "clippy", "--version"]) {
-        util::run(Command::new("rustup").args([
-            "component",
-            "add",
-            "clippy",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        util::run(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]))?;
         did = true;
     }
-    Ok(if did {
-        Outcome::Done("installed")
-    } else {
-        Outcome::AlreadyThere
-    })
+    Ok(if did { Outcome::Done("installed") } else { Outcome::AlreadyThere })
 }
 
 /// bpf-linker must use the same LLVM as the nightly rustc that emits the
@@ -181,10 +153,7 @@ fn bpf_linker() -> Result<Outcome> {
     // main() put the cargo bin dirs on PATH, so this also finds ~/.cargo/bin.
     // `--version` loads libLLVM, so a linker whose LLVM vanished (nightly
     // update) fails here and gets rebuilt.
-    if probe(
-        Command::new("bpf-linker").arg("--version"),
-        Duration::from_secs(10),
-    ) {
+    if probe(Command::new("bpf-linker").arg("--version"), Duration::from_secs(10)) {
         return Ok(Outcome::AlreadyThere);
     }
 
@@ -210,17 +179,10 @@ fn bpf_linker() -> Result<Outcome> {
         Command::new("cargo")
             .env("LLVM_PREFIX", &prefix)
             .args(["+nightly", "install", "bpf-linker", "--version", "^0.13"])
-            .args([
-                "--no-default-features",
-                "--features",
-                &format!("llvm-{major}"),
-            ])
+            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
             .arg("--force"),
     )?;
-    if !probe(
-        Command::new("bpf-linker").arg("--version"),
-        Duration::from_secs(10),
-    ) {
+    if !probe(Command::new("bpf-linker").arg("--version"), Duration::from_secs(10)) {
         bail!("bpf-linker was installed but `bpf-linker --version` still fails");
     }
     Ok(Outcome::Done("built against nightly's LLVM"))
@@ -228,9 +190,7 @@ fn bpf_linker() -> Result<Outcome> {
 
 /// "LLVM version: 22.1.4" -> 22.
 fn llvm_major(rustc_vv: &str) -> Option<u32> {
-    let version = rustc_vv
-        .lines()
-        .find_map(|l| l.strip_prefix("LLVM version: "))?;
+    let version = rustc_vv.lines().find_map(|l| l.strip_prefix("LLVM version: "))?;
     version.trim().split('.').next()?.parse().ok()
 }
 
@@ -245,10 +205,7 @@ fn find_libllvm(sysroot_lib: &Path) -> Result<PathBuf> {
     match found.as_slice() {
         [one] => Ok(one.clone()),
         [] => bail!("no libLLVM.so.* in {}", sysroot_lib.display()),
-        many => bail!(
-            "several libLLVM.so.* in {}: {many:?}",
-            sysroot_lib.display()
-        ),
+        many => bail!("several libLLVM.so.* in {}: {many:?}", sysroot_lib.display()),
     }
 }
 
@@ -261,8 +218,7 @@ fn ensure_symlink(target: &Path, link: &Path) -> Result<()> {
     if fs::symlink_metadata(link).is_ok() {
         fs::remove_file(link).with_context(|| format!("removing stale {}", link.display()))?;
     }
-    symlink(target, link)
-        .with_context(|| format!("linking {} -> {}", link.display(), target.display()))
+    symlink(target, link).with_context(|| format!("linking {} -> {}", link.display(), target.display()))
 }
 
 /// aya pins maps under /sys/fs/bpf; containers and minimal hosts often lack
@@ -290,10 +246,7 @@ fn docker() -> Result<Outcome> {
         return Ok(Outcome::AlreadyThere);
     }
     // /usr/sbin may be missing from a non-login PATH.
-    let dockerd = if probe(
-        Command::new("dockerd").arg("--version"),
-        Duration::from_secs(10),
-    ) {
+    let dockerd = if probe(Command::new("dockerd").arg("--version"), Duration::from_secs(10)) {
         PathBuf::from("dockerd")
     } else {
         PathBuf::from("/usr/sbin/dockerd")
@@ -308,14 +261,9 @@ fn docker() -> Result<Outcome> {
     // leader, so setsid(1) execs dockerd in place (no fork) and the pid we
     // hold is dockerd's own: we can notice if it dies during start-up.
     let mut cmd = Command::new("setsid");
-    cmd.arg(&dockerd)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.arg(&dockerd).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     println!("+ {} >>{DOCKERD_LOG} 2>&1 &", util::show(&cmd));
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("could not start `{}`", util::show(&cmd)))?;
+    let mut child = cmd.spawn().with_context(|| format!("could not start `{}`", util::show(&cmd)))?;
 
     let deadline = Instant::now() + DOCKER_READY_TIMEOUT;
     while Instant::now() < deadline {
@@ -340,9 +288,7 @@ mod tests {
 
     #[test]
     fn finds_nightly() {
-        assert!(has_nightly(
-            "stable-x86_64-unknown-linux-gnu (default)\nnightly-x86_64-unknown-linux-gnu\n"
-        ));
+        assert!(has_nightly("stable-x86_64-unknown-linux-gnu (default)\nnightly-x86_64-unknown-linux-gnu\n"));
         assert!(!has_nightly(
             "stable-x86_64-unknown-linux-gnu\nnightly-2025-01-01-x86_64-unknown-linux-gnu\n"
         ));

@@ -22,19 +22,10 @@ pub fn run(opts: &Options) -> Result<()> {
 
     // dockblock-ebpf only builds for bpfel-unknown-none with nightly, so the
     // host-side --workspace steps leave it out and it gets its own clippy run.
-    const HOST: [&str; 4] = [
-        "--workspace",
-        "--exclude",
-        "dockblock-ebpf",
-        "--all-targets",
-    ];
+    const HOST: [&str; 4] = ["--workspace", "--exclude", "dockblock-ebpf", "--all-targets"];
 
     util::run(&mut util::cargo(["fmt", "--all", "--check"]))?;
-    util::run(
-        util::cargo(["clippy"])
-            .args(HOST)
-            .args(["--", "-D", "warnings"]),
-    )?;
+    util::run(util::cargo(["clippy"]).args(HOST).args(["--", "-D", "warnings"]))?;
     util::run(&mut util::cargo([
         "+nightly",
         "clippy",
@@ -53,13 +44,7 @@ pub fn run(opts: &Options) -> Result<()> {
     // target before running any test.
     util::run(util::cargo(["build"]).args(HOST))?;
     // One Docker engine and one bpffs are shared by all tests: run serially.
-    let mut cmd = util::cargo([
-        "test",
-        "--no-fail-fast",
-        "--workspace",
-        "--exclude",
-        "dockblock-ebpf",
-    ]);
+    let mut cmd = util::cargo(["test", "--no-fail-fast", "--workspace", "--exclude", "dockblock-ebpf"]);
     cmd.args(["--", "--test-threads=1"]).args(&opts.args);
     let (passed, failed) = run_tallied(&mut cmd)?;
     // One closing line for the whole run: cargo's own last line is the

@@ -12,15 +12,11 @@ use std::{
 /// The workspace root (xtask lives one level below it), fixed at compile time
 /// so xtask works from any current directory.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .canonicalize()
-        .expect("workspace root exists")
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).canonicalize().expect("workspace root exists")
 }
 
 pub fn home() -> Result<PathBuf> {
-    env::var_os("HOME")
-        .map(PathBuf::from)
-        .context("HOME is not set")
+    env::var_os("HOME").map(PathBuf::from).context("HOME is not set")
 }
 
 /// Where `cargo install` puts binaries: $CARGO_INSTALL_ROOT/bin, else
@@ -42,10 +38,7 @@ pub fn cargo_bin_dirs() -> Vec<PathBuf> {
 pub fn add_cargo_bins_to_path() {
     let old = env::var_os("PATH").unwrap_or_default();
     let current: Vec<PathBuf> = env::split_paths(&old).collect();
-    let mut dirs: Vec<PathBuf> = cargo_bin_dirs()
-        .into_iter()
-        .filter(|d| !current.contains(d))
-        .collect();
+    let mut dirs: Vec<PathBuf> = cargo_bin_dirs().into_iter().filter(|d| !current.contains(d)).collect();
     dirs.extend(current);
     let joined = env::join_paths(dirs).expect("PATH entries have no ':'");
     // Single-threaded at this point, so changing the environment is sound.
@@ -66,9 +59,7 @@ pub fn show(cmd: &Command) -> String {
 /// Print the command, run it with inherited stdio, and fail unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
     println!("+ {}", show(cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{}`", show(cmd)))?;
+    let status = cmd.status().with_context(|| format!("could not start `{}`", show(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", show(cmd));
     }
@@ -77,17 +68,10 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Run quietly and return stdout; on failure the error carries stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("could not start `{}`", show(cmd)))?;
+    let out =
+        cmd.stdin(Stdio::null()).output().with_context(|| format!("could not start `{}`", show(cmd)))?;
     if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            show(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{}` failed ({}): {}", show(cmd), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", show(cmd)))
 }
@@ -95,12 +79,7 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 /// True if the command starts and exits 0 within `timeout`. Output is
 /// discarded: this is for "is it there / is it up" probes only.
 pub fn probe(cmd: &mut Command, timeout: Duration) -> bool {
-    let Ok(mut child) = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
+    let Ok(mut child) = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn() else {
         return false;
     };
     let deadline = Instant::now() + timeout;
@@ -125,8 +104,7 @@ where
     S: Into<OsString>,
 {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root())
-        .args(args.into_iter().map(Into::into));
+    cmd.current_dir(workspace_root()).args(args.into_iter().map(Into::into));
     cmd
 }
 

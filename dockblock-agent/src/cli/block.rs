@@ -1,38 +1,29 @@
 use dockblock_agent::{
     lock::PinLock,
     paths::PinDir,
-    ports::PortSpec,
     require_root,
-    rules::{Scope, Verb},
+    rulefile::parse_net,
+    rules::{RuleOptions, RuleSpec},
     store::RuleStore,
     Result,
 };
 
-use super::PortArgs;
+use super::BlockArgs;
 
-/// `block` and `unblock`: every spec is validated, and the whole change
-/// planned, before anything is written; all under the pin folder lock.
-pub fn run(pins: &PinDir, args: PortArgs, verb: Verb) -> Result<()> {
-    let specs = args
-        .ports
-        .iter()
-        .map(|s| PortSpec::parse(s))
-        .collect::<Result<Vec<_>>>()?;
-    let scope = if args.container_port {
-        Scope::Container
-    } else {
-        Scope::Dialed
-    };
+/// Every spec and address is validated, and the whole change planned,
+/// before anything is written; all under the pin folder lock.
+pub fn run(pins: &PinDir, args: BlockArgs) -> Result<()> {
+    let (scope, ports) = args.ports.parse()?;
+    let allow = args.allow_from.iter().map(|v| parse_net(v)).collect::<Result<Vec<_>>>()?;
+    let options = RuleOptions::new(allow, args.dry_run, args.log);
+    let specs: Vec<RuleSpec> =
+        ports.iter().map(|p| RuleSpec { scope, ports: *p, options: options.clone() }).collect();
     require_root()?;
     let mut store = RuleStore::open(pins)?;
     let _lock = PinLock::acquire(pins.root())?;
-    let changed = store.change(verb, scope, &specs)?;
-    for (spec, changed) in specs.iter().zip(changed) {
-        match (verb, changed) {
-            (Verb::Block, true) => println!("blocked {scope} {spec}"),
-            (Verb::Block, false) => println!("already blocked: {scope} {spec}"),
-            (Verb::Unblock, _) => println!("unblocked {scope} {spec}"),
-        }
+    for (spec, changed) in specs.iter().zip(store.block(&specs)?) {
+        let what = if changed { "blocked" } else { "already blocked:" };
+        println!("{what} {} {}{}", spec.scope, spec.ports, super::output::describe_options(&spec.options));
     }
     Ok(())
 }

@@ -6,10 +6,7 @@ pub fn run(pins: &PinDir, interfaces: &[String]) -> Result<()> {
         println!("detached {} from {}", link.kind.label(), link.interface);
     }
     if interfaces.is_empty() {
-        println!(
-            "removed {} (rules and counters are gone)",
-            pins.root().display()
-        );
+        println!("removed {} (rules and counters are gone)", pins.root().display());
     }
     Ok(())
 }

@@ -1,13 +1,17 @@
 //! The command line: clap definitions here, one file per verb. Every verb
 //! validates its arguments, then calls the library.
 
+mod apply;
 mod attach;
 mod block;
 mod detach;
+mod events;
+mod export;
 mod list;
 mod output;
 mod stats;
 mod status;
+mod unblock;
 
 use std::path::PathBuf;
 
@@ -15,7 +19,8 @@ use clap::{Args, Parser, Subcommand};
 use dockblock_agent::{
     loader::XdpModeChoice,
     paths::{PinDir, DEFAULT_PIN_DIR, PIN_DIR_ENV},
-    rules::Verb,
+    ports::PortSpec,
+    rules::Scope,
     Result,
 };
 
@@ -39,13 +44,22 @@ enum Command {
     Attach(AttachArgs),
     /// Drop new inbound connections to PORTS (Docker syntax: 80/tcp, 53/udp,
     /// 30000-30010/tcp, 8080 for both).
-    Block(PortArgs),
+    Block(BlockArgs),
     /// Open PORTS again (trims or splits the rules that cover them).
     Unblock(PortArgs),
+    /// Replace the whole rule set with the rules in FILE (TOML), atomically.
+    Apply {
+        /// Rules file, as `export` writes it; `-` for standard input.
+        file: String,
+    },
+    /// Print the rule set in the format `apply` reads.
+    Export,
     /// Rules, one a line, with drop counters.
     List(JsonArg),
     /// Packets and bytes dropped and passed, per hook and per rule.
-    Stats(JsonArg),
+    Stats(StatsArgs),
+    /// Stream the drop events of rules with --log.
+    Events(EventsArgs),
     /// What is attached where, program ids, rule table fill, pin folder.
     Status(JsonArg),
     /// Detach from INTERFACES, or from everything (removing rules and pins)
@@ -58,12 +72,7 @@ struct AttachArgs {
     /// Uplink interface(s) where clients' packets arrive (XDP).
     interfaces: Vec<String>,
     /// Docker bridge for container-port rules (TC); repeat for br-* networks.
-    #[arg(
-        long = "bridge",
-        value_name = "NAME",
-        default_value = "docker0",
-        conflicts_with = "no_bridge"
-    )]
+    #[arg(long = "bridge", value_name = "NAME", default_value = "docker0", conflicts_with = "no_bridge")]
     bridges: Vec<String>,
     /// Attach no bridge program (container-port rules then do nothing).
     #[arg(long)]
@@ -71,9 +80,85 @@ struct AttachArgs {
     /// XDP mode on the uplinks.
     #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
     xdp_mode: XdpModeChoice,
-    /// Rule capacity, fixed when the maps are first created.
+    /// Rule capacity (default 4095), fixed when the maps are first created.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_rules: Option<u32>,
+    /// Allow-list entries over all rules (default 8192), fixed at creation.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_allow: Option<u32>,
+    /// UDP flows remembered for replies (default 65536, LRU), fixed at creation.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..=16_000_000))]
+    max_flows: Option<u32>,
+    /// Fragmented datagrams remembered as dropped (default 8192, LRU), fixed at creation.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    max_frags: Option<u32>,
+    /// Events ring buffer bytes (default 1 MiB; a power of two), fixed at creation.
+    #[arg(long, value_parser = parse_ring_size)]
+    events_bytes: Option<u32>,
+    /// Judge traffic the host itself sends into the bridge (docker-proxy,
+    /// curl to a container IP) with container-port rules: yes or no
+    /// (default no, as with DOCKER-USER).
+    #[arg(long, value_name = "yes|no", value_parser = parse_yes_no)]
+    judge_host_traffic: Option<bool>,
+    /// Events per second per CPU for --log rules (default 100).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    log_rate: Option<u32>,
+    /// Seconds a UDP flow opened by the host or a container lets replies in (default 30).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    flow_timeout: Option<u32>,
+}
+
+fn parse_yes_no(value: &str) -> Result<bool, String> {
+    match value {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err("expected yes or no".into()),
+    }
+}
+
+fn parse_ring_size(value: &str) -> Result<u32, String> {
+    let n: u32 = value.parse().map_err(|_| "expected a number of bytes".to_string())?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err("must be a power of two, at least 4096".into());
+    }
+    Ok(n)
+}
+
+#[derive(Debug, Args)]
+struct BlockArgs {
+    #[command(flatten)]
+    ports: PortArgs,
+    /// Keep the ports open to this source (address or CIDR, IPv4 or IPv6);
+    /// repeat for more.
+    #[arg(long, value_name = "CIDR")]
+    allow_from: Vec<String>,
+    /// Count and log what the rule would drop, but drop nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Emit a rate-limited event per dropped packet (see `events`).
+    #[arg(long)]
+    log: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    json: JsonArg,
+    /// Refresh every second, with rates.
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: stop after this many refreshes.
+    #[arg(long, requires = "watch")]
+    count: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct EventsArgs {
+    #[command(flatten)]
+    json: JsonArg,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +172,14 @@ struct PortArgs {
     container_port: bool,
 }
 
+impl PortArgs {
+    /// The scope and the parsed specs; a bad spec is a usage error.
+    fn parse(&self) -> Result<(Scope, Vec<PortSpec>)> {
+        let specs = self.ports.iter().map(|s| PortSpec::parse(s)).collect::<Result<Vec<_>>>()?;
+        Ok((if self.container_port { Scope::Container } else { Scope::Dialed }, specs))
+    }
+}
+
 #[derive(Debug, Args)]
 struct JsonArg {
     /// Print JSON (a stable shape, see README) instead of a table.
@@ -98,10 +191,13 @@ pub fn run(cli: Cli) -> Result<()> {
     let pins = PinDir::new(cli.pin_dir);
     match cli.command {
         Command::Attach(args) => attach::run(&pins, args),
-        Command::Block(args) => block::run(&pins, args, Verb::Block),
-        Command::Unblock(args) => block::run(&pins, args, Verb::Unblock),
+        Command::Block(args) => block::run(&pins, args),
+        Command::Unblock(args) => unblock::run(&pins, args),
+        Command::Apply { file } => apply::run(&pins, &file),
+        Command::Export => export::run(&pins),
         Command::List(args) => list::run(&pins, args.json),
-        Command::Stats(args) => stats::run(&pins, args.json),
+        Command::Stats(args) => stats::run(&pins, args.json.json, args.watch, args.count),
+        Command::Events(args) => events::run(&pins, args.json.json, args.count),
         Command::Status(args) => status::run(&pins, args.json),
         Command::Detach { interfaces } => detach::run(&pins, &interfaces),
     }

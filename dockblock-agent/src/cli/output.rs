@@ -1,10 +1,11 @@
-//! JSON shapes shared by `list` and `stats` (documented in the README).
+//! JSON shapes and table rows shared by `list` and `stats` (documented in
+//! the README).
 
-use dockblock_agent::{ports::proto_name, store::RuleWithStats};
+use dockblock_agent::{ports::proto_name, rules::RuleOptions, store::RuleWithStats};
 use dockblock_common::Counter;
 use serde::Serialize;
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize)]
 pub struct CounterJson {
     pub packets: u64,
     pub bytes: u64,
@@ -12,10 +13,7 @@ pub struct CounterJson {
 
 impl From<Counter> for CounterJson {
     fn from(c: Counter) -> Self {
-        Self {
-            packets: c.packets,
-            bytes: c.bytes,
-        }
+        Self { packets: c.packets, bytes: c.bytes }
     }
 }
 
@@ -28,13 +26,23 @@ pub struct RuleJson {
     pub port_lo: u16,
     pub port_hi: u16,
     pub protocols: Vec<&'static str>,
+    pub allow_from: Vec<String>,
+    pub dry_run: bool,
+    pub log: bool,
+    /// New connections dropped (and later fragments of dropped datagrams).
     pub dropped: CounterJson,
+    /// Replies and established traffic on the rule's ports.
     pub passed: CounterJson,
+    /// New connections from allow-listed sources.
+    pub allowed: CounterJson,
+    /// New connections a dry-run rule would have dropped.
+    pub would_drop: CounterJson,
 }
 
 impl From<&RuleWithStats> for RuleJson {
     fn from(r: &RuleWithStats) -> Self {
         let ports = r.rule.ports;
+        let options = &r.rule.options;
         Self {
             id: r.rule.id,
             scope: r.rule.scope.to_string(),
@@ -42,15 +50,54 @@ impl From<&RuleWithStats> for RuleJson {
             port_lo: ports.lo,
             port_hi: ports.hi,
             protocols: ports.protos().map(proto_name).collect(),
+            allow_from: options.allow_from.iter().map(|n| n.to_string()).collect(),
+            dry_run: options.dry_run,
+            log: options.log,
             dropped: r.stats.dropped.into(),
             passed: r.stats.passed.into(),
+            allowed: r.stats.allowed.into(),
+            would_drop: r.stats.dry_run.into(),
         }
     }
 }
 
+/// " (allow 203.0.113.0/24; dry-run; log)", or "" for a plain rule.
+pub fn describe_options(options: &RuleOptions) -> String {
+    let mut parts = Vec::new();
+    if !options.allow_from.is_empty() {
+        let nets: Vec<String> = options.allow_from.iter().map(|n| n.to_string()).collect();
+        parts.push(format!("allow {}", nets.join(",")));
+    }
+    if options.dry_run {
+        parts.push("dry-run".to_string());
+    }
+    if options.log {
+        parts.push("log".to_string());
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join("; "))
+    }
+}
+
+pub const RULE_HEADER: &str = "  ID  SCOPE      PORTS                 DROPPED  DROPPED_BYTES       PASSED      ALLOWED   WOULD_DROP  OPTIONS";
+
+pub fn rule_row(r: &RuleWithStats) -> String {
+    format!(
+        "{:>4}  {:<9}  {:<16} {:>12} {:>14} {:>12} {:>12} {:>12} {}",
+        r.rule.id,
+        r.rule.scope,
+        r.rule.ports,
+        r.stats.dropped.packets,
+        r.stats.dropped.bytes,
+        r.stats.passed.packets,
+        r.stats.allowed.packets,
+        r.stats.dry_run.packets,
+        describe_options(&r.rule.options).trim_start(),
+    )
+}
+
 pub fn print_json(value: &impl Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("serializable")
-    );
+    println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
 }

@@ -1,69 +1,106 @@
-use dockblock_agent::{paths::PinDir, require_root, store::RuleStore, Result};
-use dockblock_common::{hook, hook_stats_index, outcome};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
-use super::output::{print_json, CounterJson, RuleJson};
+use dockblock_agent::{paths::PinDir, require_root, store::RuleStore, Result};
+use dockblock_common::{hook, hook_stats_index, outcome, Counter};
+use serde_json::{json, Map, Value};
+
+use super::output::{print_json, rule_row, CounterJson, RuleJson, RULE_HEADER};
 
 const HOOKS: [(u32, &str); 2] = [(hook::XDP, "xdp"), (hook::TC, "tc")];
 
-pub fn run(pins: &PinDir, json: bool) -> Result<()> {
+/// One reading of every counter.
+struct Snapshot {
+    at: Instant,
+    hooks: Vec<Counter>,
+    rules: Vec<dockblock_agent::store::RuleWithStats>,
+    suppressed: u64,
+}
+
+fn read(store: &RuleStore) -> Result<Snapshot> {
+    Ok(Snapshot {
+        at: Instant::now(),
+        hooks: store.hook_stats()?,
+        rules: store.rules_with_stats()?,
+        suppressed: store.suppressed_events()?,
+    })
+}
+
+pub fn run(pins: &PinDir, json: bool, watch: bool, count: Option<u64>) -> Result<()> {
     require_root()?;
     let store = RuleStore::open(pins)?;
-    let counters = store.hook_stats()?;
-    let rules: Vec<RuleJson> = store
-        .rules_with_stats()?
-        .iter()
-        .map(RuleJson::from)
-        .collect();
-    let per_hook = |h: u32| -> serde_json::Map<String, serde_json::Value> {
-        outcome::NAMES
-            .iter()
-            .enumerate()
-            .map(|(o, name)| {
-                let c = CounterJson::from(counters[hook_stats_index(h, o as u32) as usize]);
-                (
-                    name.to_string(),
-                    serde_json::to_value(c).expect("plain struct"),
-                )
-            })
-            .collect()
-    };
-    if json {
-        let hooks: serde_json::Map<_, _> = HOOKS
-            .iter()
-            .map(|(h, name)| (name.to_string(), per_hook(*h).into()))
-            .collect();
-        print_json(&serde_json::json!({ "hooks": hooks, "rules": rules }));
+    let mut last = read(&store)?;
+    if !watch {
+        print(&last, None, json);
         return Ok(());
     }
-    println!(
-        "{:<5} {:<17} {:>14} {:>16}",
-        "HOOK", "OUTCOME", "PACKETS", "BYTES"
-    );
-    for (h, hook_name) in HOOKS {
-        for (o, name) in outcome::NAMES.iter().enumerate() {
-            let c = counters[hook_stats_index(h, o as u32) as usize];
-            println!(
-                "{hook_name:<5} {name:<17} {:>14} {:>16}",
-                c.packets, c.bytes
-            );
-        }
-    }
-    println!();
-    println!(
-        "{:>4}  {:<9}  {:<16} {:>12} {:>14} {:>12} {:>14}",
-        "RULE", "SCOPE", "PORTS", "DROPPED", "DROPPED_BYTES", "PASSED", "PASSED_BYTES"
-    );
-    for r in rules {
-        println!(
-            "{:>4}  {:<9}  {:<16} {:>12} {:>14} {:>12} {:>14}",
-            r.id,
-            r.scope,
-            r.spec,
-            r.dropped.packets,
-            r.dropped.bytes,
-            r.passed.packets,
-            r.passed.bytes
-        );
+    for _ in 0..count.unwrap_or(u64::MAX) {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = read(&store)?;
+        print(&now, Some(&last), json);
+        last = now;
     }
     Ok(())
+}
+
+/// Prints `now`; with `before`, adds per-second rates (one JSON object per
+/// line in JSON mode, so `--watch --json` is a stream).
+fn print(now: &Snapshot, before: Option<&Snapshot>, json: bool) {
+    let secs = before.map(|b| now.at.duration_since(b.at).as_secs_f64().max(1e-3));
+    let rate = |n: u64, b: u64| secs.map(|s| (n.saturating_sub(b)) as f64 / s);
+    if json {
+        let hooks: Map<String, Value> = HOOKS
+            .iter()
+            .map(|(h, name)| {
+                let outcomes: Map<String, Value> = outcome::NAMES
+                    .iter()
+                    .enumerate()
+                    .map(|(o, oname)| {
+                        let i = hook_stats_index(*h, o as u32) as usize;
+                        let c = now.hooks[i];
+                        let mut v = serde_json::to_value(CounterJson::from(c)).expect("plain");
+                        if let Some(b) = before {
+                            v["packets_per_sec"] = json!(rate(c.packets, b.hooks[i].packets));
+                        }
+                        (oname.to_string(), v)
+                    })
+                    .collect();
+                (name.to_string(), Value::from(outcomes))
+            })
+            .collect();
+        let rules: Vec<RuleJson> = now.rules.iter().map(RuleJson::from).collect();
+        let value = json!({ "hooks": hooks, "rules": rules, "events_suppressed": now.suppressed });
+        if before.is_some() {
+            println!("{value}");
+        } else {
+            print_json(&value);
+        }
+        return;
+    }
+    println!("{:<5} {:<17} {:>14} {:>16} {:>12}", "HOOK", "OUTCOME", "PACKETS", "BYTES", "PKTS/S");
+    for (h, hook_name) in HOOKS {
+        for (o, name) in outcome::NAMES.iter().enumerate() {
+            let i = hook_stats_index(h, o as u32) as usize;
+            let c = now.hooks[i];
+            let r = before
+                .and_then(|b| rate(c.packets, b.hooks[i].packets))
+                .map_or(String::new(), |r| format!("{r:.0}"));
+            println!("{hook_name:<5} {name:<17} {:>14} {:>16} {r:>12}", c.packets, c.bytes);
+        }
+    }
+    println!("events suppressed by the rate limit: {}", now.suppressed);
+    println!();
+    println!("{RULE_HEADER}  DROPS/S");
+    let previous: BTreeMap<u32, u64> = before
+        .map(|b| b.rules.iter().map(|r| (r.rule.id, r.stats.dropped.packets)).collect())
+        .unwrap_or_default();
+    for r in &now.rules {
+        let drops = previous
+            .get(&r.rule.id)
+            .and_then(|p| rate(r.stats.dropped.packets, *p))
+            .map_or(String::new(), |d| format!("  {d:.0}"));
+        println!("{}{drops}", rule_row(r));
+    }
 }

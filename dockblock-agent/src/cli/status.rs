@@ -16,8 +16,8 @@ pub fn run(pins: &PinDir, json: bool) -> Result<()> {
     for l in &status.links {
         let mode = l.mode.map(|m| format!(" ({m})")).unwrap_or_default();
         println!(
-            "{}{mode} on {} (ifindex {}): link {}, program {}, {}",
-            l.hook, l.interface, l.ifindex, l.link_id, l.program_id, l.state
+            "{}{mode} {} {} on {} (ifindex {}): link {}, program {}, {}",
+            l.hook, l.direction, l.role, l.interface, l.ifindex, l.link_id, l.program_id, l.state
         );
     }
     if let Some(fill) = &status.rules {
@@ -25,6 +25,7 @@ pub fn run(pins: &PinDir, json: bool) -> Result<()> {
             "rules: {} of {} ({} port slots blocked)",
             fill.rules, fill.capacity, fill.blocked_port_slots
         );
+        println!("allow-list entries: {} of {}", fill.allow_entries, fill.allow_capacity);
     }
     Ok(())
 }

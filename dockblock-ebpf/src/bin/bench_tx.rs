@@ -1,0 +1,108 @@
+//! The benchmark's traffic generator (`cargo xtask bench`), not part of the
+//! filter. `dockblock-bench flood` runs these programs with BPF_PROG_TEST_RUN
+//! in live-frames mode inside the bench's "outside" network namespace: every
+//! XDP_TX sends the frame out of the outside veth end, so it reaches the
+//! host end (the uplink under test) as a real received frame.
+//!
+//! Live-frames mode recycles its pages without resetting their contents, and
+//! the receiving stack writes into them (DNAT rewrites address and port,
+//! forwarding writes a new Ethernet header). Sent as is, a page would come
+//! back as a frame for the container's MAC and be dropped as "other host". So
+//! each run first writes the whole frame again from `FRAME`, which the
+//! loader fills in (`EbpfLoader::override_global`).
+//!
+//! - `bench_tx`: sends `FRAME` (one flow).
+//! - `bench_tx_flows`: sends `FRAME` with a random source port (1-65535) and
+//!   the L4 checksum patched to match (RFC 1624), so conntrack sees up to
+//!   65,535 flows. `FRAME` must be IPv4 without options, TCP or UDP.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_get_prandom_u32, macros::xdp, programs::XdpContext, Global,
+};
+
+/// Frame length in 32-bit words: 60 bytes, 64 on the wire with the FCS.
+pub const FRAME_WORDS: usize = 15;
+const FRAME_LEN: usize = FRAME_WORDS * 4;
+
+/// The frame to send, set by the loader.
+#[unsafe(no_mangle)]
+static FRAME: Global<[u32; FRAME_WORDS]> = Global::new([0; FRAME_WORDS]);
+
+const L4: usize = 14 + 20;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// Writes `FRAME` over the packet; false if the packet is not `FRAME_LEN`
+/// bytes long (then it is sent untouched).
+#[inline(always)]
+fn restore(ctx: &XdpContext) -> bool {
+    let data = ctx.data();
+    if data + FRAME_LEN > ctx.data_end() {
+        return false;
+    }
+    let frame = FRAME.load();
+    let mut i = 0;
+    while i < FRAME_WORDS {
+        // SAFETY: i * 4 + 4 <= FRAME_LEN, checked above.
+        unsafe { core::ptr::write_unaligned((data + i * 4) as *mut u32, frame[i]) };
+        i += 1;
+    }
+    true
+}
+
+#[xdp]
+pub fn bench_tx(ctx: XdpContext) -> u32 {
+    restore(&ctx);
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn bench_tx_flows(ctx: XdpContext) -> u32 {
+    if !restore(&ctx) {
+        return xdp_action::XDP_TX;
+    }
+    let data = ctx.data();
+    if data + FRAME_LEN > ctx.data_end() {
+        return xdp_action::XDP_TX;
+    }
+    // SAFETY: every offset below is < L4 + 20 <= FRAME_LEN, checked above.
+    unsafe {
+        let (csum_at, is_udp) = match *((data + 14 + 9) as *const u8) {
+            IPPROTO_TCP => (L4 + 16, false),
+            IPPROTO_UDP => (L4 + 6, true),
+            _ => return xdp_action::XDP_TX,
+        };
+        let sport = (data + L4) as *mut u16;
+        let csum = (data + csum_at) as *mut u16;
+        let old = core::ptr::read_unaligned(sport);
+        let new = ((bpf_get_prandom_u32() % 65535) as u16 + 1).to_be();
+        let hc = core::ptr::read_unaligned(csum);
+        core::ptr::write_unaligned(sport, new);
+        // UDP over IPv4 may carry no checksum (0): leave it so.
+        if hc != 0 || !is_udp {
+            // HC' = ~(~HC + ~m + m'), one's complement; byte order does not
+            // matter as long as all three words use the same one.
+            let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(new);
+            sum = (sum & 0xffff) + (sum >> 16);
+            sum = (sum & 0xffff) + (sum >> 16);
+            let mut out = !(sum as u16);
+            if out == 0 && is_udp {
+                out = 0xffff; // UDP: 0 would mean "no checksum"
+            }
+            core::ptr::write_unaligned(csum, out);
+        }
+    }
+    xdp_action::XDP_TX
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

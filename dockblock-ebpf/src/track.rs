@@ -1,0 +1,29 @@
+//! Records UDP flows that leave from a blocked port, so that their replies
+//! are not taken for new inbound traffic. Only flows from blocked ports are
+//! recorded: the map stays small and other traffic pays one array lookup.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use dockblock_common::{port_index, proto, FlowKey};
+
+use crate::{
+    maps::{FLOWS, PORT_RULES},
+    parse::{parse, Cursor},
+    verdict::config,
+};
+
+/// `scope` is where the reply will be judged: DIALED for packets leaving
+/// an uplink (after SNAT), CONTAINER for packets leaving a container.
+#[inline(always)]
+pub fn track(cur: &Cursor, scope: u32) {
+    let Ok(facts) = parse(cur) else { return };
+    let Some(l4) = &facts.l4 else { return };
+    if l4.proto != proto::UDP {
+        return;
+    }
+    let index = port_index(config().generation, scope, proto::UDP, l4.sport);
+    if !PORT_RULES.get(index).is_some_and(|rule| rule.rule_id != 0) {
+        return;
+    }
+    let key = FlowKey { remote: facts.dst, remote_port: l4.dport, local_port: l4.sport, scope };
+    let _ = FLOWS.insert(key, unsafe { bpf_ktime_get_ns() }, 0);
+}
