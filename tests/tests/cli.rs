@@ -177,3 +177,40 @@ fn xdp_mode_auto_picks_skb_on_veth_and_a_mode_change_needs_detach() {
     let ip = run_ok("ip", &["link", "show", iface]);
     assert!(ip.contains("xdp") && !ip.contains("xdpgeneric"), "native XDP: {ip}");
 }
+
+#[test]
+fn stats_watch_streams_rates_and_export_apply_round_trips() {
+    let outside = Outside::new("watch", 47);
+    let agent = Agent::new("watch");
+    agent.ok(&["attach", outside.host_if(), "--no-bridge"]);
+    agent.ok(&["block", "7300/tcp", "--allow-from", "203.0.113.0/24", "--log"]);
+    agent.ok(&["block", "7301-7302/udp", "--dry-run"]);
+    let out = agent.ok(&["stats", "--watch", "--json", "--count", "2"]);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "one object per refresh: {out}");
+    assert!(lines[1]["hooks"]["xdp"]["dropped"]["packets_per_sec"].is_number(), "{}", lines[1]);
+    assert_eq!(lines[1]["rules"][0]["allow_from"][0], "203.0.113.0/24");
+
+    let exported = agent.ok(&["export"]);
+    let mut apply = agent.command(&["apply", "-"]);
+    let mut child =
+        apply.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(exported.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 added, 0 removed"), "{}", describe(&out));
+    assert_eq!(agent.ok(&["export"]), exported);
+}
+
+#[test]
+fn interfaces_without_ethernet_headers_are_refused() {
+    let agent = Agent::new("tun");
+    let tun = "dbttun0";
+    dockblock_tests::quiet("ip", &["link", "del", tun]);
+    run_ok("ip", &["tuntap", "add", "dev", tun, "mode", "tun"]);
+    let err = agent.fails(&["attach", tun, "--no-bridge"], 1);
+    dockblock_tests::quiet("ip", &["link", "del", tun]);
+    assert!(err.contains("no Ethernet header"), "{err}");
+    assert!(!std::path::Path::new(agent.pin_dir()).exists(), "nothing pinned");
+}
