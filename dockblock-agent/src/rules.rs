@@ -14,7 +14,9 @@
 //!   around them (the pieces keep their options), never left covering an
 //!   unblocked port.
 //! - `apply` replaces the whole set; rules identical to existing ones keep
-//!   their ids and counters, so `export | apply` changes nothing.
+//!   their ids and counters, so `export | apply` changes nothing. Every new
+//!   rule starts with zeroed counters, even on an id freed in the same
+//!   command.
 
 use std::fmt;
 
@@ -236,29 +238,47 @@ pub fn plan_unblock(rules: &[Rule], scope: Scope, spec: PortSpec) -> Result<Vec<
     Ok(edits)
 }
 
-/// The rule set after `edits`, by id. New rules get the lowest free ids
-/// below `id_limit` (id 0 means "no rule"); `RulesFull` when none is left.
-pub fn apply_edits(rules: &[Rule], edits: &[Edit], id_limit: u32) -> Result<Vec<Rule>> {
-    let mut after = rules.to_vec();
-    for edit in edits {
-        match edit {
-            Edit::Add(spec) => {
-                let id = (1..id_limit)
-                    .find(|id| !after.iter().any(|r| r.id == *id))
-                    .ok_or(Error::RulesFull { capacity: id_limit.saturating_sub(1) })?;
-                let RuleSpec { scope, ports, options } = spec.clone();
-                after.push(Rule { id, scope, ports, options });
-            }
-            Edit::Update(rule) => {
-                if let Some(old) = after.iter_mut().find(|r| r.id == rule.id) {
-                    *old = rule.clone();
-                }
-            }
-            Edit::Remove(id) => after.retain(|r| r.id != *id),
-        }
+/// A rule set being edited by one command: the rules, and which ids went
+/// to new rules. A new rule may take an id freed earlier in the same
+/// command; it still starts with zeroed counters, as `fresh` tells.
+#[derive(Clone, Debug)]
+pub struct Draft {
+    pub rules: Vec<Rule>,
+    pub fresh: Vec<u32>,
+    id_limit: u32,
+}
+
+impl Draft {
+    /// Starts from `rules`; new ids are below `id_limit` (id 0 means "no
+    /// rule").
+    pub fn new(rules: Vec<Rule>, id_limit: u32) -> Self {
+        Self { rules, fresh: Vec::new(), id_limit }
     }
-    after.sort_by_key(|r| r.id);
-    Ok(after)
+
+    /// Applies `edits`, giving new rules the lowest free ids; `RulesFull`
+    /// when none is left.
+    pub fn apply(&mut self, edits: &[Edit]) -> Result<()> {
+        for edit in edits {
+            match edit {
+                Edit::Add(spec) => {
+                    let id = (1..self.id_limit)
+                        .find(|id| !self.rules.iter().any(|r| r.id == *id))
+                        .ok_or(Error::RulesFull { capacity: self.id_limit.saturating_sub(1) })?;
+                    let RuleSpec { scope, ports, options } = spec.clone();
+                    self.rules.push(Rule { id, scope, ports, options });
+                    self.fresh.push(id);
+                }
+                Edit::Update(rule) => {
+                    if let Some(old) = self.rules.iter_mut().find(|r| r.id == rule.id) {
+                        *old = rule.clone();
+                    }
+                }
+                Edit::Remove(id) => self.rules.retain(|r| r.id != *id),
+            }
+        }
+        self.rules.sort_by_key(|r| r.id);
+        Ok(())
+    }
 }
 
 /// What is left of `rule` once `cut` is opened, lowest ports first.
@@ -394,15 +414,16 @@ mod tests {
 
     #[test]
     fn edits_take_the_lowest_free_ids_and_stop_at_the_limit() {
-        let rules = [rule(1, "22/tcp"), rule(3, "80/tcp")];
-        let after = apply_edits(&rules, &[Edit::Add(plain("443/tcp")), Edit::Remove(1)], 5).unwrap();
-        assert_eq!(after, vec![rule(2, "443/tcp"), rule(3, "80/tcp")]);
-        let after = apply_edits(&after, &[Edit::Add(plain("1/tcp")), Edit::Add(plain("2/tcp"))], 5).unwrap();
-        assert_eq!(after.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
-        let err = apply_edits(&after, &[Edit::Add(plain("9/tcp"))], 5).unwrap_err();
+        let mut draft = Draft::new(vec![rule(1, "22/tcp"), rule(3, "80/tcp")], 5);
+        draft.apply(&[Edit::Add(plain("443/tcp")), Edit::Remove(1)]).unwrap();
+        assert_eq!(draft.rules, vec![rule(2, "443/tcp"), rule(3, "80/tcp")]);
+        draft.apply(&[Edit::Add(plain("1/tcp")), Edit::Add(plain("2/tcp"))]).unwrap();
+        assert_eq!(draft.rules.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(draft.fresh, vec![2, 1, 4], "id 1 was freed and taken again: still a new rule");
+        let err = draft.apply(&[Edit::Add(plain("9/tcp"))]).unwrap_err();
         assert!(err.to_string().contains("rule table full (4 rules)"), "{err}");
-        let after = apply_edits(&after, &[Edit::Update(rule(4, "2-3/tcp"))], 5).unwrap();
-        assert_eq!(after[3], rule(4, "2-3/tcp"));
+        draft.apply(&[Edit::Update(rule(4, "2-3/tcp"))]).unwrap();
+        assert_eq!(draft.rules[3], rule(4, "2-3/tcp"));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::{
     error::{Error, Result},
     paths::PinDir,
     ports::{PortSpec, ALL_PROTOS},
-    rules::{self, Edit, Rule, RuleSpec, Scope},
+    rules::{self, Draft, Edit, Rule, RuleSpec, Scope},
 };
 
 pub struct RuleStore {
@@ -188,14 +188,14 @@ impl RuleStore {
     /// changed anything.
     pub fn block(&mut self, specs: &[RuleSpec]) -> Result<Vec<bool>> {
         let before = self.rules()?;
-        let mut after = before.clone();
+        let mut draft = Draft::new(before.clone(), self.rule_capacity);
         let mut changed = Vec::with_capacity(specs.len());
         for spec in specs {
-            let edits = rules::plan_block(&after, spec);
+            let edits = rules::plan_block(&draft.rules, spec);
             changed.push(!edits.is_empty());
-            after = rules::apply_edits(&after, &edits, self.rule_capacity)?;
+            draft.apply(&edits)?;
         }
-        self.commit(&before, &after)?;
+        self.commit(&before, &draft)?;
         Ok(changed)
     }
 
@@ -203,20 +203,20 @@ impl RuleStore {
     /// covers one of them.
     pub fn unblock(&mut self, scope: Scope, specs: &[PortSpec]) -> Result<()> {
         let before = self.rules()?;
-        let mut after = before.clone();
+        let mut draft = Draft::new(before.clone(), self.rule_capacity);
         for spec in specs {
-            let edits = rules::plan_unblock(&after, scope, *spec)?;
-            after = rules::apply_edits(&after, &edits, self.rule_capacity)?;
+            draft.apply(&rules::plan_unblock(&draft.rules, scope, *spec)?)?;
         }
-        self.commit(&before, &after)
+        self.commit(&before, &draft)
     }
 
     /// Replaces the whole rule set with `specs` in one atomic switch.
     pub fn replace(&mut self, specs: &[RuleSpec]) -> Result<ReplaceSummary> {
         let before = self.rules()?;
         let edits = rules::plan_replace(&before, specs);
-        let after = rules::apply_edits(&before, &edits, self.rule_capacity)?;
-        self.commit(&before, &after)?;
+        let mut draft = Draft::new(before.clone(), self.rule_capacity);
+        draft.apply(&edits)?;
+        self.commit(&before, &draft)?;
         let removed = edits.iter().filter(|e| matches!(e, Edit::Remove(_))).count();
         let added = edits.len() - removed;
         Ok(ReplaceSummary { added, removed, kept: before.len() - removed })
@@ -224,7 +224,8 @@ impl RuleStore {
 
     /// Turns the catalog `before` into `after` and switches the datapath to
     /// it atomically (see the module comment for the order).
-    fn commit(&mut self, before: &[Rule], after: &[Rule]) -> Result<()> {
+    fn commit(&mut self, before: &[Rule], draft: &Draft) -> Result<()> {
+        let after = &draft.rules[..];
         let added_or_changed: Vec<&Rule> = after.iter().filter(|r| !before.contains(r)).collect();
         let gone_or_changed: Vec<&Rule> = before.iter().filter(|r| !after.contains(r)).collect();
         if added_or_changed.is_empty() && gone_or_changed.is_empty() {
@@ -237,7 +238,7 @@ impl RuleStore {
 
         for rule in &added_or_changed {
             let old = before.iter().find(|r| r.id == rule.id);
-            if old.is_none() {
+            if draft.fresh.contains(&rule.id) {
                 self.zero_stats(rule.id)?;
             }
             self.set_catalog_allow(

@@ -2,9 +2,11 @@
 //! an operator would. Each test gets its own pin folder, so its links and maps
 //! are separate from any other dockblock state on the machine.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use crate::{describe, try_run_for};
 
@@ -76,6 +78,41 @@ impl Agent {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} --json: {e}: {out}"))
     }
 
+    /// `dockblock-agent --pin-dir <dir> <args>` with `input` on stdin,
+    /// 30 s limit (under `timeout`).
+    pub fn run_with_input(&self, args: &[&str], input: &str) -> Output {
+        let mut cmd = Command::new("timeout");
+        cmd.arg("30").arg(&self.bin).arg("--pin-dir").arg(&self.pin_dir).args(args);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // A command that exits without reading is reported by its status.
+        let _ = stdin.write_all(input.as_bytes());
+        drop(stdin);
+        child.wait_with_output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+    }
+
+    /// Starts `dockblock-agent events --json <args>` in the background, for
+    /// at most `limit` (under `timeout`); its lines arrive as they are printed.
+    pub fn events(&self, args: &[&str], limit: Duration) -> Events {
+        let mut cmd = Command::new("timeout");
+        cmd.arg(limit.as_secs().max(1).to_string()).arg(&self.bin).arg("--pin-dir").arg(&self.pin_dir);
+        cmd.args(["events", "--json"]).args(args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Events { child, lines: rx }
+    }
+
     fn cleanup(&self) {
         if Path::new(&self.pin_dir).exists() {
             let args = ["--pin-dir", &self.pin_dir, "detach"];
@@ -91,6 +128,48 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.cleanup();
+    }
+}
+
+/// A running `dockblock-agent events --json`; stopped on drop.
+pub struct Events {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Events {
+    /// The first event printed from now on for which `want` holds, waiting
+    /// at most `within`; every line must be JSON.
+    pub fn find(
+        &self,
+        within: Duration,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let line = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()?;
+            let event: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("events --json line {line:?}: {e}"));
+            if want(&event) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Waits for the process to exit on its own (e.g. after `--count`).
+    pub fn wait(mut self) -> ExitStatus {
+        self.child.wait().expect("wait for events")
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        // SIGTERM reaches the agent through `timeout`; a no-op once reaped.
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: the pid is our own child, not reaped yet.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -47,11 +47,18 @@ impl Container {
     /// Starts `dbt-<tag>`: busybox httpd on container port 80 serving `MARKER`,
     /// published as `host_port`, and waits until it answers.
     pub fn web(tag: &str, host_port: u16) -> Container {
-        let script =
-            format!("mkdir -p /www && echo {MARKER} > /www/index.html && exec httpd -f -p 80 -h /www");
-        let publish = format!("{host_port}:80");
+        Container::web_on(tag, host_port, 80)
+    }
+
+    /// Like `web`, with httpd on `container_port` instead of 80, so that a
+    /// container-port rule on it touches no other container on docker0.
+    pub fn web_on(tag: &str, host_port: u16, container_port: u16) -> Container {
+        let script = format!(
+            "mkdir -p /www && echo {MARKER} > /www/index.html && exec httpd -f -p {container_port} -h /www"
+        );
+        let publish = format!("{host_port}:{container_port}");
         let c = Container::start(tag, &["-p", &publish, IMAGE, "sh", "-c", &script]);
-        c.wait_http(&format!("http://{}:80/", c.ip));
+        c.wait_http(&format!("http://{}:{container_port}/", c.ip));
         c
     }
 
@@ -95,6 +102,13 @@ impl Container {
         let mut full = vec!["-t", pid.trim(), "-n", cmd];
         full.extend_from_slice(args);
         run("nsenter", &full)
+    }
+
+    /// The command prefix that enters the container's network namespace
+    /// (`nsenter -t <pid> -n`), for processes started in the background.
+    pub fn netns_cmd(&self) -> Vec<String> {
+        let pid = run_ok("docker", &["inspect", "-f", "{{.State.Pid}}", &self.name]);
+        ["nsenter", "-t", pid.trim(), "-n"].map(String::from).to_vec()
     }
 
     /// Polls `url` from the host for up to 10 s; the host reaches the

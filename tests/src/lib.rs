@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod docker;
 pub mod netns;
 pub mod packet;
+pub mod rig;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;

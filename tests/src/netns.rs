@@ -85,6 +85,38 @@ impl Outside {
         Background::spawn(&mut cmd, port, Some(&self.ns))
     }
 
+    /// The command prefix that runs a program in the namespace
+    /// (`ip netns exec <ns>`).
+    pub fn netns_cmd(&self) -> Vec<String> {
+        ["ip", "netns", "exec", &self.ns].map(String::from).to_vec()
+    }
+
+    /// Gives the namespace a second IPv4 source address `ip` (a /32 on its
+    /// veth) and routes it back from the host over the uplink.
+    pub fn add_source(&self, ip: &str) {
+        self.exec_ok("ip", &["addr", "add", &format!("{ip}/32"), "dev", &self.ns_if]);
+        run_ok("ip", &["route", "add", &format!("{ip}/32"), "dev", &self.host_if]);
+    }
+
+    /// `curl_ok` with the request sent from source address `src`.
+    pub fn curl_from(&self, src: &str, url: &str, marker: &str) -> bool {
+        let full = ["netns", "exec", &self.ns, "curl", "-s", "--max-time", "3", "--interface", src, url];
+        let out = run_for(Duration::from_secs(10), "ip", &full);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(marker)
+    }
+
+    /// Enables IPv6 on both ends of the veth and adds `host`/64 on the host
+    /// end and `ns`/64 in the namespace, without duplicate address detection
+    /// so they are usable at once.
+    pub fn add_ipv6(&self, host: &str, ns: &str) {
+        let host_sysctl = format!("net.ipv6.conf.{}.disable_ipv6=0", self.host_if);
+        let ns_sysctl = format!("net.ipv6.conf.{}.disable_ipv6=0", self.ns_if);
+        run_ok("sysctl", &["-qw", &host_sysctl]);
+        self.exec_ok("sysctl", &["-qw", &ns_sysctl]);
+        run_ok("ip", &["-6", "addr", "add", &format!("{host}/64"), "dev", &self.host_if, "nodad"]);
+        self.exec_ok("ip", &["-6", "addr", "add", &format!("{ns}/64"), "dev", &self.ns_if, "nodad"]);
+    }
+
     fn remove(&self) {
         // Deleting the namespace destroys the ns end, which takes the host end
         // with it; deleting the host end too covers a half-built earlier run.
@@ -102,6 +134,16 @@ impl Background {
     /// if given) and waits up to 5 s until something listens on TCP `port`
     /// there, so the first connect does not race the server.
     pub fn spawn(cmd: &mut Command, port: u16, netns: Option<&str>) -> Background {
+        Background::spawn_bound(cmd, port, netns, "TCP")
+    }
+
+    /// Like `spawn`, but waits until a UDP socket is bound to `port`.
+    pub fn spawn_udp(cmd: &mut Command, port: u16, netns: Option<&str>) -> Background {
+        Background::spawn_bound(cmd, port, netns, "UDP")
+    }
+
+    /// `spawn`, waiting for a `proto` ("TCP" or "UDP") socket on `port`.
+    fn spawn_bound(cmd: &mut Command, port: u16, netns: Option<&str>, proto: &str) -> Background {
         let mut in_ns = Command::new("ip");
         let cmd = match netns {
             Some(ns) => in_ns.args(["netns", "exec", ns]).arg(cmd.get_program()).args(cmd.get_args()),
@@ -115,7 +157,8 @@ impl Background {
         // The guard exists before any check can panic, so the server stops.
         let bg = Background(child);
         let filter = format!("sport = :{port}");
-        let mut ss = vec!["ss", "-Htln", &filter];
+        let ss_flags = if proto == "UDP" { "-Hlun" } else { "-Htln" };
+        let mut ss = vec!["ss", ss_flags, &filter];
         if let Some(ns) = netns {
             ss.splice(0..0, ["ip", "netns", "exec", ns]);
         }
@@ -125,7 +168,7 @@ impl Background {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("{cmd:?}: nothing listens on TCP {port} after 5 s");
+        panic!("{cmd:?}: nothing listens on {proto} {port} after 5 s");
     }
 }
 
@@ -141,5 +184,56 @@ impl Drop for Background {
 impl Drop for Outside {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// A background process whose standard output the test reads once it has
+/// stopped (e.g. a UDP sink). Stopped on drop. Bound it in time itself (run
+/// it under `timeout`) in case the test process gets killed.
+pub struct Capture(Option<Child>);
+
+impl Capture {
+    /// Runs `enter... args...` (`enter` is a namespace prefix such as
+    /// `Outside::netns_cmd`, or empty for the host) with stdout captured,
+    /// and waits up to 5 s until a UDP socket is bound to `udp_port` in
+    /// that namespace.
+    pub fn udp(enter: &[String], args: &[&str], udp_port: u16) -> Capture {
+        let all: Vec<&str> = enter.iter().map(String::as_str).chain(args.iter().copied()).collect();
+        let child = Command::new(all[0])
+            .args(&all[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {all:?}: {e}"));
+        let capture = Capture(Some(child));
+        let filter = format!("sport = :{udp_port}");
+        let ss: Vec<&str> =
+            enter.iter().map(String::as_str).chain(["ss", "-Hlun", filter.as_str()]).collect();
+        for _ in 0..50 {
+            if !run_ok(ss[0], &ss[1..]).trim().is_empty() {
+                return capture;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{all:?}: nothing bound to UDP {udp_port} after 5 s");
+    }
+
+    /// Stops the process (SIGTERM) and returns what it wrote to stdout.
+    pub fn stop(mut self) -> Vec<u8> {
+        let child = self.0.take().expect("running");
+        // SAFETY: the pid is our own child, not reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        child.wait_with_output().map(|o| o.stdout).unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // SAFETY: the pid is our own child, not reaped yet.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
     }
 }

@@ -202,15 +202,3 @@ fn stats_watch_streams_rates_and_export_apply_round_trips() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 added, 0 removed"), "{}", describe(&out));
     assert_eq!(agent.ok(&["export"]), exported);
 }
-
-#[test]
-fn interfaces_without_ethernet_headers_are_refused() {
-    let agent = Agent::new("tun");
-    let tun = "dbttun0";
-    dockblock_tests::quiet("ip", &["link", "del", tun]);
-    run_ok("ip", &["tuntap", "add", "dev", tun, "mode", "tun"]);
-    let err = agent.fails(&["attach", tun, "--no-bridge"], 1);
-    dockblock_tests::quiet("ip", &["link", "del", tun]);
-    assert!(err.contains("no Ethernet header"), "{err}");
-    assert!(!std::path::Path::new(agent.pin_dir()).exists(), "nothing pinned");
-}

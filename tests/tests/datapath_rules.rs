@@ -187,3 +187,20 @@ fn a_full_allow_table_is_refused_before_any_write() {
     assert_eq!(dp.rules().len(), 1);
     assert_eq!(dp.xdp(&Packet::syn(23).build()), Pass, "nothing of the refused rule is live");
 }
+
+#[test]
+fn a_rule_replaced_in_one_command_starts_from_zero() {
+    let mut dp = Datapath::load("fresh");
+    dp.block(Dialed, "18190/tcp");
+    dp.xdp(&Packet::syn(18190).build());
+    // Other options on the same ports: the old rule goes, a new one comes,
+    // on the id just freed.
+    dp.block_with(Dialed, "18190/tcp", RuleOptions::new([], false, true));
+    let rules = dp.rules();
+    assert_eq!((rules[0].rule.id, rules[0].stats.dropped.packets), (1, 0));
+    dp.xdp(&Packet::syn(18190).build());
+    let replaced = rulefile::parse("r.toml", "[[rule]]\nports = \"18191/tcp\"\n").unwrap();
+    dp.store.replace(&replaced).unwrap();
+    let rules = dp.rules();
+    assert_eq!((rules[0].rule.id, rules[0].stats.dropped.packets), (1, 0), "apply: new rule, zero counters");
+}

@@ -10,18 +10,8 @@ use std::path::Path;
 use dockblock_tests::agent::Agent;
 use dockblock_tests::docker::{self, Container, MARKER};
 use dockblock_tests::netns::Outside;
-use dockblock_tests::{describe, is_root, run, run_ok};
-use serde_json::Value;
-
-/// Fails loudly rather than passing when the machine cannot run these tests.
-fn require_env() {
-    assert!(is_root(), "e2e tests need root (netns, veth, BPF)");
-    assert!(
-        docker::docker_available(),
-        "e2e tests need a running Docker daemon (`cargo xtask setup` starts one)"
-    );
-    docker::ensure_image();
-}
+use dockblock_tests::rig::{dropped_packets, links, require_env, rule, Rig};
+use dockblock_tests::{describe, run, run_ok};
 
 /// No dockblock involved: checks the test rig itself and its teardown.
 #[test]
@@ -37,55 +27,6 @@ fn smoke() {
     assert!(!String::from_utf8_lossy(&netns.stdout).contains("dbt-smk"));
     assert!(!run("ip", &["link", "show", "dbusmk"]).status.success());
     assert!(!run("docker", &["container", "inspect", "dbt-smk"]).status.success());
-}
-
-/// One published web container, the outside namespace and an agent with its
-/// own pin folder. Fields drop in declaration order: the agent detaches
-/// while the uplink still exists.
-struct Rig {
-    agent: Agent,
-    _web: Container,
-    out: Outside,
-    url: String,
-}
-
-impl Rig {
-    fn new(tag: &str, subnet: u8, host_port: u16) -> Rig {
-        require_env();
-        let out = Outside::new(tag, subnet);
-        let web = Container::web(tag, host_port);
-        let agent = Agent::new(tag);
-        let url = format!("http://{}:{host_port}/", out.host_ip());
-        assert!(out.curl_ok(&url, MARKER), "rig broken: outside cannot reach {url}");
-        Rig { agent, _web: web, out, url }
-    }
-
-    /// `attach <uplink> --bridge docker0`.
-    fn attach(&self) {
-        self.agent.ok(&["attach", self.out.host_if(), "--bridge", "docker0"]);
-    }
-
-    fn reachable(&self) -> bool {
-        self.out.curl_ok(&self.url, MARKER)
-    }
-}
-
-/// The rule with this scope and spec from `list --json`.
-fn rule(agent: &Agent, scope: &str, spec: &str) -> Option<Value> {
-    let list = agent.json(&["list"]);
-    let rules = list["rules"].as_array().unwrap_or_else(|| panic!("list --json: {list}"));
-    rules.iter().find(|r| r["scope"] == scope && r["spec"] == spec).cloned()
-}
-
-fn dropped_packets(rule: &Value) -> u64 {
-    rule["dropped"]["packets"].as_u64().unwrap_or_else(|| panic!("no dropped.packets: {rule}"))
-}
-
-/// Links from `status --json` on `iface` with `hook` (any hook if None).
-fn links(agent: &Agent, iface: &str, hook: Option<&str>) -> Vec<Value> {
-    let status = agent.json(&["status"]);
-    let links = status["links"].as_array().unwrap_or_else(|| panic!("status --json: {status}"));
-    links.iter().filter(|l| l["interface"] == iface && hook.is_none_or(|h| l["hook"] == h)).cloned().collect()
 }
 
 /// a. A dialed-port rule drops at the uplink, is listed with a drop count,

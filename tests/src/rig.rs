@@ -1,0 +1,78 @@
+//! The end-to-end rig shared by `e2e.rs` and `e2e_rules.rs`: an outside
+//! namespace on a veth uplink, a published busybox web container behind
+//! docker0, and an agent with its own pin folder; plus small readers of the
+//! CLI's JSON.
+
+use serde_json::Value;
+
+use crate::agent::Agent;
+use crate::docker::{self, Container, MARKER};
+use crate::is_root;
+use crate::netns::Outside;
+
+/// Fails loudly rather than passing when the machine cannot run these tests.
+pub fn require_env() {
+    assert!(is_root(), "e2e tests need root (netns, veth, BPF)");
+    assert!(
+        docker::docker_available(),
+        "e2e tests need a running Docker daemon (`cargo xtask setup` starts one)"
+    );
+    docker::ensure_image();
+}
+
+/// One published web container, the outside namespace and an agent with its
+/// own pin folder. Fields drop in declaration order: the agent detaches
+/// while the uplink still exists.
+pub struct Rig {
+    pub agent: Agent,
+    pub web: Container,
+    pub out: Outside,
+    /// `http://<uplink host ip>:<published port>/`.
+    pub url: String,
+}
+
+impl Rig {
+    /// The web container serves on container port 80, published as `host_port`.
+    pub fn new(tag: &str, subnet: u8, host_port: u16) -> Rig {
+        Rig::with_container_port(tag, subnet, host_port, 80)
+    }
+
+    /// The web container serves on `container_port`, published as `host_port`.
+    pub fn with_container_port(tag: &str, subnet: u8, host_port: u16, container_port: u16) -> Rig {
+        require_env();
+        let out = Outside::new(tag, subnet);
+        let web = Container::web_on(tag, host_port, container_port);
+        let agent = Agent::new(tag);
+        let url = format!("http://{}:{host_port}/", out.host_ip());
+        assert!(out.curl_ok(&url, MARKER), "rig broken: outside cannot reach {url}");
+        Rig { agent, web, out, url }
+    }
+
+    /// `attach <uplink> --bridge docker0`.
+    pub fn attach(&self) {
+        self.agent.ok(&["attach", self.out.host_if(), "--bridge", "docker0"]);
+    }
+
+    /// Whether the outside namespace gets the page through the published port.
+    pub fn reachable(&self) -> bool {
+        self.out.curl_ok(&self.url, MARKER)
+    }
+}
+
+/// The rule with this scope and spec from `list --json`.
+pub fn rule(agent: &Agent, scope: &str, spec: &str) -> Option<Value> {
+    let list = agent.json(&["list"]);
+    let rules = list["rules"].as_array().unwrap_or_else(|| panic!("list --json: {list}"));
+    rules.iter().find(|r| r["scope"] == scope && r["spec"] == spec).cloned()
+}
+
+pub fn dropped_packets(rule: &Value) -> u64 {
+    rule["dropped"]["packets"].as_u64().unwrap_or_else(|| panic!("no dropped.packets: {rule}"))
+}
+
+/// Links from `status --json` on `iface` with `hook` (any hook if None).
+pub fn links(agent: &Agent, iface: &str, hook: Option<&str>) -> Vec<Value> {
+    let status = agent.json(&["status"]);
+    let links = status["links"].as_array().unwrap_or_else(|| panic!("status --json: {status}"));
+    links.iter().filter(|l| l["interface"] == iface && hook.is_none_or(|h| l["hook"] == h)).cloned().collect()
+}
