@@ -1,7 +1,8 @@
-//! Developer tasks for dockblock: `cargo xtask <setup|build|run|test>`.
+//! Developer tasks for dockblock: `cargo xtask <setup|build|run|test|bench>`.
 //!
 //! xtask depends on no other workspace crate on purpose: it must compile on a
 //! fresh machine before bpf-linker (needed by dockblock-agent's build.rs) exists.
+mod bench;
 mod build;
 mod run;
 mod setup;
@@ -28,6 +29,9 @@ enum Cmd {
     Run(run::Options),
     /// What CI runs: setup, fmt, clippy, build, then the tests serially.
     Test(test::Options),
+    /// Benchmark dockblock against iptables, nftables and xdp-filter;
+    /// results in bench/results/ (`--quick`: a smoke run in < 3 minutes).
+    Bench(bench::Options),
 }
 
 fn main() {
@@ -40,6 +44,7 @@ fn main() {
         Cmd::Build(opts) => build::run(&opts).map(drop),
         Cmd::Run(opts) => run::run(opts),
         Cmd::Test(opts) => test::run(&opts),
+        Cmd::Bench(opts) => bench::run(&opts),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -30,6 +30,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "iproute2",
     "util-linux",
+    // cargo xtask bench: conntrack entry cleanup between floods, plots.
+    "conntrack",
+    "python3-matplotlib",
 ];
 
 const DOCKERD_LOG: &str = "/var/log/dockblock-dockerd.log";

@@ -12,9 +12,11 @@
 //! loader fills in (`EbpfLoader::override_global`).
 //!
 //! - `bench_tx`: sends `FRAME` (one flow).
-//! - `bench_tx_flows`: sends `FRAME` with a random source port (1-65535) and
-//!   the L4 checksum patched to match (RFC 1624), so conntrack sees up to
-//!   65,535 flows. `FRAME` must be IPv4 without options, TCP or UDP.
+//! - `bench_tx_flows`: sends `FRAME` with a random source port (1-65535) and,
+//!   when `DPORT_SPAN` > 1, a random destination port in
+//!   [dport, dport + DPORT_SPAN), the L4 checksum patched to match (RFC
+//!   1624). Conntrack then sees up to 65,535 flows per destination port.
+//!   `FRAME` must be IPv4 without options, TCP or UDP.
 #![no_std]
 #![no_main]
 
@@ -29,6 +31,10 @@ const FRAME_LEN: usize = FRAME_WORDS * 4;
 /// The frame to send, set by the loader.
 #[unsafe(no_mangle)]
 static FRAME: Global<[u32; FRAME_WORDS]> = Global::new([0; FRAME_WORDS]);
+
+/// Number of destination ports to spread frames over (0 or 1: `FRAME`'s).
+#[unsafe(no_mangle)]
+static DPORT_SPAN: Global<u32> = Global::new(0);
 
 const L4: usize = 14 + 20;
 const IPPROTO_TCP: u8 = 6;
@@ -75,16 +81,28 @@ pub fn bench_tx_flows(ctx: XdpContext) -> u32 {
             _ => return xdp_action::XDP_TX,
         };
         let sport = (data + L4) as *mut u16;
+        let dport = (data + L4 + 2) as *mut u16;
         let csum = (data + csum_at) as *mut u16;
-        let old = core::ptr::read_unaligned(sport);
-        let new = ((bpf_get_prandom_u32() % 65535) as u16 + 1).to_be();
+        let old_s = core::ptr::read_unaligned(sport);
+        let new_s = ((bpf_get_prandom_u32() % 65535) as u16 + 1).to_be();
+        let old_d = core::ptr::read_unaligned(dport);
+        let span = DPORT_SPAN.load();
+        let new_d = if span > 1 {
+            let base = u16::from_be(old_d) as u32;
+            ((base + bpf_get_prandom_u32() % span) as u16).to_be()
+        } else {
+            old_d
+        };
         let hc = core::ptr::read_unaligned(csum);
-        core::ptr::write_unaligned(sport, new);
+        core::ptr::write_unaligned(sport, new_s);
+        core::ptr::write_unaligned(dport, new_d);
         // UDP over IPv4 may carry no checksum (0): leave it so.
         if hc != 0 || !is_udp {
-            // HC' = ~(~HC + ~m + m'), one's complement; byte order does not
-            // matter as long as all three words use the same one.
-            let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(new);
+            // HC' = ~(~HC + ~m + m') for each changed word, in one's
+            // complement; byte order does not matter as long as every word
+            // uses the same one.
+            let mut sum =
+                u32::from(!hc) + u32::from(!old_s) + u32::from(new_s) + u32::from(!old_d) + u32::from(new_d);
             sum = (sum & 0xffff) + (sum >> 16);
             sum = (sum & 0xffff) + (sum >> 16);
             let mut out = !(sum as u16);

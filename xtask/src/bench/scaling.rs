@@ -1,0 +1,77 @@
+//! Rule scaling: N blocked ports (N = 1 .. 10,000), with the live-frames
+//! TCP SYN flood spread over all N of them, for the filters that judge the
+//! dialed port before conntrack (so traffic to any of the N ports meets the
+//! filter, published or not): iptables raw (N rules), nft raw (N rules, or
+//! one rule and an N-port set), xdp-filter and dockblock XDP. The time each
+//! tool took to install the N rules is the control-plane figure.
+use super::{
+    flood::{self, Flood, Generator},
+    topology::Topology,
+    variants::{self, Blocked, Variant},
+    Ctx,
+};
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+const BASE_PORT: u16 = 20000;
+
+pub fn run(ctx: &Ctx, topo: &Topology) -> Result<Value> {
+    let counts: &[u16] = &[1, 100, 1000, 10_000];
+    let list = [
+        Variant::IptRaw,
+        Variant::NftRaw,
+        Variant::NftRawSet,
+        Variant::XdpFilterNative,
+        Variant::DbXdpNative,
+    ];
+    let rounds = 3;
+    let mut samples = Vec::new();
+    let mut installs = Vec::new();
+    for &n in counts {
+        let blocked =
+            Blocked { dialed: (BASE_PORT..BASE_PORT + n).collect(), container: vec![], protos: vec!["tcp"] };
+        for v in list.into_iter().filter(|v| ctx.wants(*v)) {
+            ctx.check_stop()?;
+            let t = Instant::now();
+            let applied = variants::Applied::new(v, &blocked, &topo.container_ip)?;
+            let install = t.elapsed().as_secs_f64();
+            ctx.log(&format!("{n:>5} ports, {:<24} installed in {install:.3}s", v.id()));
+            installs.push(json!({"variant": v.id(), "ports": n, "seconds": install}));
+            let f = Flood {
+                generator: Generator::Live,
+                proto: "tcp",
+                many_flows: true,
+                frames: 3_000_000,
+                seconds: 1.0,
+                rate: 0.0,
+                dport: BASE_PORT,
+                dport_span: u32::from(n),
+            };
+            for round in 1..=rounds {
+                ctx.check_stop()?;
+                let mut s = flood::measure(topo, v, &f, round)
+                    .with_context(|| format!("{} with {n} ports", v.id()))?;
+                s["ports"] = json!(n);
+                ctx.log(&format!(
+                    "{n:>5} ports, {:<24} round {round}: filter-dropped {:.3} Mpps",
+                    v.id(),
+                    s["filter_dropped_mpps"].as_f64().unwrap_or(0.0)
+                ));
+                samples.push(s);
+            }
+            let t = Instant::now();
+            drop(applied);
+            installs
+                .last_mut()
+                .expect("pushed above")
+                .as_object_mut()
+                .expect("object")
+                .insert("remove_seconds".into(), json!(t.elapsed().as_secs_f64()));
+            if let Some(left) = variants::leftovers() {
+                anyhow::bail!("{} left behind: {left}", v.id());
+            }
+        }
+    }
+    Ok(json!({"base_port": BASE_PORT, "samples": samples, "installs": installs}))
+}
