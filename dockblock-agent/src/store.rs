@@ -13,7 +13,7 @@
 //! `attach` recompiles both generations from the catalog (`resync`), which
 //! repairs whatever a killed process left.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap as StdHashMap};
 
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
@@ -226,8 +226,11 @@ impl RuleStore {
     /// it atomically (see the module comment for the order).
     fn commit(&mut self, before: &[Rule], draft: &Draft) -> Result<()> {
         let after = &draft.rules[..];
-        let added_or_changed: Vec<&Rule> = after.iter().filter(|r| !before.contains(r)).collect();
-        let gone_or_changed: Vec<&Rule> = before.iter().filter(|r| !after.contains(r)).collect();
+        let (before_ids, after_ids) = (by_id(before), by_id(after));
+        let fresh: std::collections::HashSet<u32> = draft.fresh.iter().copied().collect();
+        let added_or_changed: Vec<&Rule> =
+            after.iter().filter(|r| before_ids.get(&r.id) != Some(r)).collect();
+        let gone_or_changed: Vec<&Rule> = before.iter().filter(|r| after_ids.get(&r.id) != Some(r)).collect();
         if added_or_changed.is_empty() && gone_or_changed.is_empty() {
             return Ok(());
         }
@@ -237,8 +240,8 @@ impl RuleStore {
         }
 
         for rule in &added_or_changed {
-            let old = before.iter().find(|r| r.id == rule.id);
-            if draft.fresh.contains(&rule.id) {
+            let old = before_ids.get(&rule.id).copied();
+            if fresh.contains(&rule.id) {
                 self.zero_stats(rule.id)?;
             }
             self.set_catalog_allow(
@@ -258,7 +261,7 @@ impl RuleStore {
             }
         }
 
-        for rule in gone_or_changed.iter().filter(|r| !after.iter().any(|a| a.id == r.id)) {
+        for rule in gone_or_changed.iter().filter(|r| !after_ids.contains_key(&r.id)) {
             self.set_catalog_allow(rule.id, &rule.options.allow_from, &[])?;
             self.catalog.remove(&rule.id).map_err(|e| Error::bpf("delete from RULES", e))?;
         }
@@ -279,9 +282,10 @@ impl RuleStore {
         after: &[Rule],
         touched: &[&Rule],
     ) -> Result<()> {
+        let (before, new_rules) = (by_id(before), by_id(after));
         for rule in touched {
-            let old = before.iter().find(|r| r.id == rule.id);
-            let new = after.iter().find(|r| r.id == rule.id);
+            let old = before.get(&rule.id);
+            let new = new_rules.get(&rule.id);
             let none: &[IpNet] = &[];
             let old_allow = old.map_or(none, |r| &r.options.allow_from);
             let new_allow = new.map_or(none, |r| &r.options.allow_from);
@@ -372,6 +376,11 @@ impl RuleStore {
             .map_err(|e| Error::bpf("zero RULE_STATS", e))?;
         self.rule_stats.set(id, zeros, 0).map_err(|e| Error::bpf("zero RULE_STATS", e))
     }
+}
+
+/// Rules by id, for lookups that would otherwise scan.
+fn by_id(rules: &[Rule]) -> StdHashMap<u32, &Rule> {
+    rules.iter().map(|r| (r.id, r)).collect()
 }
 
 fn allow_entry(rule_id: u32, net: &IpNet) -> AllowEntry {
