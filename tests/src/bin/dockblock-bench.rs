@@ -27,7 +27,7 @@ use aya::{
     programs::{loaded_programs, ProgramInfo, TestRun, TestRunAttrs, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
-use dockblock_tests::packet::{Packet, ACK, ETH_P_8021Q, ETH_P_ARP, IPPROTO_TCP, IPPROTO_UDP};
+use dockblock_tests::packet::{checksum, Packet, ACK, ETH_P_8021Q, ETH_P_ARP, IPPROTO_TCP, IPPROTO_UDP};
 use serde_json::{json, Value};
 
 fn main() {
@@ -454,15 +454,6 @@ fn flood_frame(opts: &Opts) -> Result<Vec<u8>> {
     f.extend_from_slice(&l4);
     f.resize(60, 0);
     Ok(f)
-}
-
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 =
-        bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 // ---------------------------------------------------------------- latency
