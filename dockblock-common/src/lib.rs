@@ -33,6 +33,10 @@ pub mod map_names {
     /// `LRU_HASH` [`crate::FlowKey`] -> last-seen ns: UDP flows the host or a
     /// container opened from a blocked port, so their replies pass.
     pub const FLOWS: &str = "FLOWS";
+    /// `ARRAY` of one u32, set to 1 by the tracking programs the first time
+    /// they record a flow: until then no UDP datagram can be a reply, and
+    /// the datapath skips the `FLOWS` lookup.
+    pub const FLOW_SEEN: &str = "FLOW_SEEN";
     /// `LRU_HASH` [`crate::FragKey`] -> rule id: IPv4/IPv6 datagrams whose
     /// first fragment was dropped, so their later fragments are dropped too.
     pub const FRAGS: &str = "FRAGS";

@@ -41,6 +41,9 @@ pub static ALLOW: LpmTrie<AllowKey, u32> = LpmTrie::with_max_entries(2 * DEFAULT
 pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 #[map]
+pub static FLOW_SEEN: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
 pub static FRAGS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(DEFAULT_MAX_FRAGS, 0);
 
 #[map]
