@@ -69,7 +69,10 @@ fn open_map(pins: &PinDir, name: &str) -> Result<MapData> {
     MapData::from_pin(&path).map_err(|e| Error::bpf(format!("open pinned map {}", path.display()), e))
 }
 
-fn typed<T>(pins: &PinDir, name: &str) -> Result<T>
+/// Opens pinned map `name` as aya type `T` (`Array`, `RingBuf`, ...);
+/// `NotAttached` when it is not pinned. The one way every command opens a
+/// pinned map.
+pub fn open_pinned<T>(pins: &PinDir, name: &str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
@@ -78,7 +81,8 @@ where
     T::try_from(map).map_err(|e| Error::bpf(format!("map {name} has an unexpected shape"), e))
 }
 
-fn max_entries(pins: &PinDir, name: &str) -> Result<u32> {
+/// The capacity the pinned map `name` was created with.
+pub fn max_entries(pins: &PinDir, name: &str) -> Result<u32> {
     let info = open_map(pins, name)?.info().map_err(|e| Error::bpf(format!("read {name} info"), e))?;
     Ok(info.max_entries())
 }
@@ -91,14 +95,14 @@ impl RuleStore {
     /// Opens the pinned maps in `pins`; `NotAttached` if they are missing.
     pub fn open(pins: &PinDir) -> Result<Self> {
         Ok(Self {
-            port_rules: typed(pins, map_names::PORT_RULES)?,
-            catalog: typed(pins, map_names::RULES)?,
-            catalog_allow: typed(pins, map_names::RULE_ALLOW)?,
-            allow: typed(pins, map_names::ALLOW)?,
-            config: typed(pins, map_names::CONFIG)?,
-            rule_stats: typed(pins, map_names::RULE_STATS)?,
-            hook_stats: typed(pins, map_names::HOOK_STATS)?,
-            log_budget: typed(pins, map_names::LOG_BUDGET)?,
+            port_rules: open_pinned(pins, map_names::PORT_RULES)?,
+            catalog: open_pinned(pins, map_names::RULES)?,
+            catalog_allow: open_pinned(pins, map_names::RULE_ALLOW)?,
+            allow: open_pinned(pins, map_names::ALLOW)?,
+            config: open_pinned(pins, map_names::CONFIG)?,
+            rule_stats: open_pinned(pins, map_names::RULE_STATS)?,
+            hook_stats: open_pinned(pins, map_names::HOOK_STATS)?,
+            log_budget: open_pinned(pins, map_names::LOG_BUDGET)?,
             rule_capacity: max_entries(pins, map_names::RULES)?,
             allow_capacity: max_entries(pins, map_names::RULE_ALLOW)?,
         })
@@ -253,9 +257,10 @@ impl RuleStore {
         }
 
         let touched: Vec<&Rule> = added_or_changed.iter().chain(&gone_or_changed).copied().collect();
+        let writes = GenerationWrites::plan(before, after, &touched);
         let live = self.config()?.generation & 1;
         for generation in [live ^ 1, live] {
-            self.write_generation(generation, before, after, &touched)?;
+            self.write_generation(generation, &writes)?;
             if generation != live {
                 self.switch_to(generation)?;
             }
@@ -273,33 +278,24 @@ impl RuleStore {
         self.config.set(0, config, 0).map_err(|e| Error::bpf("switch CONFIG generation", e))
     }
 
-    /// Makes `generation` hold `after`, given it holds `before` and only the
-    /// `touched` rules differ.
-    fn write_generation(
-        &mut self,
-        generation: u32,
-        before: &[Rule],
-        after: &[Rule],
-        touched: &[&Rule],
-    ) -> Result<()> {
-        let (before, new_rules) = (by_id(before), by_id(after));
-        for rule in touched {
-            let old = before.get(&rule.id);
-            let new = new_rules.get(&rule.id);
-            let none: &[IpNet] = &[];
-            let old_allow = old.map_or(none, |r| &r.options.allow_from);
-            let new_allow = new.map_or(none, |r| &r.options.allow_from);
-            for net in old_allow.iter().filter(|n| !new_allow.contains(n)) {
-                // Already absent is fine: this is also how resync starts.
-                let _ = self.allow.remove(&allow_key(generation, rule.id, net));
-            }
-            for net in new_allow {
-                self.allow
-                    .insert(&allow_key(generation, rule.id, net), 0, 0)
-                    .map_err(|e| Error::bpf("write ALLOW", e))?;
-            }
+    /// Writes one commit's planned slots and allow-list changes into
+    /// `generation`.
+    fn write_generation(&mut self, generation: u32, writes: &GenerationWrites) -> Result<()> {
+        for (id, net) in &writes.allow_removed {
+            // Already absent is fine: this is also how resync starts.
+            let _ = self.allow.remove(&allow_key(generation, *id, net));
         }
-        self.write_slots(generation, after, touched)
+        for (id, net) in &writes.allow_set {
+            self.allow
+                .insert(&allow_key(generation, *id, net), 0, 0)
+                .map_err(|e| Error::bpf("write ALLOW", e))?;
+        }
+        for (scope, proto, port, slot) in &writes.slots {
+            self.port_rules
+                .set(port_index(generation, scope.raw(), *proto, *port), *slot, 0)
+                .map_err(|e| Error::bpf("write PORT_RULES", e))?;
+        }
+        Ok(())
     }
 
     /// Rewrites both generations from the catalog (used by `attach`).
@@ -309,6 +305,7 @@ impl RuleStore {
         for key in stale {
             let _ = self.allow.remove(&key);
         }
+        // Touch every port of every scope, so no slot keeps stale content.
         let everything: Vec<Rule> = Scope::ALL
             .into_iter()
             .map(|scope| Rule {
@@ -320,38 +317,9 @@ impl RuleStore {
             .collect();
         let mut touched: Vec<&Rule> = everything.iter().collect();
         touched.extend(&rules);
+        let writes = GenerationWrites::plan(&[], &rules, &touched);
         for generation in [0, 1] {
-            self.write_generation(generation, &[], &rules, &touched)?;
-        }
-        Ok(())
-    }
-
-    /// Sets the slots of every (scope, protocol, port) that a rule in
-    /// `touched` covers to its owner under `rules`, in `generation`.
-    fn write_slots(&mut self, generation: u32, rules: &[Rule], touched: &[&Rule]) -> Result<()> {
-        for scope in Scope::ALL {
-            for proto in [proto::TCP, proto::UDP] {
-                let mut ports: Vec<u16> = touched
-                    .iter()
-                    .filter(|r| r.scope == scope && r.ports.protos & proto::bit(proto) != 0)
-                    .flat_map(|r| r.ports.ports())
-                    .collect();
-                if ports.is_empty() {
-                    continue;
-                }
-                ports.sort_unstable();
-                ports.dedup();
-                let owners = rules::port_owners(rules, scope, proto);
-                for port in ports {
-                    let slot = owners[usize::from(port)].map_or(PortRule::default(), |r| PortRule {
-                        rule_id: r.id,
-                        flags: r.options.flags(),
-                    });
-                    self.port_rules
-                        .set(port_index(generation, scope.raw(), proto, port), slot, 0)
-                        .map_err(|e| Error::bpf("write PORT_RULES", e))?;
-                }
-            }
+            self.write_generation(generation, &writes)?;
         }
         Ok(())
     }
@@ -376,6 +344,62 @@ impl RuleStore {
             .map_err(|e| Error::bpf("zero RULE_STATS", e))?;
         self.rule_stats.set(id, zeros, 0).map_err(|e| Error::bpf("zero RULE_STATS", e))
     }
+}
+
+/// What a commit writes into each generation, planned once and written to
+/// both: the slots of every port a changed rule covers (or covered), and
+/// the allow-list entries of changed rules.
+struct GenerationWrites {
+    slots: Vec<(Scope, u32, u16, PortRule)>,
+    /// Entries `before` had and `after` has not.
+    allow_removed: Vec<(u32, IpNet)>,
+    /// Every entry of the touched rules in `after`.
+    allow_set: Vec<(u32, IpNet)>,
+}
+
+impl GenerationWrites {
+    fn plan(before: &[Rule], after: &[Rule], touched: &[&Rule]) -> Self {
+        let (old_rules, new_rules) = (by_id(before), by_id(after));
+        let mut ids: Vec<u32> = touched.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let (mut allow_removed, mut allow_set) = (Vec::new(), Vec::new());
+        for id in ids {
+            let none: &[IpNet] = &[];
+            let old_allow = old_rules.get(&id).map_or(none, |r| &r.options.allow_from);
+            let new_allow = new_rules.get(&id).map_or(none, |r| &r.options.allow_from);
+            allow_removed.extend(old_allow.iter().filter(|n| !new_allow.contains(n)).map(|n| (id, *n)));
+            allow_set.extend(new_allow.iter().map(|n| (id, *n)));
+        }
+        Self { slots: plan_slots(after, touched), allow_removed, allow_set }
+    }
+}
+
+/// The slot of every (scope, protocol, port) that a rule in `touched`
+/// covers, set to its owner under `rules`.
+fn plan_slots(rules: &[Rule], touched: &[&Rule]) -> Vec<(Scope, u32, u16, PortRule)> {
+    let mut slots = Vec::new();
+    for scope in Scope::ALL {
+        for proto in [proto::TCP, proto::UDP] {
+            let mut ports: Vec<u16> = touched
+                .iter()
+                .filter(|r| r.scope == scope && r.ports.protos & proto::bit(proto) != 0)
+                .flat_map(|r| r.ports.ports())
+                .collect();
+            if ports.is_empty() {
+                continue;
+            }
+            ports.sort_unstable();
+            ports.dedup();
+            let owners = rules::port_owners(rules, scope, proto);
+            slots.extend(ports.into_iter().map(|port| {
+                let slot = owners[usize::from(port)]
+                    .map_or(PortRule::default(), |r| PortRule { rule_id: r.id, flags: r.options.flags() });
+                (scope, proto, port, slot)
+            }));
+        }
+    }
+    slots
 }
 
 /// Rules by id, for lookups that would otherwise scan.
