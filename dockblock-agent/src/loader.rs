@@ -9,7 +9,6 @@
 use std::path::Path;
 
 use aya::{
-    maps::MapData,
     programs::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -28,7 +27,7 @@ use crate::{
     link_info,
     lock::PinLock,
     paths::{LinkKind, LinkPin, PinDir},
-    store::RuleStore,
+    store::{self, RuleStore},
     EBPF_OBJECT,
 };
 
@@ -223,13 +222,10 @@ fn apply_settings(store: &mut RuleStore, settings: &Settings) -> Result<()> {
 /// is refused rather than silently ignored.
 fn check_capacities(pins: &PinDir, caps: &Capacities) -> Result<()> {
     for (name, wanted) in map_sizes(caps) {
-        let info = MapData::from_pin(pins.map(name))
-            .and_then(|m| m.info())
-            .map_err(|e| Error::bpf(format!("read pinned map {name}"), e))?;
-        if info.max_entries() != wanted {
+        let have = store::max_entries(pins, name)?;
+        if have != wanted {
             let why = format!(
-                "{name} was created with {} entries; run `dockblock-agent detach` first to change its capacity",
-                info.max_entries()
+                "{name} was created with {have} entries; run `dockblock-agent detach` first to change its capacity"
             );
             return Err(Error::bpf("capacity", std::io::Error::other(why)));
         }
@@ -316,12 +312,13 @@ fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, interface: &str, choice: XdpModeCh
 
 /// Attaches one of the TCX programs; `kind` says which and where.
 fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, interface: &str, kind: LinkKind) -> Result<Attached> {
-    let (name, attach_type) = match kind {
-        LinkKind::TcEgress => (program_names::BRIDGE_TC, TcAttachType::Egress),
-        LinkKind::TrackUplink => (program_names::UPLINK_TRACK, TcAttachType::Egress),
-        LinkKind::TrackBridge => (program_names::BRIDGE_TRACK, TcAttachType::Ingress),
+    let name = match kind {
+        LinkKind::TcEgress => program_names::BRIDGE_TC,
+        LinkKind::TrackUplink => program_names::UPLINK_TRACK,
+        LinkKind::TrackBridge => program_names::BRIDGE_TRACK,
         LinkKind::XdpNative | LinkKind::XdpSkb => unreachable!("XDP goes through attach_xdp"),
     };
+    let attach_type = if kind.is_egress() { TcAttachType::Egress } else { TcAttachType::Ingress };
     let prog = tc_program(ebpf, name)?;
     if let Some((_, link)) = live_link(pins, interface, &[kind])? {
         let link = SchedClassifierLink::try_from(link).map_err(|e| Error::bpf("TCX link", e))?;

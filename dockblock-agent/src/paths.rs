@@ -76,6 +76,16 @@ impl LinkKind {
         Self::XDP.contains(&self)
     }
 
+    /// Whether the program sees packets leaving the interface (TCX egress).
+    pub fn is_egress(self) -> bool {
+        matches!(self, LinkKind::TcEgress | LinkKind::TrackUplink)
+    }
+
+    /// Whether the program only records UDP flows (and never drops).
+    pub fn is_tracking(self) -> bool {
+        matches!(self, LinkKind::TrackUplink | LinkKind::TrackBridge)
+    }
+
     /// "xdp" or "tc", for status.
     pub fn hook(self) -> &'static str {
         if self.is_xdp() {

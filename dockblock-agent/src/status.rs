@@ -67,16 +67,8 @@ pub fn status(pins: &PinDir) -> Result<Status> {
                     LinkKind::XdpSkb => Some("skb"),
                     _ => None,
                 },
-                role: if matches!(pin.kind, LinkKind::TrackUplink | LinkKind::TrackBridge) {
-                    "track"
-                } else {
-                    "judge"
-                },
-                direction: if matches!(pin.kind, LinkKind::TcEgress | LinkKind::TrackUplink) {
-                    "egress"
-                } else {
-                    "ingress"
-                },
+                role: if pin.kind.is_tracking() { "track" } else { "judge" },
+                direction: if pin.kind.is_egress() { "egress" } else { "ingress" },
                 interface: pin.interface,
                 ifindex,
                 link_id: info.map_or(0, |i| i.link_id),

@@ -12,7 +12,7 @@ use dockblock_agent::{
     ports::PortSpec,
     rulefile::parse_net,
     rules::{RuleOptions, RuleSpec, Scope},
-    store::{RuleStore, RuleWithStats},
+    store::{open_pinned, RuleStore, RuleWithStats},
 };
 use dockblock_common::{hook, hook_stats_index, map_names, program_names, Config, Counter, Event, PortRule};
 
@@ -155,14 +155,12 @@ impl Datapath {
     }
 
     fn raw_map<T: TryFrom<Map, Error = aya::maps::MapError>>(&self, name: &str) -> T {
-        let data = MapData::from_pin(self.pins.map(name)).unwrap();
-        T::try_from(Map::from_map_data(data).unwrap()).unwrap()
+        open_pinned(&self.pins, name).unwrap()
     }
 
     /// Every event waiting in the ring buffer.
     pub fn events(&self) -> Vec<Event> {
-        let data = MapData::from_pin(self.pins.map(map_names::EVENTS)).unwrap();
-        let mut ring = RingBuf::try_from(Map::RingBuf(data)).unwrap();
+        let mut ring: RingBuf<MapData> = self.raw_map(map_names::EVENTS);
         let mut events = Vec::new();
         while let Some(item) = ring.next() {
             // SAFETY: the program wrote an Event.

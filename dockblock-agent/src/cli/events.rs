@@ -4,21 +4,17 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aya::maps::{Map, MapData, RingBuf};
-use dockblock_agent::{addr::addr_from_mapped, link_info, paths::PinDir, require_root, Error, Result};
+use aya::maps::{MapData, RingBuf};
+use dockblock_agent::{
+    addr::addr_from_mapped, link_info, paths::PinDir, require_root, store::open_pinned, Error, Result,
+};
 use dockblock_common::{hook, map_names, Event};
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
 pub fn run(pins: &PinDir, json: bool, count: Option<u64>) -> Result<()> {
     require_root()?;
-    let path = pins.map(map_names::EVENTS);
-    if !path.exists() {
-        return Err(Error::NotAttached { pin_dir: pins.root().into() });
-    }
-    let data = MapData::from_pin(&path).map_err(|e| Error::bpf("open EVENTS", e))?;
-    let ring =
-        RingBuf::try_from(Map::RingBuf(data)).map_err(|e| Error::bpf("EVENTS is not a ring buffer", e))?;
+    let ring: RingBuf<MapData> = open_pinned(pins, map_names::EVENTS)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
