@@ -33,10 +33,11 @@ pub mod map_names {
     /// `LRU_HASH` [`crate::FlowKey`] -> last-seen ns: UDP flows the host or a
     /// container opened from a blocked port, so their replies pass.
     pub const FLOWS: &str = "FLOWS";
-    /// `ARRAY` of one u32, set to 1 by the tracking programs the first time
-    /// they record a flow: until then no UDP datagram can be a reply, and
-    /// the datapath skips the `FLOWS` lookup.
-    pub const FLOW_SEEN: &str = "FLOW_SEEN";
+    /// `ARRAY` of u32 flags indexed by [`crate::seen`], each set to 1 the
+    /// first time its table gets an entry: until then the datapath skips
+    /// that table's lookup (a flood pays one array read instead of a hash
+    /// lookup). Pinned, so a program replaced in place keeps them.
+    pub const SEEN: &str = "SEEN";
     /// `LRU_HASH` [`crate::FragKey`] -> rule id: IPv4/IPv6 datagrams whose
     /// first fragment was dropped, so their later fragments are dropped too.
     pub const FRAGS: &str = "FRAGS";
@@ -46,8 +47,8 @@ pub mod map_names {
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 
     /// Every map the agent pins, in a fixed order.
-    pub const ALL: [&str; 11] = [
-        PORT_RULES, RULES, RULE_ALLOW, RULE_STATS, HOOK_STATS, CONFIG, ALLOW, FLOWS, FRAGS, EVENTS,
+    pub const ALL: [&str; 12] = [
+        PORT_RULES, RULES, RULE_ALLOW, RULE_STATS, HOOK_STATS, CONFIG, ALLOW, FLOWS, SEEN, FRAGS, EVENTS,
         LOG_BUDGET,
     ];
 }
@@ -64,6 +65,15 @@ pub mod program_names {
     /// TC (TCX ingress) on bridges: records UDP flows containers open from a
     /// blocked container port.
     pub const BRIDGE_TRACK: &str = "dockblock_track_br";
+}
+
+/// Slots of the `SEEN` map.
+pub mod seen {
+    /// Set once a tracking program recorded a UDP flow (`FLOWS`).
+    pub const FLOWS: u32 = 0;
+    /// Set once a dropped first fragment was remembered (`FRAGS`).
+    pub const FRAGS: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Where a port rule is judged.

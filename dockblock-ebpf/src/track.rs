@@ -3,10 +3,10 @@
 //! recorded: the map stays small and other traffic pays one array lookup.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use dockblock_common::{port_index, proto, FlowKey};
+use dockblock_common::{port_index, proto, seen, FlowKey};
 
 use crate::{
-    maps::{FLOWS, FLOW_SEEN, PORT_RULES},
+    maps::{mark_seen, FLOWS, PORT_RULES},
     parse::{parse, Cursor},
     verdict::config,
 };
@@ -26,13 +26,5 @@ pub fn track(cur: &Cursor, scope: u32) {
     }
     let key = FlowKey { remote: facts.dst, remote_port: l4.dport, local_port: l4.sport, scope };
     let _ = FLOWS.insert(key, unsafe { bpf_ktime_get_ns() }, 0);
-    if let Some(seen) = FLOW_SEEN.get_ptr_mut(0) {
-        // SAFETY: a valid map value; a racing writer writes the same 1.
-        // Read first, so the shared cache line is written only once.
-        unsafe {
-            if *seen == 0 {
-                *seen = 1;
-            }
-        }
-    }
+    mark_seen(seen::FLOWS);
 }

@@ -3,13 +3,13 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use dockblock_common::{
-    config_flag, hook_stats_index, outcome, port_index, proto, rule_flag, AllowKey, Config, Counter, FlowKey,
-    FragKey, PortRule, RuleStats, ALLOW_KEY_RULE_BITS,
+    config_flag, hook_stats_index, outcome, port_index, proto, rule_flag, seen as seen_slot, AllowKey,
+    Config, Counter, FlowKey, FragKey, PortRule, RuleStats, ALLOW_KEY_RULE_BITS,
 };
 
 use crate::{
     events::{self, Seen},
-    maps::{ALLOW, CONFIG, FLOWS, FLOW_SEEN, FRAGS, HOOK_STATS, PORT_RULES, RULE_STATS},
+    maps::{mark_seen, seen, ALLOW, CONFIG, FLOWS, FRAGS, HOOK_STATS, PORT_RULES, RULE_STATS},
     parse::{parse, Cursor, Facts, Frag, Reject},
 };
 
@@ -65,7 +65,9 @@ pub fn judge(cur: &Cursor, scope: u32, len: u64, seen: &Seen, from_host: bool) -
     }
     if let Frag::First { id } = facts.frag {
         // Later fragments carry no ports: remember the datagram to drop them.
-        let _ = FRAGS.insert(frag_key(&facts, id), rule.rule_id, 0);
+        if FRAGS.insert(frag_key(&facts, id), rule.rule_id, 0).is_ok() {
+            mark_seen(seen_slot::FRAGS);
+        }
     }
     count(|s| &mut s.dropped);
     finish(hook, outcome::DROPPED, len)
@@ -77,6 +79,10 @@ fn judge_later_fragment(facts: &Facts, hook: u32, len: u64) -> Verdict {
     let Frag::Later { id, last } = facts.frag else {
         return finish(hook, outcome::PASSED_UNPARSED, len);
     };
+    // No first fragment dropped yet: spare every fragment the hash lookup.
+    if !seen(seen_slot::FRAGS) {
+        return finish(hook, outcome::PASSED_UNPARSED, len);
+    }
     let key = frag_key(facts, id);
     // SAFETY: the value is copied out at once.
     let Some(rule_id) = (unsafe { FRAGS.get(key) }).copied() else {
@@ -103,7 +109,7 @@ fn frag_key(facts: &Facts, id: u32) -> FragKey {
 fn is_reply(facts: &Facts, sport: u16, dport: u16, scope: u32, config: &Config) -> bool {
     // Under a flood on a host that never sent UDP from a blocked port, this
     // array read spares every datagram a hash lookup.
-    if FLOW_SEEN.get(0).is_none_or(|seen| *seen == 0) {
+    if !seen(seen_slot::FLOWS) {
         return false;
     }
     let key = FlowKey { remote: facts.src, remote_port: sport, local_port: dport, scope };

@@ -70,6 +70,12 @@ impl Datapath {
         Self { ebpf, pins, store }
     }
 
+    /// Loads the programs again over the same pins, as a re-attach that
+    /// replaces the programs in place does.
+    pub fn reload(&mut self) {
+        self.ebpf = loader::load(&self.pins, &Capacities::default()).expect("reload programs");
+    }
+
     pub fn block(&mut self, scope: Scope, spec: &str) {
         self.block_with(scope, spec, RuleOptions::default());
     }

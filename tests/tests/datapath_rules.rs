@@ -98,6 +98,10 @@ fn udp_replies_to_flows_from_a_blocked_port_pass() {
     dp.track(program_names::BRIDGE_TRACK, &query);
     assert_eq!(dp.tc(&reply), Pass, "reply to the container's query");
     assert_eq!(dp.rules()[0].stats.passed.packets, 1);
+    // New programs (an upgrade) keep the flows and the flag that makes the
+    // datapath look them up.
+    dp.reload();
+    assert_eq!(dp.xdp(&reply), Pass, "reply after the programs were replaced");
     // Flows expire.
     dp.set_config(|c| c.flow_timeout_secs = 1);
     std::thread::sleep(std::time::Duration::from_millis(1100));

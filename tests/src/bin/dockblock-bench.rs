@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    programs::{loaded_programs, ProgramInfo, TestRun, TestRunAttrs, TestRunOptions, Xdp},
+    programs::{loaded_programs, Program, ProgramInfo, TestRun, TestRunAttrs, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use dockblock_tests::packet::{checksum, Packet, ACK, ETH_P_8021Q, ETH_P_ARP, IPPROTO_TCP, IPPROTO_UDP};
@@ -117,20 +117,28 @@ fn cost(opts: &Opts) -> Result<Value> {
             }));
         }
     }
-    // The floor: bench_tx on a frame shorter than its template, so it only
-    // does one bounds check and returns, run the same way.
+    // The floor: programs that return at once, run the same way.
     let mut ebpf = Ebpf::load(dockblock_agent::BENCH_TX_OBJECT).context("load bench_tx")?;
-    let tx = xdp(&mut ebpf, "bench_tx")?;
-    let frame = Packet::syn(BLOCKED_PORT).build();
-    let mut floor = Vec::new();
-    for _ in 0..rounds {
-        let r = tx.test_run(TestRunOptions { data_in: Some(&frame), repeat, ..TestRunOptions::new() })?;
-        floor.push(r.duration.as_nanos() as u64);
+    let mut floor = serde_json::Map::new();
+    for (hook, name) in [("xdp", "floor_xdp"), ("tc", "floor_tc")] {
+        let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))?;
+        match prog {
+            Program::Xdp(p) => p.load(),
+            Program::SchedClassifier(p) => p.load(),
+            _ => bail!("{name}: unexpected program type"),
+        }
+        .with_context(|| format!("load {name}"))?;
+        let fd = prog.fd().with_context(|| format!("{name} fd"))?;
+        let frame = Packet::syn(BLOCKED_PORT).build();
+        let mut ns = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let (_, t) = raw_test_run(fd.as_fd().as_raw_fd(), &frame, ctx_for(hook), repeat)
+                .with_context(|| format!("test run of {name}"))?;
+            ns.push(t);
+        }
+        floor.insert(hook.into(), json!({"program": name, "ns": ns}));
     }
-    Ok(json!({
-        "repeat": repeat, "programs": programs, "packets": results,
-        "floor": {"program": "bench_tx (returns XDP_TX, nothing else)", "ns": floor},
-    }))
+    Ok(json!({"repeat": repeat, "programs": programs, "packets": results, "floor": floor}))
 }
 
 fn verdict_name(hook: &str, ret: u32) -> String {
