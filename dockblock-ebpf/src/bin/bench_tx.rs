@@ -15,6 +15,10 @@
 //! - `floor_xdp`, `floor_tc`: return at once; `dockblock-bench cost` runs
 //!   them like the judging programs, so their time is what BPF_PROG_TEST_RUN
 //!   itself costs per run on each hook (the floor under every cost figure).
+//! - `drop_all`: drops every frame. `dockblock-bench drop-all` attaches it
+//!   (native XDP) to the uplink as the bench's reference receiver: the
+//!   cheapest way a host can discard a frame, so what a filter costs above
+//!   it is the filter's own work.
 //! - `bench_tx_flows`: sends `FRAME` with a random source port (1-65535) and,
 //!   when `DPORT_SPAN` > 1, a random destination port in
 //!   [dport, dport + DPORT_SPAN), the L4 checksum patched to match (RFC
@@ -125,6 +129,11 @@ pub fn bench_tx_flows(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn floor_xdp(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn drop_all(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
 }
 
 #[classifier]

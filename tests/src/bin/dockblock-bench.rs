@@ -24,7 +24,10 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    programs::{loaded_programs, Program, ProgramInfo, TestRun, TestRunAttrs, TestRunOptions, Xdp},
+    programs::{
+        links::FdLink, loaded_programs, Program, ProgramInfo, TestRun, TestRunAttrs, TestRunOptions, Xdp,
+        XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use dockblock_tests::packet::{checksum, Packet, ACK, ETH_P_8021Q, ETH_P_ARP, IPPROTO_TCP, IPPROTO_UDP};
@@ -45,7 +48,8 @@ fn run() -> Result<()> {
         "cost" => cost(&opts)?,
         "flood" => flood(&opts)?,
         "latency" => latency(&opts)?,
-        _ => bail!("usage: dockblock-bench cost|flood|latency --key value ..."),
+        "drop-all" => drop_all(&opts)?,
+        _ => bail!("usage: dockblock-bench cost|flood|latency|drop-all --key value ..."),
     };
     println!("{out}");
     Ok(())
@@ -315,12 +319,31 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     Ok(prog)
 }
 
+/// Attaches `drop_all` (native XDP) to `--ifname` through a bpf_link pinned
+/// at `--pin`: it stays after this process exits, and removing the pin
+/// detaches it.
+fn drop_all(opts: &Opts) -> Result<Value> {
+    let (ifname, pin) = (opts.str("ifname")?, opts.str("pin")?);
+    let mut ebpf = Ebpf::load(dockblock_agent::BENCH_TX_OBJECT).context("load bench_tx")?;
+    let prog = xdp(&mut ebpf, "drop_all")?;
+    let id = prog.attach(ifname, XdpMode::Driver).with_context(|| format!("attach drop_all to {ifname}"))?;
+    let link = FdLink::try_from(prog.take_link(id)?).context("drop_all link is not a bpf_link")?;
+    link.pin(pin).with_context(|| format!("pin drop_all link at {pin}"))?;
+    Ok(json!({"attached": ifname, "pin": pin}))
+}
+
 // ---------------------------------------------------------------- flood
 
 /// Sends `--frames` 60-byte frames (at most `--seconds`), as fast as
 /// possible or at `--rate` frames per second, out of `--ifname`. With
 /// `--flows many` each frame gets a random source port, and with
 /// `--dport-span N` a random destination port in [dport, dport + N).
+///
+/// Reports the machine's busy CPU time while sending (`busy_ns`: this
+/// generator and everything the frames set off on the host). With
+/// `--cpu-probe SECS` it first sits idle that long and reports what the
+/// machine was busy with meanwhile (`background_busy_ns_per_s`), for the
+/// caller to subtract.
 fn flood(opts: &Opts) -> Result<Value> {
     let ifname = opts.str("ifname")?;
     let ifindex = ifindex(ifname)?;
@@ -339,6 +362,7 @@ fn flood(opts: &Opts) -> Result<Value> {
     let words: [u32; 15] =
         std::array::from_fn(|i| u32::from_ne_bytes(frame[i * 4..i * 4 + 4].try_into().expect("4 bytes")));
     let span: u32 = opts.num("dport-span", 0)?;
+    let probe: f64 = opts.num("cpu-probe", 0.0)?;
     let mut ebpf = EbpfLoader::new()
         .override_global("FRAME", &words, true)
         .override_global("DPORT_SPAN", &span, true)
@@ -350,10 +374,21 @@ fn flood(opts: &Opts) -> Result<Value> {
     // rx_queue_index, egress_ifindex. Frames go out of ingress_ifindex.
     let ctx: Vec<u8> =
         [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
-    // Paced: 1 ms worth per call. Unpaced: calls of about 50 ms (each call
-    // sets up a page pool, and the time bound is checked between calls;
-    // when the receiving side is slow the generator is slowed with it).
-    let mut chunk: u64 = if rate > 0.0 { ((rate / 1000.0) as u64).clamp(64, 1 << 20) } else { 1 << 14 };
+    // Each call sets up a page pool (milliseconds), so calls are coarse.
+    // Paced: 20 ms worth per call, sent as a burst, then a sleep (the
+    // receiver runs in the same softirq right after each batch of 64, so a
+    // burst is not lost at the ring). Unpaced: calls of about 50 ms (the
+    // time bound is checked between calls; when the receiving side is slow
+    // the generator is slowed with it).
+    let mut chunk: u64 = if rate > 0.0 { ((rate / 50.0) as u64).clamp(64, 1 << 20) } else { 1 << 14 };
+    let background = if probe > 0.0 {
+        let idle = Busy::start()?;
+        std::thread::sleep(Duration::from_secs_f64(probe));
+        Some(idle.busy_ns()? as f64 / probe)
+    } else {
+        None
+    };
+    let busy = Busy::start()?;
     let start = Instant::now();
     let mut sent = 0u64;
     let mut calls = 0u64;
@@ -383,10 +418,52 @@ fn flood(opts: &Opts) -> Result<Value> {
         calls += 1;
     }
     let secs = start.elapsed().as_secs_f64();
+    let busy_ns = busy.busy_ns()?;
     Ok(json!({
         "program": program, "frames": sent, "seconds": secs, "calls": calls,
         "mpps": sent as f64 / secs / 1e6, "frame_bytes": frame.len(),
+        "busy_ns": busy_ns, "background_busy_ns_per_s": background,
     }))
+}
+
+/// Busy CPU time of the whole machine since `start`: CPUs x wall time minus
+/// the time the CPUs spent in idle states. The idle states' residency is
+/// kept in microseconds, where /proc/stat samples at the timer tick (4 ms).
+struct Busy {
+    at: Instant,
+    idle_us: u64,
+    cpus: u64,
+}
+
+impl Busy {
+    fn start() -> Result<Self> {
+        let (idle_us, cpus) = idle_us()?;
+        Ok(Busy { at: Instant::now(), idle_us, cpus })
+    }
+
+    fn busy_ns(&self) -> Result<u64> {
+        let wall = self.at.elapsed().as_nanos() as u64;
+        let (idle_us, _) = idle_us()?;
+        Ok((self.cpus * wall).saturating_sub(idle_us.saturating_sub(self.idle_us) * 1000))
+    }
+}
+
+/// Microseconds all CPUs spent idle since boot, and how many CPUs counted.
+fn idle_us() -> Result<(u64, u64)> {
+    let (mut total, mut cpus) = (0u64, 0u64);
+    for cpu in std::fs::read_dir("/sys/devices/system/cpu").context("reading /sys/devices/system/cpu")? {
+        let dir = cpu?.path().join("cpuidle");
+        let Ok(states) = std::fs::read_dir(&dir) else { continue };
+        cpus += 1;
+        for state in states {
+            let text = std::fs::read_to_string(state?.path().join("time")).unwrap_or_default();
+            total += text.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    if cpus == 0 {
+        bail!("no cpuidle statistics under /sys/devices/system/cpu (CONFIG_CPU_IDLE off?)");
+    }
+    Ok((total, cpus))
 }
 
 fn ifindex(name: &str) -> Result<u32> {

@@ -208,6 +208,9 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Frames per second of the paced flood that measures CPU per packet.
+pub const PACED_RATE: f64 = 200_000.0;
+
 /// The flood comparison: every round runs every variant once, in the same
 /// order, with every flood it takes.
 fn floods(
@@ -238,6 +241,21 @@ fn floods(
             }
         }
     }
+    if live {
+        // CPU per packet at a rate every filter keeps up with (V0 does not:
+        // without a filter each SYN reaches the container).
+        let secs = if ctx.quick { 1.5 } else { 3.0 };
+        plan.push(Flood {
+            generator: Generator::Live,
+            proto: "tcp",
+            many_flows: true,
+            frames: (PACED_RATE * secs) as u64,
+            seconds: secs + 2.0,
+            rate: PACED_RATE,
+            dport: topology::BLOCKED_PORT,
+            dport_span: 0,
+        });
+    }
     if trafgen {
         let protos: &[&'static str] = if ctx.quick { &["tcp"] } else { &["tcp", "udp"] };
         for &proto in protos {
@@ -257,8 +275,7 @@ fn floods(
     for round in 1..=ctx.rounds {
         for v in variants::FLOOD.into_iter().filter(|v| ctx.wants(*v)) {
             ctx.check_stop()?;
-            let floods: Vec<&Flood> =
-                plan.iter().filter(|f| f.generator == Generator::Trafgen || v.takes_live_frames()).collect();
+            let floods: Vec<&Flood> = plan.iter().filter(|f| v.takes(f)).collect();
             if floods.is_empty() {
                 continue;
             }
@@ -267,8 +284,11 @@ fn floods(
                 ctx.check_stop()?;
                 let s = flood::measure(topo, v, f, round)
                     .with_context(|| format!("{} flood on {}", f.generator.id(), v.id()))?;
+                let cpu = s["cpu_ns_per_packet"]
+                    .as_f64()
+                    .map_or(String::new(), |x| format!(", CPU {x:.0} ns/packet"));
                 ctx.log(&format!(
-                    "round {round}/{} {:<24} {:<11} {} {:<4} offered {:>6.3} received {:>6.3} filter-dropped {} Mpps",
+                    "round {round}/{} {:<24} {:<11} {} {:<4} offered {:>6.3} received {:>6.3} filter-dropped {} Mpps{cpu}",
                     ctx.rounds,
                     v.id(),
                     f.generator.id(),

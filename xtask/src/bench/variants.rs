@@ -14,12 +14,15 @@ use std::path::Path;
 pub const COMMENT: &str = "dockblock-bench";
 const NFT_FWD: &str = "dbb_bench_fwd";
 const NFT_RAW: &str = "dbb_bench_raw";
+/// Where `dockblock-bench drop-all` pins its link.
+const DROP_ALL_PIN: &str = "/sys/fs/bpf/dockblock-bench-drop-all";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     V0,
     V0xNative,
     V0xSkb,
+    XdpDropAll,
     IptUser,
     IptCtorig,
     IptRaw,
@@ -37,10 +40,11 @@ pub enum Variant {
 use Variant::*;
 
 /// The flood comparison, in the order every round runs them.
-pub const FLOOD: [Variant; 14] = [
+pub const FLOOD: [Variant; 15] = [
     V0,
     V0xNative,
     V0xSkb,
+    XdpDropAll,
     IptUser,
     IptCtorig,
     IptRaw,
@@ -60,6 +64,7 @@ impl Variant {
             V0 => "v0",
             V0xNative => "v0x-native",
             V0xSkb => "v0x-skb",
+            XdpDropAll => "xdp-drop-all",
             IptUser => "iptables-docker-user",
             IptCtorig => "iptables-ctorigdstport",
             IptRaw => "iptables-raw",
@@ -81,6 +86,7 @@ impl Variant {
             V0 => "no filter",
             V0xNative => "dockblock attached (XDP native on the uplink, TC on the bridge), no rules",
             V0xSkb => "dockblock attached (XDP skb mode on the uplink, TC on the bridge), no rules",
+            XdpDropAll => "reference receiver: a native XDP program on the uplink that drops every frame (paced floods only)",
             IptUser => "iptables DOCKER-USER: -d CONTAINER -p tcp/udp --dport 28080 -j DROP (container port, after DNAT)",
             IptCtorig => "iptables DOCKER-USER: -m conntrack --ctorigdst HOST --ctorigdstport 18080 -j DROP (published port)",
             IptRaw => "iptables -t raw PREROUTING -i UPLINK -p tcp/udp --dport 18080 -j DROP (before conntrack)",
@@ -101,6 +107,13 @@ impl Variant {
     /// these variants are measured with trafgen only.
     pub fn takes_live_frames(self) -> bool {
         !matches!(self, V0xSkb | XdpFilterSkb | DbXdpSkb)
+    }
+
+    /// The drop-everything reference takes part in paced floods only:
+    /// there it shows what the generator and the veth cost by themselves.
+    pub fn takes(self, f: &super::flood::Flood) -> bool {
+        let generator_ok = f.generator == super::flood::Generator::Trafgen || self.takes_live_frames();
+        generator_ok && (self != XdpDropAll || f.rate > 0.0)
     }
 }
 
@@ -143,6 +156,11 @@ pub fn apply(v: Variant, b: &Blocked, container_ip: &str) -> Result<()> {
     };
     match v {
         V0 => {}
+        XdpDropAll => {
+            let bench = super::bench_bin();
+            let bench = bench.to_str().context("bench path")?;
+            ok(&[bench, "drop-all", "--ifname", HOST_IF, "--pin", DROP_ALL_PIN])?;
+        }
         V0xNative | V0xSkb => {
             let mode = if v == V0xNative { "native" } else { "skb" };
             a(&["attach", HOST_IF, "--bridge", BRIDGE, "--xdp-mode", mode])?;
@@ -253,6 +271,9 @@ pub fn apply(v: Variant, b: &Blocked, container_ip: &str) -> Result<()> {
 pub fn remove(v: Variant) {
     match v {
         V0 => {}
+        XdpDropAll => {
+            let _ = std::fs::remove_file(DROP_ALL_PIN);
+        }
         V0xNative | V0xSkb | DbXdpNative | DbXdpSkb | DbTc => detach_agent(),
         IptUser | IptCtorig => delete_ipt_rules("filter", "DOCKER-USER"),
         IptRaw => delete_ipt_rules("raw", "PREROUTING"),
@@ -265,6 +286,7 @@ pub fn remove(v: Variant) {
 /// Everything any variant may have left (start-of-run and final cleanup).
 pub fn remove_all_rules() {
     detach_agent();
+    remove(XdpDropAll);
     delete_ipt_rules("filter", "DOCKER-USER");
     delete_ipt_rules("raw", "PREROUTING");
     quiet(&["nft", "delete", "table", "inet", NFT_FWD]);
@@ -327,7 +349,7 @@ fn with_masks(rule: &str) -> String {
 /// Packets the variant's own counters say it dropped (None: no filter).
 pub fn dropped(v: Variant) -> Result<Option<u64>> {
     Ok(Some(match v {
-        V0 | V0xNative | V0xSkb => return Ok(None),
+        V0 | V0xNative | V0xSkb | XdpDropAll => return Ok(None),
         DbXdpNative | DbXdpSkb | DbTc => {
             let agent = super::agent_bin();
             let agent = agent.to_str().context("agent path")?;
