@@ -339,11 +339,11 @@ fn drop_all(opts: &Opts) -> Result<Value> {
 /// `--flows many` each frame gets a random source port, and with
 /// `--dport-span N` a random destination port in [dport, dport + N).
 ///
-/// Reports the machine's busy CPU time while sending (`busy_ns`: this
-/// generator and everything the frames set off on the host). With
-/// `--cpu-probe SECS` it first sits idle that long and reports what the
-/// machine was busy with meanwhile (`background_busy_ns_per_s`), for the
-/// caller to subtract.
+/// Reports the CPU time the flood took (`cpu_ns`): this process's own, which
+/// includes the receive path the frames set off (NAPI runs in the softirq
+/// at the end of each batch, in this task's context), plus what the
+/// ksoftirqd threads ran meanwhile (softirq work deferred to them). Other
+/// tasks' CPU time is not counted, so background load does not blur it.
 fn flood(opts: &Opts) -> Result<Value> {
     let ifname = opts.str("ifname")?;
     let ifindex = ifindex(ifname)?;
@@ -362,7 +362,6 @@ fn flood(opts: &Opts) -> Result<Value> {
     let words: [u32; 15] =
         std::array::from_fn(|i| u32::from_ne_bytes(frame[i * 4..i * 4 + 4].try_into().expect("4 bytes")));
     let span: u32 = opts.num("dport-span", 0)?;
-    let probe: f64 = opts.num("cpu-probe", 0.0)?;
     let mut ebpf = EbpfLoader::new()
         .override_global("FRAME", &words, true)
         .override_global("DPORT_SPAN", &span, true)
@@ -374,21 +373,15 @@ fn flood(opts: &Opts) -> Result<Value> {
     // rx_queue_index, egress_ifindex. Frames go out of ingress_ifindex.
     let ctx: Vec<u8> =
         [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
-    // Each call sets up a page pool (milliseconds), so calls are coarse.
-    // Paced: 20 ms worth per call, sent as a burst, then a sleep (the
+    // Each call sets up and tears down a page pool, which takes about 25 ms
+    // here (mostly waiting, not CPU), so calls are coarse.
+    // Paced: 100 ms worth per call, sent as a burst, then a sleep (the
     // receiver runs in the same softirq right after each batch of 64, so a
     // burst is not lost at the ring). Unpaced: calls of about 50 ms (the
     // time bound is checked between calls; when the receiving side is slow
     // the generator is slowed with it).
-    let mut chunk: u64 = if rate > 0.0 { ((rate / 50.0) as u64).clamp(64, 1 << 20) } else { 1 << 14 };
-    let background = if probe > 0.0 {
-        let idle = Busy::start()?;
-        std::thread::sleep(Duration::from_secs_f64(probe));
-        Some(idle.busy_ns()? as f64 / probe)
-    } else {
-        None
-    };
-    let busy = Busy::start()?;
+    let mut chunk: u64 = if rate > 0.0 { ((rate / 10.0) as u64).clamp(64, 1 << 20) } else { 1 << 14 };
+    let cpu = FloodCpu::start()?;
     let start = Instant::now();
     let mut sent = 0u64;
     let mut calls = 0u64;
@@ -418,52 +411,55 @@ fn flood(opts: &Opts) -> Result<Value> {
         calls += 1;
     }
     let secs = start.elapsed().as_secs_f64();
-    let busy_ns = busy.busy_ns()?;
+    let cpu_ns = cpu.ns()?;
     Ok(json!({
         "program": program, "frames": sent, "seconds": secs, "calls": calls,
         "mpps": sent as f64 / secs / 1e6, "frame_bytes": frame.len(),
-        "busy_ns": busy_ns, "background_busy_ns_per_s": background,
+        "cpu_ns": cpu_ns,
     }))
 }
 
-/// Busy CPU time of the whole machine since `start`: CPUs x wall time minus
-/// the time the CPUs spent in idle states. The idle states' residency is
-/// kept in microseconds, where /proc/stat samples at the timer tick (4 ms).
-struct Busy {
-    at: Instant,
-    idle_us: u64,
-    cpus: u64,
+/// CPU time of this process plus the ksoftirqd threads since `start`,
+/// exact to the nanosecond (the scheduler's runtime, not tick samples).
+struct FloodCpu {
+    ksoftirqd: Vec<u32>,
+    at: u64,
 }
 
-impl Busy {
+impl FloodCpu {
     fn start() -> Result<Self> {
-        let (idle_us, cpus) = idle_us()?;
-        Ok(Busy { at: Instant::now(), idle_us, cpus })
-    }
-
-    fn busy_ns(&self) -> Result<u64> {
-        let wall = self.at.elapsed().as_nanos() as u64;
-        let (idle_us, _) = idle_us()?;
-        Ok((self.cpus * wall).saturating_sub(idle_us.saturating_sub(self.idle_us) * 1000))
-    }
-}
-
-/// Microseconds all CPUs spent idle since boot, and how many CPUs counted.
-fn idle_us() -> Result<(u64, u64)> {
-    let (mut total, mut cpus) = (0u64, 0u64);
-    for cpu in std::fs::read_dir("/sys/devices/system/cpu").context("reading /sys/devices/system/cpu")? {
-        let dir = cpu?.path().join("cpuidle");
-        let Ok(states) = std::fs::read_dir(&dir) else { continue };
-        cpus += 1;
-        for state in states {
-            let text = std::fs::read_to_string(state?.path().join("time")).unwrap_or_default();
-            total += text.trim().parse::<u64>().unwrap_or(0);
+        let mut ksoftirqd = Vec::new();
+        for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.starts_with("ksoftirqd/") {
+                ksoftirqd.push(pid);
+            }
         }
+        let mut cpu = FloodCpu { ksoftirqd, at: 0 };
+        cpu.at = cpu.total()?;
+        Ok(cpu)
     }
-    if cpus == 0 {
-        bail!("no cpuidle statistics under /sys/devices/system/cpu (CONFIG_CPU_IDLE off?)");
+
+    fn ns(&self) -> Result<u64> {
+        Ok(self.total()?.saturating_sub(self.at))
     }
-    Ok((total, cpus))
+
+    fn total(&self) -> Result<u64> {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: ts is a valid timespec to write to.
+        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("clock_gettime");
+        }
+        let mut ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        for pid in &self.ksoftirqd {
+            // First field: time on the CPU in ns (/proc/PID/schedstat).
+            let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+                .with_context(|| format!("reading /proc/{pid}/schedstat"))?;
+            ns += text.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        }
+        Ok(ns)
+    }
 }
 
 fn ifindex(name: &str) -> Result<u32> {

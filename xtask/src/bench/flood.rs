@@ -55,18 +55,14 @@ pub struct Flood {
     pub dport_span: u32,
 }
 
-/// What one generator run reported. Live frames also report the machine's
-/// busy CPU time while sending, and what it was busy with before (idle).
+/// What one generator run reported. Live frames also report the CPU time
+/// the flood took (the generator with the receive path it set off, and the
+/// ksoftirqd threads).
 pub struct Sent {
     pub frames: u64,
     pub seconds: f64,
-    pub busy_ns: Option<f64>,
-    pub background_busy_ns_per_s: Option<f64>,
+    pub cpu_ns: Option<f64>,
 }
-
-/// Seconds the live-frames generator idles before a paced flood to measure
-/// the machine's background load.
-const CPU_PROBE_SECS: f64 = 1.0;
 
 fn live_args(t: &Topology, f: &Flood) -> Vec<String> {
     let bench = super::bench_bin();
@@ -86,7 +82,6 @@ fn live_args(t: &Topology, f: &Flood) -> Vec<String> {
         ("dst-ip", HOST_IP.to_string()),
         ("dport", f.dport.to_string()),
         ("dport-span", f.dport_span.to_string()),
-        ("cpu-probe", if f.rate > 0.0 { CPU_PROBE_SECS } else { 0.0 }.to_string()),
     ];
     for (k, val) in kv {
         v.push(format!("--{k}"));
@@ -99,14 +94,13 @@ fn live_args(t: &Topology, f: &Flood) -> Vec<String> {
 pub fn live(t: &Topology, f: &Flood) -> Result<Sent> {
     let args = live_args(t, f);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let limit = Duration::from_secs_f64(f.seconds + CPU_PROBE_SECS + 20.0);
+    let limit = Duration::from_secs_f64(f.seconds + 20.0);
     let out = cmd::ok_limit(limit, &args)?;
     let j: Value = serde_json::from_str(out.trim()).context("dockblock-bench flood output")?;
     Ok(Sent {
         frames: j["frames"].as_u64().unwrap_or(0),
         seconds: j["seconds"].as_f64().unwrap_or(f64::NAN),
-        busy_ns: j["busy_ns"].as_f64(),
-        background_busy_ns_per_s: j["background_busy_ns_per_s"].as_f64(),
+        cpu_ns: j["cpu_ns"].as_f64(),
     })
 }
 
@@ -204,7 +198,7 @@ pub fn parse_trafgen(text: &str, wall: f64) -> Result<Sent> {
         })
         .filter(|s| *s > 0.0)
         .unwrap_or(wall);
-    Ok(Sent { frames, seconds, busy_ns: None, background_busy_ns_per_s: None })
+    Ok(Sent { frames, seconds, cpu_ns: None })
 }
 
 fn stat(dev: &str, name: &str) -> u64 {
@@ -251,11 +245,9 @@ pub fn measure(t: &Topology, v: Variant, f: &Flood, round: usize) -> Result<Valu
         (Some(b), Some(a)) => Some(mpps(a.saturating_sub(b))),
         _ => None,
     };
-    // Paced floods: busy CPU time per frame sent, the background subtracted.
-    let cpu_ns_per_packet = match (f.rate > 0.0, sent.busy_ns, sent.background_busy_ns_per_s) {
-        (true, Some(busy), Some(bg)) if sent.frames > 0 => {
-            Some((busy - bg * sent.seconds).max(0.0) / sent.frames as f64)
-        }
+    // Paced floods: CPU time per frame sent.
+    let cpu_ns_per_packet = match (f.rate > 0.0, sent.cpu_ns) {
+        (true, Some(ns)) if sent.frames > 0 => Some(ns / sent.frames as f64),
         _ => None,
     };
     Ok(json!({
@@ -275,8 +267,7 @@ pub fn measure(t: &Topology, v: Variant, f: &Flood, round: usize) -> Result<Valu
         "filter_dropped_mpps": filter,
         // 0: as fast as the generator goes (saturation).
         "rate_mpps": f.rate / 1e6,
-        "busy_ns": sent.busy_ns,
-        "background_busy_ns_per_s": sent.background_busy_ns_per_s,
+        "cpu_ns": sent.cpu_ns,
         "cpu_ns_per_packet": cpu_ns_per_packet,
     }))
 }

@@ -423,15 +423,16 @@ fn cpu_section(md: &mut String, results: &Value) {
         md,
         "## CPU per packet at a fixed offered rate\n\n\
          Live-frames TCP SYN flood with random source ports at the blocked published port, paced \
-         at {rate:.2} Mpps. **CPU ns/packet** = the whole machine's busy time while the flood \
-         ran (CPUs x wall time minus the idle states' residency, exact to the microsecond), \
-         minus the background load measured idle just before, per frame sent. It includes the \
-         generator and everything the frames set off on the host (NAPI, the filter, conntrack, \
-         forwarding, the container's TCP stack when a SYN gets through). **Over drop-all** \
-         subtracts the reference receiver, a native XDP program that drops every frame: what \
-         is left is the filter's own work. A variant whose received rate is below the offered \
-         rate did not keep up (the veth ring dropped the rest), and its CPU per frame sent \
-         understates its cost per frame handled.\n\n\
+         at {rate:.2} Mpps (every filter keeps up; V0 does not, as each SYN reaches the \
+         container). **CPU ns/packet** = CPU time the flood took per frame sent: the \
+         generator's own (which includes the host's receive path: the veth's NAPI runs in the \
+         softirq at the end of each batch of 64 frames, in the generator's context: the \
+         filter, conntrack, forwarding, the container's TCP stack when a SYN gets through) plus \
+         what the ksoftirqd threads ran meanwhile, from the scheduler's exact runtime; other \
+         processes are not counted. **Over drop-all** subtracts the reference receiver, a \
+         native XDP program that drops every frame: what is left is the filter's own work. A \
+         variant whose received rate is below the offered rate did not keep up, and its CPU per \
+         frame sent understates its cost per frame handled.\n\n\
          | variant | | received Mpps | CPU ns/packet | over drop-all | DOCKER-USER / this |\n\
          |---|---|---|---|---|---|"
     );
