@@ -53,6 +53,10 @@ pub struct Flood {
     pub dport: u16,
     /// Live frames only: spread destination ports over dport..dport+span.
     pub dport_span: u32,
+    /// Live frames only: address the container itself (routed through the
+    /// host, the FORWARD path without DNAT) instead of the host's
+    /// published port.
+    pub to_container: bool,
 }
 
 /// What one generator run reported. Live frames also report the CPU time
@@ -79,7 +83,7 @@ fn live_args(t: &Topology, f: &Flood) -> Vec<String> {
         ("src-mac", t.ns_mac.clone()),
         ("dst-mac", t.host_mac.clone()),
         ("src-ip", NS_IP.to_string()),
-        ("dst-ip", HOST_IP.to_string()),
+        ("dst-ip", if f.to_container { t.container_ip.clone() } else { HOST_IP.to_string() }),
         ("dport", f.dport.to_string()),
         ("dport-span", f.dport_span.to_string()),
     ];

@@ -120,6 +120,7 @@ fn attack(rate: f64, secs: f64) -> Flood {
         rate,
         dport: BLOCKED_PORT,
         dport_span: 0,
+        to_container: false,
     }
 }
 

@@ -237,6 +237,7 @@ fn floods(
                     rate: 0.0,
                     dport: topology::BLOCKED_PORT,
                     dport_span: 0,
+                    to_container: false,
                 });
             }
         }
@@ -254,6 +255,7 @@ fn floods(
             rate: PACED_RATE,
             dport: topology::BLOCKED_PORT,
             dport_span: 0,
+            to_container: false,
         });
     }
     if trafgen {
@@ -268,6 +270,7 @@ fn floods(
                 rate: 0.0,
                 dport: topology::BLOCKED_PORT,
                 dport_span: 0,
+                to_container: false,
             });
         }
     }

@@ -723,10 +723,15 @@ fn scaling_section(md: &mut String, results: &Value) {
         md,
         "## Rule scaling and control plane\n\n\
          N blocked TCP ports (20000 .. 20000+N-1), live-frames SYN flood with the destination \
-         port spread over all N and random source ports; filters that judge the dialed port \
-         before conntrack. Mpps dropped, median (min-max) of 3 runs; then the time to install \
-         the N rules the way the tool is normally driven (iptables-restore, nft -f, one \
-         xdp-filter call per port, one `dockblock-agent block` call with N specs).\n"
+         port spread over all N and random source ports, on two paths. **dialed**: the flood \
+         goes to the host's address, for the filters that judge the dialed port before \
+         conntrack. **forward**: the flood goes to the container's address (routed by the host, \
+         no DNAT), for the filters that judge the container port (DOCKER-USER, nft forward, \
+         dockblock TC); a DOCKER-USER ACCEPT for this traffic stands in for Docker's per-port \
+         ACCEPTs of published ports, sitting below the rules under test. Mpps dropped, median \
+         (min-max) of 3 runs; then the time to install the N rules the way the tool is normally \
+         driven (iptables-restore, nft -f, one xdp-filter call per port, one `dockblock-agent \
+         block` call with N specs).\n"
     );
     let mut ports: Vec<u64> = sc.iter().filter_map(|s| s["ports"].as_u64()).collect();
     ports.dedup();
@@ -747,8 +752,11 @@ fn scaling_section(md: &mut String, results: &Value) {
             variants.push(v);
         }
     }
+    let path = |v: &str| {
+        sc.iter().find(|s| s["variant"] == v).and_then(|s| s["path"].as_str()).unwrap_or("dialed").to_string()
+    };
     for v in &variants {
-        let mut row = format!("| {v} dropped Mpps |");
+        let mut row = format!("| {v} ({}) dropped Mpps |", path(v));
         for &n in &ports {
             let st = stat(
                 sc.iter()

@@ -160,6 +160,7 @@ pub fn run(ctx: &Ctx, topo: &Topology) -> Result<Value> {
             rate: 0.0,
             dport: BLOCKED_PORT,
             dport_span: 0,
+            to_container: false,
         };
         let mut gen = flood::live_background(topo, &f)?;
         std::thread::sleep(Duration::from_millis(300));

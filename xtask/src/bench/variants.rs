@@ -5,7 +5,7 @@
 //! flushed, only our rules deleted.
 use super::{
     cmd::{self, ok, ok_input, quiet},
-    topology::{BLOCKED_CPORT, BLOCKED_PORT, BRIDGE, HOST_IF, HOST_IP, PIN_DIR},
+    topology::{BLOCKED_CPORT, BLOCKED_PORT, BRIDGE, HOST_IF, HOST_IP, NS_IP, PIN_DIR},
 };
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -286,6 +286,7 @@ pub fn remove(v: Variant) {
 /// Everything any variant may have left (start-of-run and final cleanup).
 pub fn remove_all_rules() {
     detach_agent();
+    delete_commented("filter", "DOCKER-USER", STANDIN_COMMENT);
     remove(XdpDropAll);
     delete_ipt_rules("filter", "DOCKER-USER");
     delete_ipt_rules("raw", "PREROUTING");
@@ -307,14 +308,42 @@ fn detach_agent() {
     }
 }
 
+/// Comment of the rule scaling's stand-in for Docker's per-port ACCEPTs.
+const STANDIN_COMMENT: &str = "dbb-standin";
+
+/// A DOCKER-USER ACCEPT for the outside namespace's traffic to the
+/// container, in place while this lives (see scaling.rs). Variants insert
+/// their own DOCKER-USER rules above it and delete only theirs.
+pub struct ForwardStandIn;
+
+impl ForwardStandIn {
+    pub fn new(container_ip: &str) -> Result<Self> {
+        let rule = format!(
+            "-I DOCKER-USER 1 -s {NS_IP}/32 -d {container_ip}/32 -m comment --comment {STANDIN_COMMENT} -j ACCEPT"
+        );
+        ok_input(&["iptables-restore", "--noflush"], &format!("*filter\n{rule}\nCOMMIT\n"))?;
+        Ok(ForwardStandIn)
+    }
+}
+
+impl Drop for ForwardStandIn {
+    fn drop(&mut self) {
+        delete_commented("filter", "DOCKER-USER", STANDIN_COMMENT);
+    }
+}
+
 /// Deletes exactly the rules carrying our comment from `chain`.
 pub fn delete_ipt_rules(table: &str, chain: &str) {
+    delete_commented(table, chain, COMMENT);
+}
+
+fn delete_commented(table: &str, chain: &str, comment: &str) {
     let Ok(listing) = ok(&["iptables", "-t", table, "-S", chain]) else {
         return;
     };
     let dels: Vec<String> = listing
         .lines()
-        .filter(|l| l.contains(&format!("--comment {COMMENT}")))
+        .filter(|l| l.split_whitespace().collect::<Vec<_>>().windows(2).any(|w| w == ["--comment", comment]))
         .filter_map(|l| l.strip_prefix(&format!("-A {chain} ")))
         .map(|rest| format!("-D {chain} {}", with_masks(rest)))
         .collect();
