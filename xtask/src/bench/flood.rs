@@ -241,6 +241,11 @@ pub fn measure(t: &Topology, v: Variant, f: &Flood, round: usize) -> Result<Valu
     // Let the veth ring drain before reading.
     std::thread::sleep(Duration::from_millis(100));
     let after = counters(t, v)?;
+    // Filters that drop after conntrack confirmed the flow (TC on the
+    // bridge egress) leave an entry per flood flow; the others none.
+    let conntrack_entries = fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
     if sent.seconds.is_nan() || sent.seconds <= 0.0 {
         bail!("generator reported no duration");
     }
@@ -272,6 +277,7 @@ pub fn measure(t: &Topology, v: Variant, f: &Flood, round: usize) -> Result<Valu
         // 0: as fast as the generator goes (saturation).
         "rate_mpps": f.rate / 1e6,
         "cpu_ns": sent.cpu_ns,
+        "conntrack_entries_after": conntrack_entries,
         "cpu_ns_per_packet": cpu_ns_per_packet,
     }))
 }

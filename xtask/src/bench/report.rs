@@ -433,8 +433,11 @@ fn cpu_section(md: &mut String, results: &Value) {
          native XDP program that drops every frame: what is left is the filter's own work. A \
          variant whose received rate is below the offered rate did not keep up, and its CPU per \
          frame sent understates its cost per frame handled.\n\n\
-         | variant | | received Mpps | CPU ns/packet | over drop-all | DOCKER-USER / this |\n\
-         |---|---|---|---|---|---|"
+         **conntrack entries** = flows in the conntrack table right after the flood (cleared \
+         before it): a filter that drops after conntrack confirmed the flow leaves one per \
+         flood flow.\n\n\
+         | variant | | received Mpps | CPU ns/packet | over drop-all | DOCKER-USER / this | conntrack entries |\n\
+         |---|---|---|---|---|---|---|"
     );
     let reference = paced_stat(&fl, "xdp-drop-all", "cpu_ns_per_packet").map(|s| s.median);
     let du = paced_stat(&fl, "iptables-docker-user", "cpu_ns_per_packet").map(|s| s.median);
@@ -444,9 +447,10 @@ fn cpu_section(md: &mut String, results: &Value) {
         let ratio = du.filter(|_| cpu.median > 0.0).map_or("-".into(), |d| format!("{:.1}x", d / cpu.median));
         let _ = writeln!(
             md,
-            "| {v} | {label} | {} | {} | {over} | {ratio} |",
+            "| {v} | {label} | {} | {} | {over} | {ratio} | {} |",
             cell(paced_stat(&fl, v, "received_mpps"), 3),
             cell(Some(cpu), 0),
+            paced_stat(&fl, v, "conntrack_entries_after").map_or("-".into(), |s| format!("{:.0}", s.median)),
         );
     }
     md.push('\n');
