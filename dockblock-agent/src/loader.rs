@@ -6,9 +6,10 @@
 //! that already has a live link swaps the program inside that link
 //! (`bpf_link_update`): there is no moment without a filter.
 
-use std::path::Path;
+use std::{mem::size_of, path::Path};
 
 use aya::{
+    maps::MapInfo,
     programs::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -18,7 +19,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dockblock_common::{
-    config_flag, map_names, program_names, Config, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_LOG_RATE,
+    config_flag, frag_mask, map_names, program_names, Config, FragSlot, DEFAULT_FLOW_TIMEOUT_SECS,
+    DEFAULT_LOG_RATE, FRAG_KEY_WORDS,
 };
 
 use crate::{
@@ -55,7 +57,8 @@ pub struct Capacities {
     pub max_allow: Option<u32>,
     /// UDP flows remembered so their replies pass (LRU beyond that).
     pub max_flows: Option<u32>,
-    /// Fragmented datagrams whose first fragment was dropped (LRU).
+    /// Fragmented datagrams whose first fragment was dropped: the slots of
+    /// a direct-mapped table, rounded up to a power of two.
     pub max_frags: Option<u32>,
     /// Bytes of the events ring buffer (a power of two, >= page size).
     pub events_bytes: Option<u32>,
@@ -91,6 +94,7 @@ pub struct Attached {
 pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
     let maps_dir = pins.maps_dir();
     std::fs::create_dir_all(&maps_dir).map_err(|e| Error::io("create", &maps_dir, e))?;
+    check_pinned_layouts(pins)?;
     let map_paths: Vec<_> = map_names::ALL.iter().map(|name| (*name, pins.map(name))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &map_paths {
@@ -105,14 +109,55 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
         tc_program(&mut ebpf, name)?.load().map_err(|e| Error::bpf(format!("load {name} (verifier)"), e))?;
     }
     let mut store = RuleStore::open(pins)?;
-    let config = store.config()?;
+    let mut config = store.config()?;
+    let before = config;
     if config == Config::default() {
         // Fresh maps: the defaults the datapath needs to log and track.
-        let defaults =
-            Config { log_rate: DEFAULT_LOG_RATE, flow_timeout_secs: DEFAULT_FLOW_TIMEOUT_SECS, ..config };
-        store.set_config(defaults)?;
+        config.log_rate = DEFAULT_LOG_RATE;
+        config.flow_timeout_secs = DEFAULT_FLOW_TIMEOUT_SECS;
+    }
+    // The mask comes from the map itself, so it matches pinned maps too.
+    config.frag_mask = frag_mask(store::max_entries(pins, map_names::FRAGS)?);
+    if config.frag_seed == [0; FRAG_KEY_WORDS] {
+        // Fresh maps: FRAGS is empty, so a new seed strands nothing.
+        config.frag_seed = random_seed()?;
+    }
+    if config != before {
+        store.set_config(config)?;
     }
     Ok(ebpf)
+}
+
+/// Pinned maps are reused as they are; one pinned by a release with another
+/// value layout would only make the verifier refuse the programs with an
+/// obscure message. Say what to do instead.
+fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
+    let layouts = [(map_names::CONFIG, size_of::<Config>()), (map_names::FRAGS, size_of::<FragSlot>())];
+    for (name, value_size) in layouts {
+        let path = pins.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|e| Error::bpf(format!("open {}", path.display()), e))?;
+        if info.value_size() as usize != value_size {
+            let why = format!(
+                "{name} was pinned by an older dockblock-agent with another layout; export the rules with \
+                 that version, run `dockblock-agent detach`, then attach and apply them"
+            );
+            return Err(Error::bpf("pinned maps", std::io::Error::other(why)));
+        }
+    }
+    Ok(())
+}
+
+/// A random key for the fragment table's hash, from the kernel's CSPRNG.
+fn random_seed() -> Result<[u32; FRAG_KEY_WORDS]> {
+    const SOURCE: &str = "/dev/urandom";
+    let mut bytes = [0u8; 4 * FRAG_KEY_WORDS];
+    std::fs::File::open(SOURCE)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| Error::io("read", SOURCE, e))?;
+    Ok(std::array::from_fn(|i| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())))
 }
 
 const TC_PROGRAMS: [&str; 3] =
@@ -133,12 +178,18 @@ fn map_sizes(caps: &Capacities) -> Vec<(&'static str, u32)> {
         sizes.push((map_names::FLOWS, n));
     }
     if let Some(n) = caps.max_frags {
-        sizes.push((map_names::FRAGS, n));
+        // A slot is picked by masking a hash, so the table is a power of two.
+        sizes.push((map_names::FRAGS, frag_slots(n)));
     }
     if let Some(n) = caps.events_bytes {
         sizes.push((map_names::EVENTS, n));
     }
     sizes
+}
+
+/// Slots of `FRAGS` for `--max-frags n`: `n` rounded up to a power of two.
+pub fn frag_slots(n: u32) -> u32 {
+    n.checked_next_power_of_two().unwrap_or(1 << 31)
 }
 
 pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
@@ -384,4 +435,29 @@ pub fn detach(pins: &PinDir, interfaces: &[String]) -> Result<Vec<LinkPin>> {
         std::fs::remove_dir_all(pins.root()).map_err(|e| Error::io("remove pin folder", pins.root(), e))?;
     }
     Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_frags_is_rounded_up_to_a_power_of_two() {
+        assert_eq!(frag_slots(16), 16);
+        assert_eq!(frag_slots(100), 128);
+        assert_eq!(frag_slots(8192), 8192);
+        assert_eq!(frag_slots(8193), 16384);
+        assert_eq!(frag_slots(1_000_000), 1 << 20);
+        let caps = Capacities { max_frags: Some(5000), ..Default::default() };
+        assert_eq!(map_sizes(&caps), [(map_names::FRAGS, 8192)]);
+        // What the datapath masks with covers exactly the slots.
+        assert_eq!(frag_mask(frag_slots(5000)), 8191);
+    }
+
+    #[test]
+    fn seeds_are_random() {
+        let (a, b) = (random_seed().unwrap(), random_seed().unwrap());
+        assert_ne!(a, b);
+        assert_ne!(a, [0; FRAG_KEY_WORDS]);
+    }
 }

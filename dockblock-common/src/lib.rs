@@ -38,8 +38,12 @@ pub mod map_names {
     /// that table's lookup (a flood pays one array read instead of a hash
     /// lookup). Pinned, so a program replaced in place keeps them.
     pub const SEEN: &str = "SEEN";
-    /// `LRU_HASH` [`crate::FragKey`] -> rule id: IPv4/IPv6 datagrams whose
-    /// first fragment was dropped, so their later fragments are dropped too.
+    /// `ARRAY` of [`crate::FragSlot`], a direct-mapped table indexed by
+    /// [`crate::frag_slot`]: IPv4/IPv6 datagrams whose first fragment was
+    /// dropped, so their later fragments are dropped too. Its size is a
+    /// power of two (`--max-frags` rounded up); a newer datagram whose key
+    /// lands on an occupied slot evicts the older one, whose later
+    /// fragments then pass (as LRU eviction would under pressure).
     pub const FRAGS: &str = "FRAGS";
     /// `RINGBUF` of [`crate::Event`]: drops of rules with `--log`.
     pub const EVENTS: &str = "EVENTS";
@@ -146,6 +150,14 @@ pub struct Config {
     pub log_rate: u32,
     /// How long a UDP flow the host or a container opened lets replies in.
     pub flow_timeout_secs: u32,
+    /// `FRAGS` max_entries - 1 (the map holds a power of two): masks
+    /// [`frag_hash`] into a slot index. Set by the loader from the pinned
+    /// map, so it always matches it.
+    pub frag_mask: u32,
+    /// Random per-install key of [`frag_hash`], drawn when the maps are
+    /// created, so which datagrams share a `FRAGS` slot cannot be worked out
+    /// in advance.
+    pub frag_seed: [u32; FRAG_KEY_WORDS],
 }
 
 pub mod config_flag {
@@ -194,7 +206,7 @@ pub struct FlowKey {
     pub scope: u32,
 }
 
-/// Key of `FRAGS`: one fragmented datagram.
+/// One fragmented datagram: what a `FRAGS` slot remembers and compares.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragKey {
@@ -204,6 +216,93 @@ pub struct FragKey {
     pub id: u32,
     /// IP protocol number.
     pub proto: u32,
+}
+
+/// Size of a [`FragKey`] in u32 words.
+pub const FRAG_KEY_WORDS: usize = 10;
+
+impl FragKey {
+    /// The key as u32 words (native byte order), the unit [`frag_hash`]
+    /// mixes and [`FragKey::same`] compares.
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; FRAG_KEY_WORDS] {
+        // SAFETY: FragKey is repr(C), made only of integers, 40 bytes with
+        // no padding and 4-byte aligned (asserted below), so every byte
+        // pattern is a valid [u32; 10] and the alignment holds.
+        unsafe { &*(self as *const Self).cast::<[u32; FRAG_KEY_WORDS]>() }
+    }
+
+    /// Whether both keys are equal, word by word with no branch and no
+    /// `memcmp` (which the eBPF target lacks).
+    #[inline(always)]
+    pub fn same(&self, other: &FragKey) -> bool {
+        let (a, b) = (self.words(), other.words());
+        let mut diff = 0;
+        let mut i = 0;
+        while i < FRAG_KEY_WORDS {
+            diff |= a[i] ^ b[i];
+            i += 1;
+        }
+        diff == 0
+    }
+}
+
+/// A slot of `FRAGS`: the datagram it remembers and the rule that dropped
+/// its first fragment. `rule_id == 0` means empty (rule ids start at 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragSlot {
+    pub key: FragKey,
+    pub rule_id: u32,
+}
+
+/// Hash of a [`FragKey`] under the per-install `seed` ([`Config::frag_seed`]).
+///
+/// NH (the UMAC hash) over the ten words: the sum of `(w[2i] + s[2i]) *
+/// (w[2i+1] + s[2i+1])` for i in 0..5, the additions in 33 bits (no carry
+/// is lost, and no zero-extension is needed in eBPF), the products and
+/// their sum mod 2^64. For two distinct keys, the chance over a random seed
+/// that the sums are equal is at most 2^-32, so which keys collide depends
+/// on the seed and cannot be worked out without it (a xor-multiply mix
+/// seeded only at the start has seed-independent collisions: a difference
+/// in the top bit passes a multiplication unchanged and the next word
+/// cancels it).
+///
+/// The sum's low bits depend only on the low bits of the words (and
+/// sequential ids would step through it by a fixed amount), so it is
+/// finished before masking: folding the high half into the low one makes
+/// every bit reach the low 32, then a multiplication by an odd constant
+/// (Fibonacci hashing), keeping bits 32 and up, spreads them into the bits
+/// the slot mask keeps. Six multiplications, no loop once unrolled.
+#[inline(always)]
+pub const fn frag_hash(key: &[u32; FRAG_KEY_WORDS], seed: &[u32; FRAG_KEY_WORDS]) -> u32 {
+    let mut sum: u64 = 0;
+    let mut i = 0;
+    while i < FRAG_KEY_WORDS {
+        let a = key[i] as u64 + seed[i] as u64;
+        let b = key[i + 1] as u64 + seed[i + 1] as u64;
+        sum = sum.wrapping_add(a.wrapping_mul(b));
+        i += 2;
+    }
+    let folded = sum ^ (sum >> 32);
+    (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
+}
+
+/// The `FRAGS` slot of `key` under `config` (its seed and mask).
+#[inline(always)]
+pub fn frag_slot(key: &FragKey, config: &Config) -> u32 {
+    frag_hash(key.words(), &config.frag_seed) & config.frag_mask
+}
+
+/// [`Config::frag_mask`] for a `FRAGS` map of `max_entries` slots: the
+/// largest power of two not above it, minus one, so every index is in
+/// bounds even if the map were not a power of two.
+pub const fn frag_mask(max_entries: u32) -> u32 {
+    if max_entries == 0 {
+        0
+    } else {
+        (1u32 << (31 - max_entries.leading_zeros())) - 1
+    }
 }
 
 /// A dropped (or, in dry-run, would-be-dropped) packet of a `--log` rule.
@@ -332,6 +431,7 @@ pub const fn hook_stats_index(hook: u32, outcome: u32) -> u32 {
 /// Default capacities (all can be set at attach).
 pub const DEFAULT_MAX_ALLOW: u32 = 8192;
 pub const DEFAULT_MAX_FLOWS: u32 = 65536;
+/// A power of two, as `FRAGS` sizes always are.
 pub const DEFAULT_MAX_FRAGS: u32 = 8192;
 pub const DEFAULT_EVENTS_BYTES: u32 = 1 << 20;
 pub const DEFAULT_LOG_RATE: u32 = 100;
@@ -347,14 +447,17 @@ const _: () = assert!(size_of::<PortRule>() == 8);
 const _: () = assert!(size_of::<RuleDef>() == 16);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<RuleStats>() == 64);
-const _: () = assert!(size_of::<Config>() == 16);
+const _: () = assert!(size_of::<Config>() == 60);
 const _: () = assert!(size_of::<AllowKey>() == 24);
 const _: () = assert!(size_of::<AllowEntry>() == 24);
 const _: () = assert!(size_of::<FlowKey>() == 24);
-const _: () = assert!(size_of::<FragKey>() == 40);
+const _: () = assert!(size_of::<FragKey>() == 4 * FRAG_KEY_WORDS);
+const _: () = assert!(core::mem::align_of::<FragKey>() == 4);
+const _: () = assert!(size_of::<FragSlot>() == 44);
 const _: () = assert!(size_of::<Event>() == 72);
 const _: () = assert!(size_of::<LogBudget>() == 24);
 const _: () = assert!(port_index(1, scope::CONTAINER, proto::UDP, 65535) == PORT_RULES_LEN - 1);
+const _: () = assert!(DEFAULT_MAX_FRAGS.is_power_of_two());
 
 #[cfg(feature = "user")]
 mod pod {
@@ -369,6 +472,141 @@ mod pod {
     unsafe impl aya::Pod for super::AllowEntry {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragSlot {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::LogBudget {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::{vec, vec::Vec};
+
+    use super::*;
+
+    /// A fixed stream of seeds (splitmix64), so the tests are repeatable.
+    fn seeds(n: usize) -> Vec<[u32; FRAG_KEY_WORDS]> {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) as u32
+        };
+        (0..n).map(|_| core::array::from_fn(|_| next())).collect()
+    }
+
+    fn v4(last: u8, id: u32) -> FragKey {
+        let mut src = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, last];
+        let dst = src;
+        src[15] = last.wrapping_add(1);
+        FragKey { src, dst, id, proto: 17 }
+    }
+
+    fn config(seed: [u32; FRAG_KEY_WORDS], mask: u32) -> Config {
+        Config { frag_seed: seed, frag_mask: mask, ..Config::default() }
+    }
+
+    /// Pearson's chi-square of `counts` against an even spread.
+    fn chi_square(counts: &[u32], total: usize) -> f64 {
+        let expected = total as f64 / counts.len() as f64;
+        counts.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum()
+    }
+
+    #[test]
+    fn frag_mask_is_the_largest_power_of_two_that_fits_minus_one() {
+        assert_eq!(frag_mask(DEFAULT_MAX_FRAGS), DEFAULT_MAX_FRAGS - 1);
+        assert_eq!(frag_mask(16), 15);
+        assert_eq!(frag_mask(100), 63);
+        assert_eq!(frag_mask(1), 0);
+        assert_eq!(frag_mask(0), 0);
+        assert_eq!(frag_mask(1 << 31), (1 << 31) - 1);
+        assert_eq!(frag_mask(u32::MAX), (1 << 31) - 1);
+    }
+
+    #[test]
+    fn same_compares_every_word() {
+        let key = v4(2, 7);
+        assert!(key.same(&key.clone()));
+        for word in 0..FRAG_KEY_WORDS {
+            for bit in [0, 31] {
+                let mut other = key;
+                // SAFETY: FragKey is 10 plain u32 words (see `words`).
+                unsafe { (*(&mut other as *mut FragKey).cast::<[u32; FRAG_KEY_WORDS]>())[word] ^= 1 << bit };
+                assert!(!key.same(&other), "word {word} bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn frag_hash_is_deterministic_and_depends_on_the_seed() {
+        let s = seeds(2);
+        let key = v4(2, 0x1234);
+        assert_eq!(frag_hash(key.words(), &s[0]), frag_hash(key.words(), &s[0]));
+        // Under another seed the slots of a set of keys are reshuffled.
+        let mask = 8191;
+        let moved = (0..1000u32)
+            .filter(|&id| {
+                let key = v4(2, id);
+                frag_slot(&key, &config(s[0], mask)) != frag_slot(&key, &config(s[1], mask))
+            })
+            .count();
+        assert!(moved > 990, "{moved} of 1000 keys changed slot with the seed");
+    }
+
+    #[test]
+    fn sequential_ids_of_one_sender_spread_evenly() {
+        // What one busy sender produces: the same addresses, ids counting up.
+        let mask = DEFAULT_MAX_FRAGS - 1;
+        for seed in seeds(8) {
+            let mut counts = vec![0u32; DEFAULT_MAX_FRAGS as usize];
+            let total = 65536;
+            for id in 0..total as u32 {
+                counts[frag_slot(&v4(2, id), &config(seed, mask)) as usize] += 1;
+            }
+            // 8 keys per slot on average; chi-square has mean 8191 and
+            // standard deviation 128 for an even random spread.
+            let chi = chi_square(&counts, total);
+            assert!(chi < 8191.0 + 6.0 * 128.0, "chi-square {chi}");
+            assert!(counts.iter().all(|&c| c < 32), "max {}", counts.iter().max().unwrap());
+        }
+    }
+
+    #[test]
+    fn keys_differing_in_one_word_or_byte_spread_evenly() {
+        // Many senders (last address byte), IPv6 addresses differing only in
+        // a high byte, and protocols: every part of the key counts.
+        let mask = 255;
+        for seed in seeds(4) {
+            let cfg = config(seed, mask);
+            let mut by_sender = vec![0u32; 256];
+            let mut by_high_byte = vec![0u32; 256];
+            let mut by_proto = vec![0u32; 256];
+            for i in 0..4096u32 {
+                by_sender[frag_slot(&v4(i as u8, i >> 8), &cfg) as usize] += 1;
+                let mut key = FragKey { id: 5, proto: 17, ..FragKey::default() };
+                key.src[0] = i as u8;
+                key.dst[1] = (i >> 8) as u8;
+                by_high_byte[frag_slot(&key, &cfg) as usize] += 1;
+                let key = FragKey { proto: i, ..v4(2, 9) };
+                by_proto[frag_slot(&key, &cfg) as usize] += 1;
+            }
+            // 255 degrees of freedom: mean 255, standard deviation 22.6.
+            for (what, counts) in [("sender", by_sender), ("high byte", by_high_byte), ("proto", by_proto)] {
+                let chi = chi_square(&counts, 4096);
+                assert!(chi < 255.0 + 6.0 * 22.6, "{what}: chi-square {chi}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_slot_stays_within_the_mask() {
+        let seed = seeds(1)[0];
+        for mask in [0, 15, 1023, (1 << 20) - 1] {
+            for id in 0..1000 {
+                assert!(frag_slot(&v4(3, id), &config(seed, mask)) <= mask);
+            }
+        }
+    }
 }

@@ -10,6 +10,7 @@
 #![no_main]
 
 mod events;
+mod frags;
 mod maps;
 mod parse;
 mod track;

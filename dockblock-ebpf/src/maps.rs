@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use dockblock_common::{
-    seen, AllowEntry, AllowKey, Config, Counter, FlowKey, FragKey, LogBudget, PortRule, RuleDef, RuleStats,
+    seen, AllowEntry, AllowKey, Config, Counter, FlowKey, FragSlot, LogBudget, PortRule, RuleDef, RuleStats,
     DEFAULT_EVENTS_BYTES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FRAGS, DEFAULT_MAX_RULES,
     HOOK_STATS_LEN, PORT_RULES_LEN,
 };
@@ -43,13 +43,11 @@ pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(DEFAUL
 #[map]
 pub static SEEN: Array<u32> = Array::with_max_entries(seen::COUNT, 0);
 
-/// One LRU list per CPU (BPF_F_NO_COMMON_LRU): an insert takes no lock
-/// shared with other CPUs, which halves the cost of a dropped first fragment.
+/// Direct-mapped: a datagram lives in slot `frag_slot(key, config)` (see
+/// `crate::frags`). An array read costs a fraction of a hash lookup, and an
+/// insert is a plain store: no lock, no LRU list.
 #[map]
-pub static FRAGS: LruHashMap<FragKey, u32> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_FRAGS, BPF_F_NO_COMMON_LRU);
-
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+pub static FRAGS: Array<FragSlot> = Array::with_max_entries(DEFAULT_MAX_FRAGS, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES, 0);

@@ -4,12 +4,13 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use dockblock_common::{
     config_flag, hook_stats_index, outcome, port_index, proto, rule_flag, seen as seen_slot, AllowKey,
-    Config, Counter, FlowKey, FragKey, PortRule, RuleStats, ALLOW_KEY_RULE_BITS,
+    Counter, FlowKey, FragKey, PortRule, RuleStats, ALLOW_KEY_RULE_BITS,
 };
 
 use crate::{
     events::{self, Seen},
-    maps::{mark_seen, seen, ALLOW, CONFIG, FLOWS, FRAGS, HOOK_STATS, PORT_RULES, RULE_STATS},
+    frags,
+    maps::{seen, ALLOW, CONFIG, FLOWS, HOOK_STATS, PORT_RULES, RULE_STATS},
     parse::{parse, Cursor, Facts, Frag, Reject},
 };
 
@@ -65,9 +66,7 @@ pub fn judge(cur: &Cursor, scope: u32, len: u64, seen: &Seen, from_host: bool) -
     }
     if let Frag::First { id } = facts.frag {
         // Later fragments carry no ports: remember the datagram to drop them.
-        if FRAGS.insert(frag_key(&facts, id), rule.rule_id, 0).is_ok() {
-            mark_seen(seen_slot::FRAGS);
-        }
+        frags::remember(&frag_key(&facts, id), rule.rule_id);
     }
     count(|s| &mut s.dropped);
     finish(hook, outcome::DROPPED, len)
@@ -79,18 +78,9 @@ fn judge_later_fragment(facts: &Facts, hook: u32, len: u64) -> Verdict {
     let Frag::Later { id, last } = facts.frag else {
         return finish(hook, outcome::PASSED_UNPARSED, len);
     };
-    // No first fragment dropped yet: spare every fragment the hash lookup.
-    if !seen(seen_slot::FRAGS) {
-        return finish(hook, outcome::PASSED_UNPARSED, len);
-    }
-    let key = frag_key(facts, id);
-    // SAFETY: the value is copied out at once.
-    let Some(rule_id) = (unsafe { FRAGS.get(key) }).copied() else {
+    let Some(rule_id) = frags::dropped_by(&frag_key(facts, id), last) else {
         return finish(hook, outcome::PASSED_UNPARSED, len);
     };
-    if last {
-        let _ = FRAGS.remove(key);
-    }
     if let Some(stats) = RULE_STATS.get_ptr_mut(rule_id) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         add(unsafe { &mut (*stats).dropped }, len);
@@ -106,7 +96,7 @@ fn frag_key(facts: &Facts, id: u32) -> FragKey {
 /// Whether a UDP datagram answers a flow the host or a container opened
 /// from its destination port (recorded by the tracking programs).
 #[inline(always)]
-fn is_reply(facts: &Facts, sport: u16, dport: u16, scope: u32, config: &Config) -> bool {
+fn is_reply(facts: &Facts, sport: u16, dport: u16, scope: u32, config: &LiveConfig) -> bool {
     // Under a flood on a host that never sent UDP from a blocked port, this
     // array read spares every datagram a hash lookup.
     if !seen(seen_slot::FLOWS) {
@@ -120,7 +110,7 @@ fn is_reply(facts: &Facts, sport: u16, dport: u16, scope: u32, config: &Config) 
 }
 
 #[inline(always)]
-fn is_allowed(facts: &Facts, rule: &PortRule, config: &Config) -> bool {
+fn is_allowed(facts: &Facts, rule: &PortRule, config: &LiveConfig) -> bool {
     let data = AllowKey {
         generation_be: config.generation.to_be(),
         rule_id_be: rule.rule_id.to_be(),
@@ -129,9 +119,29 @@ fn is_allowed(facts: &Facts, rule: &PortRule, config: &Config) -> bool {
     ALLOW.get(Key::new(ALLOW_KEY_RULE_BITS + 128, data)).is_some()
 }
 
+/// The settings a packet is judged under, copied once from `CONFIG` so the
+/// packet sees one generation throughout. The fragment hash's mask and seed
+/// are left out: `frags` reads them from the map, so only fragments pay for
+/// them.
+#[derive(Clone, Copy, Default)]
+pub struct LiveConfig {
+    pub generation: u32,
+    pub flags: u32,
+    pub log_rate: u32,
+    pub flow_timeout_secs: u32,
+}
+
 #[inline(always)]
-pub fn config() -> Config {
-    CONFIG.get(0).copied().unwrap_or_default()
+pub fn config() -> LiveConfig {
+    match CONFIG.get(0) {
+        Some(c) => LiveConfig {
+            generation: c.generation,
+            flags: c.flags,
+            log_rate: c.log_rate,
+            flow_timeout_secs: c.flow_timeout_secs,
+        },
+        None => LiveConfig::default(),
+    }
 }
 
 #[inline(always)]

@@ -14,7 +14,9 @@ use dockblock_agent::{
     rules::{RuleOptions, RuleSpec, Scope},
     store::{open_pinned, RuleStore, RuleWithStats},
 };
-use dockblock_common::{hook, hook_stats_index, map_names, program_names, Config, Counter, Event, PortRule};
+use dockblock_common::{
+    hook, hook_stats_index, map_names, program_names, Config, Counter, Event, FragKey, FragSlot, PortRule,
+};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -158,6 +160,17 @@ impl Datapath {
     /// The pinned CONFIG array.
     pub fn config_map(&self) -> Array<MapData, Config> {
         self.raw_map(map_names::CONFIG)
+    }
+
+    /// The pinned FRAGS array.
+    pub fn frags(&self) -> Array<MapData, FragSlot> {
+        self.raw_map(map_names::FRAGS)
+    }
+
+    /// The FRAGS slot the programs use for `key`, under this install's seed
+    /// and mask.
+    pub fn frag_slot(&self, key: &FragKey) -> u32 {
+        dockblock_common::frag_slot(key, &self.store.config().unwrap())
     }
 
     fn raw_map<T: TryFrom<Map, Error = aya::maps::MapError>>(&self, name: &str) -> T {

@@ -44,6 +44,9 @@ pub struct Packet {
     /// Fragment offset in 8-byte units.
     frag_offset: u16,
     more_fragments: bool,
+    /// IP identification (IPv4: the low 16 bits; IPv6: the fragment
+    /// header's); None: 0x1234 (IPv4) or 0x5678 (IPv6).
+    frag_id: Option<u32>,
     proto: u8,
     sport: u16,
     dport: u16,
@@ -63,6 +66,7 @@ impl Packet {
             ihl: 5,
             frag_offset: 0,
             more_fragments: false,
+            frag_id: None,
             proto: IPPROTO_TCP,
             sport: 40000,
             dport,
@@ -144,6 +148,13 @@ impl Packet {
         self
     }
 
+    /// The datagram's identification, the part of the fragment key a test
+    /// varies to tell datagrams apart.
+    pub fn frag_id(mut self, id: u32) -> Self {
+        self.frag_id = Some(id);
+        self
+    }
+
     pub fn payload(mut self, bytes: &[u8]) -> Self {
         self.payload = bytes.to_vec();
         self
@@ -200,7 +211,7 @@ impl Packet {
         ip[0] = (self.version << 4) | (self.ihl & 0x0f);
         ip[1] = 0;
         ip[2..4].copy_from_slice(&((ip_len + l4.len()) as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&(self.frag_id.unwrap_or(0x1234) as u16).to_be_bytes());
         let frag = (u16::from(self.more_fragments) << 13) | (self.frag_offset & 0x1fff);
         ip[6..8].copy_from_slice(&frag.to_be_bytes());
         ip[8] = 64;
@@ -226,8 +237,9 @@ impl Packet {
             let mut h = match *kind {
                 IPV6_FRAGMENT => {
                     let field = (self.frag_offset << 3) | u16::from(self.more_fragments);
-                    let mut h = vec![next, 0, 0, 0, 0, 0, 0x56, 0x78];
+                    let mut h = vec![next, 0, 0, 0, 0, 0, 0, 0];
                     h[2..4].copy_from_slice(&field.to_be_bytes());
+                    h[4..8].copy_from_slice(&self.frag_id.unwrap_or(0x5678).to_be_bytes());
                     h
                 }
                 // AH counts its length in 4-byte units, minus 2.

@@ -101,6 +101,11 @@ fn a_full_rule_table_refuses_the_whole_change() {
     assert_eq!(agent.json(&["status"])["rules"]["capacity"], 3);
     let err = agent.fails(&["attach", outside.host_if(), "--no-bridge", "--max-rules", "10"], 1);
     assert!(err.contains("detach"), "capacity is fixed until detach: {err}");
+    // --max-frags is rounded up to a power of two: 8000 is the 8192 the
+    // maps were created with, 9000 (16384) is not.
+    agent.ok(&["attach", outside.host_if(), "--no-bridge", "--max-rules", "3", "--max-frags", "8000"]);
+    let err = agent.fails(&["attach", outside.host_if(), "--no-bridge", "--max-frags", "9000"], 1);
+    assert!(err.contains("FRAGS was created with 8192 entries"), "{err}");
 }
 
 #[test]

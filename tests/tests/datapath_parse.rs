@@ -1,8 +1,14 @@
 //! Datapath tests for the parser's harder branches: IPv6 and its extension
 //! headers, VLAN and QinQ tags, fragments, truncation.
 
-use dockblock_agent::rules::Scope::{Container, Dialed};
-use dockblock_common::outcome;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use dockblock_agent::{
+    loader::Capacities,
+    rules::Scope::{Container, Dialed},
+    store,
+};
+use dockblock_common::{map_names, outcome, FragKey, FragSlot, FRAG_KEY_WORDS};
 use dockblock_tests::{
     datapath::{Datapath, Verdict::*},
     packet::*,
@@ -80,6 +86,86 @@ fn a_later_fragment_of_a_dropped_datagram_is_dropped_too() {
     let open = Packet::udp(5001).src("198.18.0.5");
     assert_eq!(dp.xdp(&open.clone().fragment(0, true).build()), Pass);
     assert_eq!(dp.xdp(&open.fragment(9, false).build()), Pass, "fragments of allowed datagrams pass");
+}
+
+/// The FRAGS key of a UDP datagram between `Packet`'s default addresses.
+fn udp_frag_key(v6: bool, id: u32) -> FragKey {
+    let (src, dst) = if v6 {
+        ("2001:db8::2".parse::<Ipv6Addr>().unwrap(), "2001:db8::1".parse::<Ipv6Addr>().unwrap())
+    } else {
+        (Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped(), Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped())
+    };
+    FragKey { src: src.octets(), dst: dst.octets(), id, proto: u32::from(IPPROTO_UDP) }
+}
+
+#[test]
+fn fragments_of_two_datagrams_are_told_apart() {
+    let mut dp = Datapath::load("frag2");
+    dp.block(Dialed, "5000/udp");
+    for v6 in [false, true] {
+        let base = if v6 { Packet::udp(5000).v6() } else { Packet::udp(5000) };
+        let frame = |id, offset, more| base.clone().fragment(offset, more).frag_id(id).build();
+        // Two datagrams in different slots, so each is remembered.
+        let a = 100;
+        let b = (a + 1..).find(|&b| dp.frag_slot(&udp_frag_key(v6, b)) != dp.frag_slot(&udp_frag_key(v6, a)));
+        let b = b.unwrap();
+        assert_eq!(dp.xdp(&frame(a, 0, true)), Drop, "v6={v6}");
+        assert_eq!(dp.xdp(&frame(b, 9, true)), Pass, "v6={v6}: another id is another datagram");
+        let tcp = if v6 { Packet::syn(5000).v6() } else { Packet::syn(5000) };
+        let tcp = tcp.fragment(9, true).frag_id(a).build();
+        assert_eq!(dp.xdp(&tcp), Pass, "v6={v6}: same id, another protocol");
+        assert_eq!(dp.xdp(&frame(a, 9, true)), Drop, "v6={v6}");
+        assert_eq!(dp.xdp(&frame(b, 0, true)), Drop, "v6={v6}");
+        assert_eq!(dp.xdp(&frame(b, 9, false)), Drop, "v6={v6}: both remembered");
+        assert_eq!(dp.xdp(&frame(a, 18, false)), Drop, "v6={v6}: closing one left the other");
+        assert_eq!(dp.xdp(&frame(a, 18, false)), Pass, "v6={v6}: both closed");
+        assert_eq!(dp.xdp(&frame(b, 9, false)), Pass, "v6={v6}: both closed");
+    }
+    assert_eq!(dp.rules()[0].stats.dropped.packets, 10, "5 fragments dropped per family");
+}
+
+#[test]
+fn a_newer_datagram_in_the_same_slot_evicts_the_older() {
+    let caps =
+        Capacities { max_rules: Some(64), max_allow: Some(64), max_frags: Some(16), ..Default::default() };
+    let mut dp = Datapath::load_with("frag-evict", caps);
+    dp.block(Dialed, "5000/udp");
+    let key = |id| udp_frag_key(false, id);
+    let (a, slot) = (1, dp.frag_slot(&key(1)));
+    let b = (2..).find(|&b| dp.frag_slot(&key(b)) == slot).unwrap();
+    let frame = |id, offset, more| Packet::udp(5000).fragment(offset, more).frag_id(id).build();
+    assert_eq!(dp.xdp(&frame(a, 0, true)), Drop);
+    assert_eq!(dp.frags().get(&slot, 0).unwrap(), FragSlot { key: key(a), rule_id: 1 });
+    assert_eq!(dp.xdp(&frame(b, 0, true)), Drop);
+    assert_eq!(dp.frags().get(&slot, 0).unwrap(), FragSlot { key: key(b), rule_id: 1 }, "b took a's slot");
+    assert_eq!(dp.xdp(&frame(a, 9, true)), Pass, "a was evicted: its later fragments pass");
+    assert_eq!(dp.xdp(&frame(b, 9, true)), Drop);
+    assert_eq!(dp.xdp(&frame(b, 18, false)), Drop);
+    assert_eq!(dp.frags().get(&slot, 0).unwrap().rule_id, 0, "the last fragment emptied the slot");
+    assert_eq!(dp.xdp(&frame(b, 18, false)), Pass);
+}
+
+#[test]
+fn the_fragment_table_is_a_power_of_two_with_a_random_seed_kept_by_reload() {
+    let caps =
+        Capacities { max_rules: Some(64), max_allow: Some(64), max_frags: Some(100), ..Default::default() };
+    let mut dp = Datapath::load_with("frag-size", caps);
+    assert_eq!(store::max_entries(&dp.pins, map_names::FRAGS).unwrap(), 128, "100 rounded up");
+    let config = dp.store.config().unwrap();
+    assert_eq!(config.frag_mask, 127);
+    assert_ne!(config.frag_seed, [0; FRAG_KEY_WORDS]);
+    let other = Datapath::load("frag-seed");
+    assert_ne!(other.store.config().unwrap().frag_seed, config.frag_seed, "a seed per install");
+    dp.block(Dialed, "5000/udp");
+    let frame = |offset, more| Packet::udp(5000).fragment(offset, more).build();
+    assert_eq!(dp.xdp(&frame(0, true)), Drop);
+    // Programs replaced in place keep the table, its seed and its mask; a
+    // mask that does not fit the map is set again from the map.
+    dp.set_config(|c| c.frag_mask = 3);
+    dp.reload();
+    let reloaded = dp.store.config().unwrap();
+    assert_eq!((reloaded.frag_mask, reloaded.frag_seed), (127, config.frag_seed));
+    assert_eq!(dp.xdp(&frame(9, true)), Drop, "still remembered after the reload");
 }
 
 #[test]

@@ -89,7 +89,8 @@ struct AttachArgs {
     /// UDP flows remembered for replies (default 65536, LRU), fixed at creation.
     #[arg(long, value_parser = clap::value_parser!(u32).range(16..=16_000_000))]
     max_flows: Option<u32>,
-    /// Fragmented datagrams remembered as dropped (default 8192, LRU), fixed at creation.
+    /// Fragmented datagrams remembered as dropped (default 8192; rounded up to
+    /// a power of two; a newer datagram may evict an older one), fixed at creation.
     #[arg(long, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
     max_frags: Option<u32>,
     /// Events ring buffer bytes (default 1 MiB; a power of two), fixed at creation.
