@@ -45,7 +45,7 @@ pub fn run(ctx: &Ctx, topo: &Topology, flood_samples: &[Value]) -> Result<Value>
                 Variant::DbTc,
             ],
             &[0, 25, 50, 100],
-            2,
+            3,
             3.0,
         )
     };

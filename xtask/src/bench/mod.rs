@@ -245,7 +245,7 @@ fn floods(
     if live {
         // CPU per packet at a rate every filter keeps up with (V0 does not:
         // without a filter each SYN reaches the container).
-        let secs = if ctx.quick { 1.5 } else { 3.0 };
+        let secs = if ctx.quick { 1.0 } else { 3.0 };
         plan.push(Flood {
             generator: Generator::Live,
             proto: "tcp",
