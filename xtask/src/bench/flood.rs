@@ -59,6 +59,25 @@ pub struct Flood {
     pub to_container: bool,
 }
 
+impl Flood {
+    /// `frames` at most, for `seconds` at most, as fast as it goes, random
+    /// source ports, at the blocked published port: the bench's usual
+    /// flood, which callers vary with struct update syntax.
+    pub fn new(generator: Generator, proto: &'static str, frames: u64, seconds: f64) -> Self {
+        Flood {
+            generator,
+            proto,
+            many_flows: true,
+            frames,
+            seconds,
+            rate: 0.0,
+            dport: topology::BLOCKED_PORT,
+            dport_span: 0,
+            to_container: false,
+        }
+    }
+}
+
 /// What one generator run reported. Live frames also report the CPU time
 /// the flood took (the generator with the receive path it set off, and the
 /// ksoftirqd threads).

@@ -8,7 +8,7 @@
 use super::{
     cmd::{self, in_ns},
     flood::{self, Flood, Generator},
-    topology::{Topology, ALLOWED_PORT, BLOCKED_PORT, HOST_IP, IPERF_PORT, NS},
+    topology::{Topology, ALLOWED_PORT, HOST_IP, IPERF_PORT, NS},
     variants::{self, Variant},
     Ctx,
 };
@@ -111,17 +111,8 @@ fn no_filter_capacity(ctx: &Ctx, topo: &Topology, samples: &[Value]) -> Result<f
 }
 
 fn attack(rate: f64, secs: f64) -> Flood {
-    Flood {
-        generator: Generator::Trafgen,
-        proto: "tcp",
-        many_flows: true,
-        frames: if rate > 0.0 { (rate * secs) as u64 } else { 1_000_000 },
-        seconds: secs,
-        rate,
-        dport: BLOCKED_PORT,
-        dport_span: 0,
-        to_container: false,
-    }
+    let frames = if rate > 0.0 { (rate * secs) as u64 } else { 1_000_000 };
+    Flood { rate, ..Flood::new(Generator::Trafgen, "tcp", frames, secs) }
 }
 
 /// One measurement: attack at `load`% of `capacity` in the background,

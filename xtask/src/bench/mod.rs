@@ -229,15 +229,8 @@ fn floods(
         for &many in flows {
             for proto in ["tcp", "udp"] {
                 plan.push(Flood {
-                    generator: Generator::Live,
-                    proto,
                     many_flows: many,
-                    frames: lf_frames,
-                    seconds: lf_secs,
-                    rate: 0.0,
-                    dport: topology::BLOCKED_PORT,
-                    dport_span: 0,
-                    to_container: false,
+                    ..Flood::new(Generator::Live, proto, lf_frames, lf_secs)
                 });
             }
         }
@@ -246,32 +239,13 @@ fn floods(
         // CPU per packet at a rate every filter keeps up with (V0 does not:
         // without a filter each SYN reaches the container).
         let secs = if ctx.quick { 1.0 } else { 3.0 };
-        plan.push(Flood {
-            generator: Generator::Live,
-            proto: "tcp",
-            many_flows: true,
-            frames: (PACED_RATE * secs) as u64,
-            seconds: secs + 2.0,
-            rate: PACED_RATE,
-            dport: topology::BLOCKED_PORT,
-            dport_span: 0,
-            to_container: false,
-        });
+        let frames = (PACED_RATE * secs) as u64;
+        plan.push(Flood { rate: PACED_RATE, ..Flood::new(Generator::Live, "tcp", frames, secs + 2.0) });
     }
     if trafgen {
         let protos: &[&'static str] = if ctx.quick { &["tcp"] } else { &["tcp", "udp"] };
         for &proto in protos {
-            plan.push(Flood {
-                generator: Generator::Trafgen,
-                proto,
-                many_flows: true,
-                frames: tg_frames,
-                seconds: tg_secs,
-                rate: 0.0,
-                dport: topology::BLOCKED_PORT,
-                dport_span: 0,
-                to_container: false,
-            });
+            plan.push(Flood::new(Generator::Trafgen, proto, tg_frames, tg_secs));
         }
     }
     let target = variants::Blocked::target();

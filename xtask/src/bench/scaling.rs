@@ -60,15 +60,10 @@ pub fn run(ctx: &Ctx, topo: &Topology) -> Result<Value> {
             ctx.log(&format!("{n:>5} ports, {:<24} installed in {install:.3}s", v.id()));
             installs.push(json!({"variant": v.id(), "ports": n, "seconds": install, "path": if forward { "forward" } else { "dialed" }}));
             let f = Flood {
-                generator: Generator::Live,
-                proto: "tcp",
-                many_flows: true,
-                frames: 3_000_000,
-                seconds: 1.0,
-                rate: 0.0,
                 dport: BASE_PORT,
                 dport_span: u32::from(n),
                 to_container: forward,
+                ..Flood::new(Generator::Live, "tcp", 3_000_000, 1.0)
             };
             for round in 1..=rounds {
                 ctx.check_stop()?;

@@ -151,17 +151,7 @@ pub fn run(ctx: &Ctx, topo: &Topology) -> Result<Value> {
         install(m, 0, true).with_context(|| format!("setting up {}", m.id()))?;
         super::topology::clear_conntrack();
         let (hits0, rx0) = (topo.container_hits()?, flood::received());
-        let f = Flood {
-            generator: Generator::Live,
-            proto: "tcp",
-            many_flows: true,
-            frames: 100_000_000,
-            seconds: secs,
-            rate: 0.0,
-            dport: BLOCKED_PORT,
-            dport_span: 0,
-            to_container: false,
-        };
+        let f = Flood::new(Generator::Live, "tcp", 100_000_000, secs);
         let mut gen = flood::live_background(topo, &f)?;
         std::thread::sleep(Duration::from_millis(300));
         let start = Instant::now();
