@@ -107,14 +107,8 @@ fn cost(opts: &Opts) -> Result<Value> {
         programs.insert(hook.into(), program_sizes(&info));
         let fd = info.fd().context("program fd")?;
         for (name, frame) in cost_packets() {
-            let mut ns = Vec::with_capacity(rounds);
-            let mut retval = 0;
-            for _ in 0..rounds {
-                let r = raw_test_run(fd.as_fd().as_raw_fd(), &frame, ctx_for(hook), repeat)
-                    .with_context(|| format!("test run of {name} on {hook}"))?;
-                retval = r.0;
-                ns.push(r.1);
-            }
+            let (retval, ns) = timed_runs(fd.as_fd().as_raw_fd(), &frame, hook, repeat, rounds)
+                .with_context(|| format!("test run of {name} on {hook}"))?;
             results.push(json!({
                 "hook": hook, "packet": name, "bytes": frame.len(),
                 "verdict": verdict_name(hook, retval), "ns": ns,
@@ -134,12 +128,8 @@ fn cost(opts: &Opts) -> Result<Value> {
         .with_context(|| format!("load {name}"))?;
         let fd = prog.fd().with_context(|| format!("{name} fd"))?;
         let frame = Packet::syn(BLOCKED_PORT).build();
-        let mut ns = Vec::with_capacity(rounds);
-        for _ in 0..rounds {
-            let (_, t) = raw_test_run(fd.as_fd().as_raw_fd(), &frame, ctx_for(hook), repeat)
-                .with_context(|| format!("test run of {name}"))?;
-            ns.push(t);
-        }
+        let (_, ns) = timed_runs(fd.as_fd().as_raw_fd(), &frame, hook, repeat, rounds)
+            .with_context(|| format!("test run of {name}"))?;
         floor.insert(hook.into(), json!({"program": name, "ns": ns}));
     }
     Ok(json!({"repeat": repeat, "programs": programs, "packets": results, "floor": floor}))
@@ -243,6 +233,19 @@ fn program_sizes(info: &ProgramInfo) -> Value {
         "jited_bytes": info.size_jitted(),
         "verified_insns": info.verified_instruction_count(),
     })
+}
+
+/// `rounds` test runs of `repeat` repetitions each on a program of `hook`:
+/// the last return value and the average ns per repetition of each round.
+fn timed_runs(prog_fd: i32, frame: &[u8], hook: &str, repeat: u32, rounds: usize) -> Result<(u32, Vec<u64>)> {
+    let mut retval = 0;
+    let mut ns = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let (r, t) = raw_test_run(prog_fd, frame, ctx_for(hook), repeat)?;
+        retval = r;
+        ns.push(t);
+    }
+    Ok((retval, ns))
 }
 
 /// The context a run starts from. TC: a `struct __sk_buff` prefix (40
