@@ -80,6 +80,50 @@ pub mod seen {
     pub const COUNT: u32 = 2;
 }
 
+/// Protocol numbers both sides parse or build frames with.
+pub mod net {
+    pub const ETH_HLEN: usize = 14;
+    pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_ARP: u16 = 0x0806;
+    pub const ETH_P_IPV6: u16 = 0x86dd;
+    /// 802.1Q VLAN tag.
+    pub const ETH_P_8021Q: u16 = 0x8100;
+    /// 802.1ad (QinQ) service tag.
+    pub const ETH_P_8021AD: u16 = 0x88a8;
+    pub const VLAN_TAG_LEN: usize = 4;
+    /// VLAN tags the parser walks; a frame with more is dropped (evasive).
+    pub const VLAN_TAGS_MAX: usize = 2;
+
+    pub const IPV4_HLEN: usize = 20;
+    pub const IPV6_HLEN: usize = 40;
+    /// IPv4 `frag_off` field: "more fragments" flag and offset bits.
+    pub const IP_MF: u16 = 0x2000;
+    pub const IP_OFFSET_MASK: u16 = 0x1fff;
+
+    pub const IPPROTO_ICMP: u8 = 1;
+    pub const IPPROTO_TCP: u8 = 6;
+    pub const IPPROTO_UDP: u8 = 17;
+    pub const IPPROTO_ICMPV6: u8 = 58;
+    /// IPv6 extension headers the parser walks.
+    pub const IPV6_HOP_BY_HOP: u8 = 0;
+    pub const IPV6_ROUTING: u8 = 43;
+    pub const IPV6_FRAGMENT: u8 = 44;
+    pub const IPV6_AUTH: u8 = 51;
+    pub const IPV6_DEST_OPTS: u8 = 60;
+    /// Extension headers walked; a packet with more is dropped (evasive).
+    pub const IPV6_EXT_MAX: usize = 8;
+
+    pub const TCP_HLEN: usize = 20;
+    pub const UDP_HLEN: usize = 8;
+    /// TCP flag bits (byte 13 of the header).
+    pub const TCP_FIN: u8 = 0x01;
+    pub const TCP_SYN: u8 = 0x02;
+    pub const TCP_RST: u8 = 0x04;
+    pub const TCP_PSH: u8 = 0x08;
+    pub const TCP_ACK: u8 = 0x10;
+    pub const TCP_URG: u8 = 0x20;
+}
+
 /// Where a port rule is judged.
 pub mod scope {
     /// The port a client dials on this host, before DNAT (XDP on the uplink).
@@ -386,46 +430,77 @@ pub mod hook {
 }
 
 /// What a program did with a packet, for the per-hook counters.
+///
+/// The fail-closed rule: a packet the kernel could still turn into a new
+/// connection to a blocked port is judged, or dropped as `DROPPED_EVASIVE`
+/// when it cannot be judged. What passes unjudged passes because it cannot
+/// reach a blocked port (`PASSED_OTHER`, `PASSED_FRAGMENT`). Packets whose
+/// header lengths do not add up, which the kernel would discard itself, are
+/// dropped as `DROPPED_MALFORMED`.
 pub mod outcome {
-    /// Dropped by a rule.
+    /// Dropped by a rule (a new connection, or a later fragment of a
+    /// datagram whose first fragment a rule dropped).
     pub const DROPPED: u32 = 0;
-    /// TCP or UDP on IPv4, no rule for its port.
+    /// TCP or UDP, no rule for its port.
     pub const PASSED_NO_RULE: u32 = 1;
     /// A rule matched its port, but it did not open a new connection.
     pub const PASSED_NOT_NEW: u32 = 2;
-    /// Not something the program judges: not IP, not TCP/UDP, a later
-    /// fragment of a datagram that was not dropped, more IPv6 extension
-    /// headers or VLAN tags than the parser walks.
-    pub const PASSED_UNPARSED: u32 = 3;
-    /// Claims to be IP TCP/UDP but is truncated or has a bad header length.
-    pub const PASSED_MALFORMED: u32 = 4;
+    /// Cannot reach a port rule: not IP (ARP, ...), or IP but neither TCP
+    /// nor UDP (ICMP, ESP, ...).
+    pub const PASSED_OTHER: u32 = 3;
+    /// A later fragment (no transport header) of a datagram whose first
+    /// fragment was not dropped: it only completes what that first
+    /// fragment, judged already, started.
+    pub const PASSED_FRAGMENT: u32 = 4;
     /// A rule matched, but the source is on its allow-list.
     pub const PASSED_ALLOWED: u32 = 5;
     /// A dry-run rule would have dropped it.
     pub const PASSED_DRY_RUN: u32 = 6;
     /// Not judged: sent by the host itself into the bridge.
     pub const PASSED_HOST: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Could not be judged and could reach a blocked port: a first fragment
+    /// too short for the transport header, a TCP fragment at offset 1
+    /// (RFC 1858), more IPv6 extension headers or VLAN tags than the
+    /// parser walks, an IPv6 packet from a v4-mapped source, headers the
+    /// bridge program could not pull into linear memory.
+    pub const DROPPED_EVASIVE: u32 = 8;
+    /// Claims to be IPv4/IPv6 but its header lengths do not add up (version,
+    /// IPv4 header length, total or payload length beyond the packet, an
+    /// extension or transport header cut short): the kernel would discard
+    /// it too.
+    pub const DROPPED_MALFORMED: u32 = 9;
+    /// Outcomes in use.
+    pub const COUNT: u32 = 10;
+    /// Slots per hook in `HOOK_STATS`: room for outcomes a later release
+    /// adds without changing the pinned map's size.
+    pub const SLOTS: u32 = 16;
     /// Names for display, indexed by outcome.
     pub const NAMES: [&str; COUNT as usize] = [
         "dropped",
         "passed_no_rule",
         "passed_not_new",
-        "passed_unparsed",
-        "passed_malformed",
+        "passed_other",
+        "passed_fragment",
         "passed_allowed",
         "passed_dry_run",
         "passed_host",
+        "dropped_evasive",
+        "dropped_malformed",
     ];
+
+    /// Whether the packet was dropped.
+    pub const fn is_drop(outcome: u32) -> bool {
+        matches!(outcome, DROPPED | DROPPED_EVASIVE | DROPPED_MALFORMED)
+    }
 }
 
 /// Number of entries of `HOOK_STATS`.
-pub const HOOK_STATS_LEN: u32 = hook::COUNT * outcome::COUNT;
+pub const HOOK_STATS_LEN: u32 = hook::COUNT * outcome::SLOTS;
 
 /// Index into `HOOK_STATS`.
 #[inline(always)]
 pub const fn hook_stats_index(hook: u32, outcome: u32) -> u32 {
-    hook * outcome::COUNT + outcome
+    hook * outcome::SLOTS + outcome
 }
 
 /// Default capacities (all can be set at attach).

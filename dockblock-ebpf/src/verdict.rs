@@ -31,8 +31,8 @@ pub fn judge(cur: &Cursor, scope: u32, len: u64, seen: &Seen, from_host: bool) -
     }
     let facts = match parse(cur) {
         Ok(facts) => facts,
-        Err(Reject::Unparsed) => return finish(hook, outcome::PASSED_UNPARSED, len),
-        Err(Reject::Malformed) => return finish(hook, outcome::PASSED_MALFORMED, len),
+        Err(Reject::Unparsed) => return finish(hook, outcome::PASSED_OTHER, len),
+        Err(Reject::Malformed) => return finish(hook, outcome::DROPPED_MALFORMED, len),
     };
     let Some(l4) = &facts.l4 else {
         return judge_later_fragment(&facts, hook, len);
@@ -76,10 +76,10 @@ pub fn judge(cur: &Cursor, scope: u32, len: u64, seen: &Seen, from_host: bool) -
 #[inline(always)]
 fn judge_later_fragment(facts: &Facts, hook: u32, len: u64) -> Verdict {
     let Frag::Later { id, last } = facts.frag else {
-        return finish(hook, outcome::PASSED_UNPARSED, len);
+        return finish(hook, outcome::PASSED_OTHER, len);
     };
     let Some(rule_id) = frags::dropped_by(&frag_key(facts, id), last) else {
-        return finish(hook, outcome::PASSED_UNPARSED, len);
+        return finish(hook, outcome::PASSED_OTHER, len);
     };
     if let Some(stats) = RULE_STATS.get_ptr_mut(rule_id) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
@@ -150,7 +150,7 @@ fn finish(hook: u32, outcome: u32, len: u64) -> Verdict {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         add(unsafe { &mut *counter }, len);
     }
-    if outcome == outcome::DROPPED {
+    if outcome::is_drop(outcome) {
         Verdict::Drop
     } else {
         Verdict::Pass

@@ -6,8 +6,10 @@ pub mod agent;
 pub mod datapath;
 pub mod docker;
 pub mod netns;
-pub mod packet;
 pub mod rig;
+
+/// The frame builder, from its own crate (the agent's `explain` uses it too).
+pub use dockblock_packet as packet;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;

@@ -35,10 +35,10 @@ fn ipv6_is_judged_like_ipv4_through_extension_headers() {
     }
     let too_long = (0..9).fold(Packet::syn(3306).v6(), |p, _| p.ext(IPV6_DEST_OPTS, 0));
     assert_eq!(dp.xdp(&too_long.build()), Pass, "beyond the walk bound: unjudged");
-    assert_eq!(dp.xdp_counter(outcome::PASSED_UNPARSED).packets, 1);
+    assert_eq!(dp.xdp_counter(outcome::PASSED_OTHER).packets, 1);
     let bad_version = Packet::syn(3306).v6().ip_version(4).build();
     assert_eq!(dp.xdp(&bad_version), Pass);
-    assert_eq!(dp.xdp_counter(outcome::PASSED_MALFORMED).packets, 1);
+    assert_eq!(dp.xdp_counter(outcome::DROPPED_MALFORMED).packets, 1);
 }
 
 #[test]
@@ -57,7 +57,7 @@ fn vlan_and_qinq_tagged_frames_are_judged() {
     for len in 14..tagged.len() {
         assert_eq!(dp.xdp(&tagged[..len]), Pass, "truncated at {len}");
     }
-    assert_eq!(dp.xdp_counter(outcome::PASSED_MALFORMED).packets, (tagged.len() - 14) as u64);
+    assert_eq!(dp.xdp_counter(outcome::DROPPED_MALFORMED).packets, (tagged.len() - 14) as u64);
 }
 
 #[test]
@@ -184,5 +184,5 @@ fn truncated_ipv6_at_every_byte_passes_as_malformed() {
         }
         assert_eq!(dp.xdp(&full), Drop);
     }
-    assert_eq!(dp.xdp_counter(outcome::PASSED_MALFORMED).packets, runs);
+    assert_eq!(dp.xdp_counter(outcome::DROPPED_MALFORMED).packets, runs);
 }

@@ -1,32 +1,16 @@
-//! A small packet builder for datapath tests: Ethernet, IPv4 (with options
+//! A small frame builder for `explain`, the datapath tests, the fuzz and the
+//! benchmark: Ethernet, IPv4 (with options
 //! and fragment fields) or IPv6 (with extension headers), VLAN tags, TCP or
 //! UDP. Every field a test might bend is a
 //! builder method; `build` lays out the bytes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
-pub const PSH: u8 = 0x08;
-pub const ACK: u8 = 0x10;
-
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-pub const ETH_P_8021Q: u16 = 0x8100;
-pub const ETH_P_8021AD: u16 = 0x88a8;
-
-/// IPv6 extension header numbers.
-pub const IPV6_HOP_BY_HOP: u8 = 0;
-pub const IPV6_ROUTING: u8 = 43;
-pub const IPV6_FRAGMENT: u8 = 44;
-pub const IPV6_AUTH: u8 = 51;
-pub const IPV6_DEST_OPTS: u8 = 60;
-
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
+pub use dockblock_common::net::{
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP, IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING,
+    TCP_ACK as ACK, TCP_FIN as FIN, TCP_PSH as PSH, TCP_RST as RST, TCP_SYN as SYN,
+};
 
 #[derive(Clone, Debug)]
 pub struct Packet {
