@@ -8,7 +8,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::{describe, try_run_for};
+use dockblock_testkit::agent as cli;
+
+use crate::describe;
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -46,9 +48,7 @@ impl Agent {
 
     /// `dockblock-agent --pin-dir <dir> <args>`, 30 s limit.
     pub fn run(&self, args: &[&str]) -> Output {
-        let mut full = vec!["--pin-dir", &self.pin_dir];
-        full.extend_from_slice(args);
-        try_run_for(Duration::from_secs(30), self.bin(), &full).unwrap_or_else(|e| panic!("{e}"))
+        cli::output(&self.bin, &self.pin_dir, Duration::from_secs(30), args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Runs and asserts exit 0; returns stdout.
@@ -114,14 +114,7 @@ impl Agent {
     }
 
     fn cleanup(&self) {
-        if Path::new(&self.pin_dir).exists() {
-            let args = ["--pin-dir", &self.pin_dir, "detach"];
-            if let Some(bin) = self.bin.to_str() {
-                let _ = try_run_for(Duration::from_secs(30), bin, &args);
-            }
-            // Unpinning drops the last reference to any link detach left behind.
-            let _ = std::fs::remove_dir_all(&self.pin_dir);
-        }
+        cli::detach_and_remove(&self.bin, &self.pin_dir);
     }
 }
 

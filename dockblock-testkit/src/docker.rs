@@ -1,9 +1,11 @@
-//! Docker containers for the tests. Nothing can be pulled here, so the image is
-//! imported from the host's static busybox.
+//! Docker for the tests and the benchmark: the busybox image (nothing can be
+//! pulled here, so it is imported from the host's static busybox), networks
+//! and containers, each removed on drop.
 
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::cmd::{self, Error};
 use crate::{quiet, run, run_ok};
 
 pub const IMAGE: &str = "dockblock-busybox:test";
@@ -15,27 +17,87 @@ pub fn docker_available() -> bool {
     crate::try_run_for(Duration::from_secs(20), "docker", &["info"]).is_ok_and(|o| o.status.success())
 }
 
-/// Imports `IMAGE` (busybox plus one symlink per applet) unless it exists.
+/// Imports `IMAGE` unless it exists; panics if it cannot.
 pub fn ensure_image() {
-    if run("docker", &["image", "inspect", IMAGE]).status.success() {
-        return;
+    import_image().unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Imports `IMAGE` (busybox plus one symlink per applet) unless it exists.
+pub fn import_image() -> Result<(), Error> {
+    if cmd::succeeds(&["docker", "image", "inspect", IMAGE]) {
+        return Ok(());
     }
     let dir = std::env::temp_dir().join(format!("dockblock-image-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let r = build_and_import(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn build_and_import(dir: &std::path::Path) -> Result<(), Error> {
+    let io = |what: &str, e: std::io::Error| Error::Unexpected(format!("{what}: {e}"));
     let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).expect("create image dir");
-    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("copy /bin/busybox (install busybox-static)");
-    for applet in run_ok("/bin/busybox", &["--list"]).lines() {
+    std::fs::create_dir_all(&bin).map_err(|e| io("create image dir", e))?;
+    std::fs::copy("/bin/busybox", bin.join("busybox"))
+        .map_err(|e| io("copy /bin/busybox (install busybox-static)", e))?;
+    for applet in cmd::ok(&["/bin/busybox", "--list"])?.lines() {
         if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet symlink");
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| io("applet symlink", e))?;
         }
     }
-    std::fs::create_dir_all(dir.join("tmp")).expect("create /tmp");
+    std::fs::create_dir_all(dir.join("tmp")).map_err(|e| io("create /tmp", e))?;
     let script =
         format!("tar -C {} -cf - . | docker import --change 'CMD [\"/bin/sh\"]' - {IMAGE}", dir.display());
-    let out = run("sh", &["-c", &script]);
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(out.status.success(), "docker import failed: {}", crate::describe(&out));
+    cmd::checked(Duration::from_secs(120), &["sh", "-c", &script], None).map(drop)
+}
+
+/// A Docker bridge network with its own bridge device; removed on drop
+/// (after its containers: drop those first).
+pub struct Network {
+    name: String,
+}
+
+impl Network {
+    /// `docker network create` of `name` on `subnet`, bridge device
+    /// `bridge`, after removing a leftover of that name.
+    pub fn create(name: &str, subnet: &str, bridge: &str) -> Result<Network, Error> {
+        remove_network(name);
+        let n = Network { name: name.to_string() };
+        let bridge_opt = format!("com.docker.network.bridge.name={bridge}");
+        cmd::ok(&[
+            "docker",
+            "network",
+            "create",
+            "--driver",
+            "bridge",
+            "--subnet",
+            subnet,
+            "-o",
+            &bridge_opt,
+            name,
+        ])?;
+        Ok(n)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        remove_network(&self.name);
+    }
+}
+
+/// `docker network rm NAME`, best effort.
+pub fn remove_network(name: &str) {
+    quiet("docker", &["network", "rm", name]);
+}
+
+/// `docker rm -f NAME`, best effort.
+pub fn remove_container(name: &str) {
+    quiet("docker", &["rm", "-f", name]);
 }
 
 pub struct Container {
@@ -64,24 +126,37 @@ impl Container {
 
     /// `docker run -d --name dbt-<tag> <args>`, after removing a leftover.
     pub fn start(tag: &str, args: &[&str]) -> Container {
-        let name = format!("dbt-{tag}");
-        quiet("docker", &["rm", "-f", &name]);
+        Container::run(&format!("dbt-{tag}"), args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `docker run -d --name <name> <args>`, after removing a leftover; the
+    /// container's address is read back (it must have one).
+    pub fn run(name: &str, args: &[&str]) -> Result<Container, Error> {
+        remove_container(name);
         // Guard first, so a failed start is still removed.
-        let mut c = Container { name, ip: String::new() };
-        let mut full = vec!["run", "-d", "--name", &c.name];
+        let mut c = Container { name: name.to_string(), ip: String::new() };
+        let mut full = vec!["docker", "run", "-d", "--name", name];
         full.extend_from_slice(args);
-        run_ok("docker", &full);
-        let ip = run_ok("docker", &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &c.name]);
-        c.ip = ip.trim().to_string();
-        assert!(!c.ip.is_empty(), "container {} has no IP", c.name);
-        c
+        cmd::ok(&full)?;
+        // Over all networks: the default bridge and user-defined ones alike.
+        let format = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}";
+        c.ip = cmd::ok(&["docker", "inspect", "-f", format, name])?.trim().to_string();
+        if c.ip.is_empty() {
+            return Err(Error::Unexpected(format!("container {name} has no IP")));
+        }
+        Ok(c)
+    }
+
+    /// Pid of the container's init process, for `nsenter -t PID -n`.
+    pub fn pid(&self) -> Result<String, Error> {
+        Ok(cmd::ok(&["docker", "inspect", "-f", "{{.State.Pid}}", &self.name])?.trim().to_string())
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Address on docker0's network (172.17.0.0/16 by default).
+    /// Address on its network (docker0's, 172.17.0.0/16, unless `--network`).
     pub fn ip(&self) -> &str {
         &self.ip
     }
@@ -129,6 +204,6 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        quiet("docker", &["rm", "-f", &self.name]);
+        remove_container(&self.name);
     }
 }

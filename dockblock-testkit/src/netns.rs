@@ -5,7 +5,35 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use crate::cmd::{self, in_ns, Error};
 use crate::{quiet, run, run_for, run_ok};
+
+/// Names and addresses of an outside namespace and its veth pair.
+#[derive(Clone, Debug)]
+pub struct Wiring {
+    pub ns: String,
+    /// The host end: the uplink under test.
+    pub host_if: String,
+    pub ns_if: String,
+    /// Addresses of a /30 on the pair.
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+impl Wiring {
+    /// The tests' naming: netns `dbt-<tag>`, veth `dbu<tag>` (host) /
+    /// `dbo<tag>` (ns), 198.18.<subnet>.0/30 (host .1, ns .2).
+    pub fn tagged(tag: &str, subnet: u8) -> Wiring {
+        assert!(tag.len() <= 12, "tag {tag:?} too long for an interface name");
+        Wiring {
+            ns: format!("dbt-{tag}"),
+            host_if: format!("dbu{tag}"),
+            ns_if: format!("dbo{tag}"),
+            host_ip: format!("198.18.{subnet}.1"),
+            ns_ip: format!("198.18.{subnet}.2"),
+        }
+    }
+}
 
 pub struct Outside {
     ns: String,
@@ -19,23 +47,51 @@ impl Outside {
     /// Creates netns `dbt-<tag>` and veth `dbu<tag>` (host) / `dbo<tag>` (ns)
     /// on 198.18.<subnet>.0/30: host .1, ns .2. Tests pick distinct subnets.
     pub fn new(tag: &str, subnet: u8) -> Outside {
-        assert!(tag.len() <= 12, "tag {tag:?} too long for an interface name");
-        let o = Outside {
-            ns: format!("dbt-{tag}"),
-            host_if: format!("dbu{tag}"),
-            ns_if: format!("dbo{tag}"),
-            host_ip: format!("198.18.{subnet}.1"),
-            ns_ip: format!("198.18.{subnet}.2"),
-        };
-        o.remove(); // leftovers of a crashed run
-        run_ok("ip", &["netns", "add", &o.ns]);
-        run_ok("ip", &["link", "add", &o.host_if, "type", "veth", "peer", "name", &o.ns_if, "netns", &o.ns]);
-        run_ok("ip", &["addr", "add", &format!("{}/30", o.host_ip), "dev", &o.host_if]);
-        run_ok("ip", &["link", "set", &o.host_if, "up"]);
-        o.exec_ok("ip", &["addr", "add", &format!("{}/30", o.ns_ip), "dev", &o.ns_if]);
-        o.exec_ok("ip", &["link", "set", &o.ns_if, "up"]);
-        o.exec_ok("ip", &["link", "set", "lo", "up"]);
-        o
+        Outside::create(Wiring::tagged(tag, subnet)).unwrap_or_else(|e| panic!("outside namespace: {e}"))
+    }
+
+    /// Creates the namespace and veth pair of `w` (after removing leftovers
+    /// of a crashed run), addresses both ends and brings them up.
+    pub fn create(w: Wiring) -> Result<Outside, Error> {
+        let Wiring { ns, host_if, ns_if, host_ip, ns_ip } = w;
+        // The guard exists before the first step, so a failure undoes it all.
+        let o = Outside { ns, host_if, ns_if, host_ip, ns_ip };
+        o.remove();
+        cmd::ok(&["ip", "netns", "add", &o.ns])?;
+        cmd::ok(&[
+            "ip", "link", "add", &o.host_if, "type", "veth", "peer", "name", &o.ns_if, "netns", &o.ns,
+        ])?;
+        cmd::ok(&["ip", "addr", "add", &format!("{}/30", o.host_ip), "dev", &o.host_if])?;
+        cmd::ok(&["ip", "link", "set", &o.host_if, "up"])?;
+        cmd::ok(&o.argv(&["ip", "addr", "add", &format!("{}/30", o.ns_ip), "dev", &o.ns_if]))?;
+        cmd::ok(&o.argv(&["ip", "link", "set", &o.ns_if, "up"]))?;
+        cmd::ok(&o.argv(&["ip", "link", "set", "lo", "up"]))?;
+        Ok(o)
+    }
+
+    /// `argv` run inside the namespace (`ip netns exec <ns> argv...`), for
+    /// the fallible runners in [`cmd`].
+    pub fn argv<'a>(&'a self, argv: &[&'a str]) -> Vec<&'a str> {
+        in_ns(&self.ns, argv)
+    }
+
+    /// MAC address of the host end.
+    pub fn host_mac(&self) -> Result<String, Error> {
+        let path = format!("/sys/class/net/{}/address", self.host_if);
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| Error::Unexpected(format!("reading {path}: {e}")))
+    }
+
+    /// MAC address of the namespace end.
+    pub fn ns_mac(&self) -> Result<String, Error> {
+        let path = format!("/sys/class/net/{}/address", self.ns_if);
+        Ok(cmd::ok(&self.argv(&["cat", &path]))?.trim().to_string())
+    }
+
+    /// The namespace end of the veth.
+    pub fn ns_if(&self) -> &str {
+        &self.ns_if
     }
 
     pub fn name(&self) -> &str {
@@ -118,11 +174,16 @@ impl Outside {
     }
 
     fn remove(&self) {
-        // Deleting the namespace destroys the ns end, which takes the host end
-        // with it; deleting the host end too covers a half-built earlier run.
-        quiet("ip", &["netns", "del", &self.ns]);
-        quiet("ip", &["link", "del", &self.host_if]);
+        remove(&self.ns, &self.host_if);
     }
+}
+
+/// Removes namespace `ns` and host link `host_if` if they exist.
+pub fn remove(ns: &str, host_if: &str) {
+    // Deleting the namespace destroys the ns end, which takes the host end
+    // with it; deleting the host end too covers a half-built earlier run.
+    quiet("ip", &["netns", "del", ns]);
+    quiet("ip", &["link", "del", host_if]);
 }
 
 /// A server process started by a test; stopped on drop. Bound it in time
