@@ -7,6 +7,8 @@
 //! - [`ports`] and [`rules`]: the rule model, pure; [`store`]: applies it to
 //!   the pinned maps.
 //! - [`status`], [`link_info`]: what is attached where.
+//! - [`model`]: the verdict in plain Rust (the spec in code), for `explain`
+//!   and the differential fuzz.
 
 pub mod addr;
 pub mod bpffs;
@@ -15,6 +17,7 @@ pub mod exit_code;
 pub mod link_info;
 pub mod loader;
 pub mod lock;
+pub mod model;
 pub mod paths;
 pub mod ports;
 pub mod rulefile;
