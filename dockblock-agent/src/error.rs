@@ -59,6 +59,16 @@ pub enum Error {
     #[error("interface `{name}` has no Ethernet header (link type {link_type}); dockblock judges Ethernet frames only")]
     NotEthernet { name: String, link_type: u32 },
 
+    /// A command-line value (an `explain` packet's protocol, address, port,
+    /// flags) that cannot be used.
+    #[error("invalid {what} `{value}`: {why}")]
+    BadArgument { what: &'static str, value: String, why: String },
+
+    /// `explain`: the kernel programs and the reference model judged the
+    /// same packet differently (a bug in one of them).
+    #[error("kernel and model disagree on {hooks}; please report this with the command line")]
+    Disagreement { hooks: String },
+
     /// bpffs is missing and could not be mounted.
     #[error("cannot mount bpffs at {path}: {source}")]
     Bpffs { path: PathBuf, source: std::io::Error },
@@ -89,7 +99,10 @@ impl Error {
     /// Usage errors are what the command line alone shows to be wrong.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::BadPortSpec { .. } | Self::BadCidr { .. } | Self::RulesFile { .. } => ExitCode::Usage,
+            Self::BadPortSpec { .. }
+            | Self::BadCidr { .. }
+            | Self::RulesFile { .. }
+            | Self::BadArgument { .. } => ExitCode::Usage,
             _ => ExitCode::Failure,
         }
     }

@@ -14,6 +14,7 @@ pub mod addr;
 pub mod bpffs;
 pub mod error;
 pub mod exit_code;
+pub mod explain;
 pub mod link_info;
 pub mod loader;
 pub mod lock;

@@ -131,7 +131,7 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
 /// Pinned maps are reused as they are; one pinned by a release with another
 /// value layout would only make the verifier refuse the programs with an
 /// obscure message. Say what to do instead.
-fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
+pub fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
     let layouts = [(map_names::CONFIG, size_of::<Config>()), (map_names::FRAGS, size_of::<FragSlot>())];
     for (name, value_size) in layouts {
         let path = pins.map(name);

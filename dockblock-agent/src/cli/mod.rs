@@ -6,6 +6,7 @@ mod attach;
 mod block;
 mod detach;
 mod events;
+mod explain;
 mod export;
 mod list;
 mod output;
@@ -65,7 +66,43 @@ enum Command {
     /// Detach from INTERFACES, or from everything (removing rules and pins)
     /// when none is named.
     Detach { interfaces: Vec<String> },
+    /// Show what the loaded programs do with one packet (run on a private
+    /// copy of their counters: nothing moves), and the reference model's verdict.
+    Explain(ExplainArgs),
 }
+
+#[derive(Debug, Args)]
+struct ExplainArgs {
+    /// tcp or udp.
+    proto: String,
+    /// Source address, with a port or not (203.0.113.7:40000, [2001:db8::7]:5000);
+    /// without one, an ephemeral port is used.
+    src: String,
+    /// Destination address and port (198.51.100.1:3306, [2001:db8::1]:443):
+    /// the dialed port for xdp, the container port for tc.
+    dst: String,
+    /// TCP flags, comma-separated (default syn): ack, syn,ack, fin, rst, psh, urg.
+    #[arg(long)]
+    flags: Option<String>,
+    /// Only this hook (default both).
+    #[arg(long, value_enum)]
+    hook: Option<HookChoice>,
+    /// VLAN id of an 802.1Q tag; twice for QinQ (outer first).
+    #[arg(long, value_name = "ID")]
+    vlan: Vec<u16>,
+    /// For tc: the host itself sent the packet into the bridge.
+    #[arg(long)]
+    from_host: bool,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum HookChoice {
+    Xdp,
+    Tc,
+}
+
 
 #[derive(Debug, Args)]
 struct AttachArgs {
@@ -201,5 +238,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Events(args) => events::run(&pins, args.json.json, args.count),
         Command::Status(args) => status::run(&pins, args.json),
         Command::Detach { interfaces } => detach::run(&pins, &interfaces),
+        Command::Explain(args) => explain::run(&pins, args),
     }
 }

@@ -1,0 +1,728 @@
+//! `explain`: what the loaded programs do with one packet, and what the
+//! reference model says beside it.
+//!
+//! The frame is run through the kernel object this binary ships
+//! ([`EBPF_OBJECT`]), loaded again but never attached, with
+//! BPF_PROG_TEST_RUN. The probe reuses the pinned maps that hold the rule
+//! state (`REUSED`) and gets private, unpinned copies of every map the
+//! programs write (`PRIVATE`): counters, events, the log budget, the
+//! fragment table, the SEEN flags (their values copied in). So the verdict
+//! comes from the same instructions and the same rules the attached
+//! programs use, and the live state does not change: no counter moves, no
+//! event reaches `events`, no fragment is remembered. The outcome and the
+//! deciding rule are read back from the private counters.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    programs::{ProgramInfo, TestRun, TestRunOptions},
+    Ebpf, EbpfLoader,
+};
+use dockblock_common::{
+    hook, hook_stats_index, map_names, net, outcome, program_names, seen, Event, LogBudget, RuleStats,
+};
+use dockblock_packet::Packet;
+use serde_json::{json, Value};
+
+use crate::{
+    error::{Error, Result},
+    link_info, loader,
+    lock::PinLock,
+    model::{self, Model},
+    paths::{LinkKind, PinDir},
+    rules::Rule,
+    store::{self, RuleStore},
+    EBPF_OBJECT,
+};
+
+/// The source port of a packet whose source has none: one in Linux's
+/// ephemeral range (32768-60999), fixed so the answer is repeatable.
+pub const DEFAULT_SPORT: u16 = 40000;
+
+/// Maps the probe shares with the attached programs: what they read to
+/// judge. The judging programs never write them (FLOWS is written by the
+/// tracking programs only, which the probe does not run).
+const REUSED: [&str; 6] = [
+    map_names::PORT_RULES,
+    map_names::RULES,
+    map_names::RULE_ALLOW,
+    map_names::ALLOW,
+    map_names::CONFIG,
+    map_names::FLOWS,
+];
+
+/// Maps the probe gets its own copy of: everything a judging program may
+/// write. SEEN is only read for whole packets, but a first fragment would
+/// set it, so it is copied rather than shared.
+const PRIVATE: [&str; 6] = [
+    map_names::RULE_STATS,
+    map_names::HOOK_STATS,
+    map_names::EVENTS,
+    map_names::LOG_BUDGET,
+    map_names::FRAGS,
+    map_names::SEEN,
+];
+
+/// The hooks, in the order they are explained.
+pub const HOOKS: [u32; 2] = [hook::XDP, hook::TC];
+
+pub fn hook_name(hook: u32) -> &'static str {
+    if hook == hook::XDP {
+        "xdp"
+    } else {
+        "tc"
+    }
+}
+
+/// The transport protocols a packet can be built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// TCP flag names `--flags` takes, with their bits.
+const TCP_FLAGS: [(&str, u8); 6] = [
+    ("fin", net::TCP_FIN),
+    ("syn", net::TCP_SYN),
+    ("rst", net::TCP_RST),
+    ("psh", net::TCP_PSH),
+    ("ack", net::TCP_ACK),
+    ("urg", net::TCP_URG),
+];
+
+/// One packet to explain, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub proto: Proto,
+    pub src: IpAddr,
+    /// `None`: none was given, [`DEFAULT_SPORT`] is used.
+    pub sport: Option<u16>,
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// TCP flag bits (0 for UDP).
+    pub tcp_flags: u8,
+    /// VLAN ids, outermost first (at most 2: one 802.1Q tag, or an 802.1ad
+    /// outer tag and an 802.1Q inner one).
+    pub vlans: Vec<u16>,
+    /// TC only: the host itself sent the packet into the bridge.
+    pub from_host: bool,
+}
+
+fn bad(what: &'static str, value: &str, why: impl Into<String>) -> Error {
+    Error::BadArgument { what, value: value.into(), why: why.into() }
+}
+
+impl Query {
+    /// Parses `PROTO SRC[:PORT] DST:PORT` and the options; every mistake is
+    /// a usage error.
+    pub fn parse(
+        proto: &str,
+        src: &str,
+        dst: &str,
+        flags: Option<&str>,
+        vlans: &[u16],
+        from_host: bool,
+    ) -> Result<Self> {
+        let proto = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            _ => return Err(bad("protocol", proto, "expected tcp or udp")),
+        };
+        let (src_ip, sport) = parse_endpoint("source", src)?;
+        let (dst_ip, dport) = parse_endpoint("destination", dst)?;
+        let dport = dport
+            .ok_or_else(|| bad("destination", dst, "needs a port: 198.51.100.1:3306 or [2001:db8::1]:443"))?;
+        if src_ip.is_ipv4() != dst_ip.is_ipv4() {
+            return Err(bad("source", src, format!("is not of the same address family as `{dst}`")));
+        }
+        let tcp_flags = match (proto, flags) {
+            (Proto::Tcp, None) => net::TCP_SYN,
+            (Proto::Tcp, Some(flags)) => parse_tcp_flags(flags)?,
+            (Proto::Udp, None) => 0,
+            (Proto::Udp, Some(flags)) => return Err(bad("--flags", flags, "only TCP has flags")),
+        };
+        if vlans.len() > net::VLAN_TAGS_MAX {
+            return Err(bad("--vlan", &format!("{vlans:?}"), "at most two tags (outer first)"));
+        }
+        if let Some(vid) = vlans.iter().find(|v| !(1..=4094).contains(*v)) {
+            return Err(bad("--vlan", &vid.to_string(), "a VLAN id is 1-4094"));
+        }
+        Ok(Self {
+            proto,
+            src: src_ip,
+            sport,
+            dst: dst_ip,
+            dport,
+            tcp_flags,
+            vlans: vlans.to_vec(),
+            from_host,
+        })
+    }
+
+    pub fn sport(&self) -> u16 {
+        self.sport.unwrap_or(DEFAULT_SPORT)
+    }
+
+    /// The frame both hooks get: Ethernet, the VLAN tags, IPv4 or IPv6, TCP
+    /// or UDP, no payload.
+    pub fn frame(&self) -> Vec<u8> {
+        let packet = match self.proto {
+            Proto::Tcp => Packet::tcp(self.dport, self.tcp_flags),
+            Proto::Udp => Packet::udp(self.dport),
+        };
+        let mut packet = packet.src(&self.src.to_string()).dst(&self.dst.to_string()).sport(self.sport());
+        let two = self.vlans.len() == 2;
+        for (i, vid) in self.vlans.iter().enumerate() {
+            // QinQ: the outer tag is a service tag.
+            let tpid = if two && i == 0 { net::ETH_P_8021AD } else { net::ETH_P_8021Q };
+            packet = packet.vlan(tpid, *vid);
+        }
+        packet.build()
+    }
+
+    /// "syn,ack" (empty for UDP).
+    pub fn flag_names(&self) -> Vec<&'static str> {
+        TCP_FLAGS.iter().filter(|(_, bit)| self.tcp_flags & bit != 0).map(|(name, _)| *name).collect()
+    }
+}
+
+/// `ADDR`, `ADDR:PORT`, `[V6]`, `[V6]:PORT` or a bare IPv6 address.
+fn parse_endpoint(what: &'static str, value: &str) -> Result<(IpAddr, Option<u16>)> {
+    let shape = "expected ADDRESS or ADDRESS:PORT (203.0.113.7:40000, [2001:db8::1]:443)";
+    let (addr, port) = if let Some(rest) = value.strip_prefix('[') {
+        let (addr, rest) = rest.split_once(']').ok_or_else(|| bad(what, value, shape))?;
+        match rest {
+            "" => (addr, None),
+            _ => (addr, Some(rest.strip_prefix(':').ok_or_else(|| bad(what, value, shape))?)),
+        }
+    } else if value.matches(':').count() == 1 {
+        let (addr, port) = value.split_once(':').expect("one colon");
+        (addr, Some(port))
+    } else {
+        // No colon (IPv4) or several (a bare IPv6 address).
+        (value, None)
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| bad(what, value, shape))?;
+    let port = match port {
+        None => None,
+        Some(port) => match port.parse::<u32>() {
+            Ok(p @ 1..=65535) => Some(p as u16),
+            Ok(_) => return Err(bad(what, value, "a port is 1-65535")),
+            Err(_) => return Err(bad(what, value, shape)),
+        },
+    };
+    Ok((ip, port))
+}
+
+fn parse_tcp_flags(value: &str) -> Result<u8> {
+    let mut bits = 0;
+    for name in value.split(',').map(str::trim) {
+        let (_, bit) = TCP_FLAGS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).ok_or_else(|| {
+            bad("--flags", value, "expected a comma-separated list of syn,ack,fin,rst,psh,urg")
+        })?;
+        bits |= bit;
+    }
+    Ok(bits)
+}
+
+/// What one hook did, or would do, with the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: u32,
+    pub rule_id: Option<u32>,
+}
+
+impl Decision {
+    pub fn drops(&self) -> bool {
+        outcome::is_drop(self.outcome)
+    }
+
+    pub fn verdict(&self) -> &'static str {
+        if self.drops() {
+            "drop"
+        } else {
+            "pass"
+        }
+    }
+
+    pub fn outcome_name(&self) -> &'static str {
+        outcome::NAMES.get(self.outcome as usize).copied().unwrap_or("unknown")
+    }
+
+    fn json(&self, hook: u32) -> Value {
+        json!({
+            "hook": hook_name(hook),
+            "verdict": self.verdict(),
+            "outcome": self.outcome_name(),
+            "rule_id": self.rule_id,
+        })
+    }
+}
+
+impl From<model::Judgement> for Decision {
+    fn from(j: model::Judgement) -> Self {
+        debug_assert_eq!(matches!(j.verdict, model::Verdict::Drop), outcome::is_drop(j.outcome));
+        Self { outcome: j.outcome, rule_id: j.rule_id }
+    }
+}
+
+/// What the kernel program did: its decision, and the event it emitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelRun {
+    pub decision: Decision,
+    /// A `--log` rule emitted an event (into the probe's own ring buffer).
+    pub event: bool,
+}
+
+/// The program of one hook: its tag, and whether the attached links run it.
+#[derive(Clone, Debug)]
+pub struct ProgramCheck {
+    pub hook: u32,
+    /// The kernel's tag (a hash of the instructions as loaded, before map
+    /// addresses are filled in) of the probe's program.
+    pub tag: u64,
+    /// Each live judging link of this hook: interface, and whether its
+    /// program has the same tag.
+    pub links: Vec<(String, bool)>,
+}
+
+/// One hook's answer.
+#[derive(Clone, Debug)]
+pub struct HookReport {
+    pub hook: u32,
+    pub kernel: KernelRun,
+    pub model: Decision,
+    /// The rule that decided, from the catalog.
+    pub rule: Option<Rule>,
+}
+
+impl HookReport {
+    pub fn agree(&self) -> bool {
+        self.kernel.decision == self.model
+    }
+}
+
+/// The answer of `explain`.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub query: Query,
+    pub frame_len: usize,
+    pub hooks: Vec<HookReport>,
+    pub programs: Vec<ProgramCheck>,
+    /// Time to load the probe (mostly the verifier).
+    pub load_time: Duration,
+}
+
+impl Report {
+    pub fn agree(&self) -> bool {
+        self.hooks.iter().all(HookReport::agree)
+    }
+
+    /// The hooks where kernel and model disagree, "xdp" or "xdp and tc".
+    pub fn disagreeing(&self) -> Option<String> {
+        let names: Vec<&str> = self.hooks.iter().filter(|h| !h.agree()).map(|h| hook_name(h.hook)).collect();
+        (!names.is_empty()).then(|| names.join(" and "))
+    }
+
+    /// The `--json` shape (README): `hooks` and `model` have one entry per
+    /// hook explained, in the same order.
+    pub fn json(&self) -> Value {
+        let q = &self.query;
+        let hooks: Vec<Value> = self
+            .hooks
+            .iter()
+            .map(|h| {
+                let mut v = h.kernel.decision.json(h.hook);
+                v["event"] = json!(h.kernel.event);
+                v
+            })
+            .collect();
+        let model: Vec<Value> = self.hooks.iter().map(|h| h.model.json(h.hook)).collect();
+        let programs: Vec<Value> = self
+            .programs
+            .iter()
+            .map(|p| {
+                let links: Vec<Value> = p
+                    .links
+                    .iter()
+                    .map(|(iface, same)| json!({"interface": iface, "same_program": same}))
+                    .collect();
+                json!({"hook": hook_name(p.hook), "tag": format!("{:016x}", p.tag), "links": links})
+            })
+            .collect();
+        json!({
+            "packet": {
+                "protocol": q.proto.name(),
+                "src": q.src.to_string(),
+                "sport": q.sport(),
+                "sport_given": q.sport.is_some(),
+                "dst": q.dst.to_string(),
+                "dport": q.dport,
+                "tcp_flags": q.flag_names(),
+                "vlans": q.vlans,
+                "from_host": q.from_host,
+                "bytes": self.frame_len,
+            },
+            "hooks": hooks,
+            "model": model,
+            "agree": self.agree(),
+            "programs": programs,
+        })
+    }
+}
+
+/// Explains `query` at `hooks`: the kernel's answer and the model's. Holds
+/// the pin folder lock meanwhile, so no rule change lands between the two.
+pub fn explain(pins: &PinDir, query: &Query, hooks: &[u32]) -> Result<Report> {
+    Ok(explain_all(pins, std::slice::from_ref(query), hooks)?.remove(0))
+}
+
+/// [`explain`] for several packets, with one probe load (the verifier's
+/// work) for all of them; each packet is judged on its own, as if alone.
+pub fn explain_all(pins: &PinDir, queries: &[Query], hooks: &[u32]) -> Result<Vec<Report>> {
+    if !pins.is_attached() {
+        return Err(Error::NotAttached { pin_dir: pins.root().into() });
+    }
+    let _lock = PinLock::acquire(pins.root())?;
+    let store = RuleStore::open(pins)?;
+    let rules = store.rules()?;
+    let started = Instant::now();
+    let mut probe = Probe::load(pins, rules.iter().map(|r| r.id).collect())?;
+    let load_time = started.elapsed();
+    let model = Model::from_store(&store, pins)?;
+    let programs: Vec<ProgramCheck> =
+        hooks.iter().map(|&h| probe.check_attached(pins, h)).collect::<Result<_>>()?;
+    let mut reports = Vec::with_capacity(queries.len());
+    for query in queries {
+        let frame = query.frame();
+        // A fresh model per packet, as the probe's counters are read per
+        // packet: no packet sees another's traces.
+        let mut model = model.clone();
+        let mut hook_reports = Vec::new();
+        for &hook in hooks {
+            let from_host = hook == hook::TC && query.from_host;
+            let kernel = probe.run(hook, &frame, from_host)?;
+            let model = Decision::from(model.judge(hook, &frame, from_host));
+            let rule = kernel.decision.rule_id.and_then(|id| rules.iter().find(|r| r.id == id).cloned());
+            hook_reports.push(HookReport { hook, kernel, model, rule });
+        }
+        reports.push(Report {
+            query: query.clone(),
+            frame_len: frame.len(),
+            hooks: hook_reports,
+            programs: programs.clone(),
+            load_time,
+        });
+    }
+    Ok(reports)
+}
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const TC_ACT_SHOT: u32 = 2;
+/// TC_ACT_UNSPEC (-1, TCX_NEXT) as the test run reports it.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+/// The kernel object loaded once more over the pinned rule state, with
+/// private copies of the maps the programs write.
+pub struct Probe {
+    ebpf: Ebpf,
+    hook_stats: PerCpuArray<MapData, dockblock_common::Counter>,
+    rule_stats: PerCpuArray<MapData, RuleStats>,
+    events: RingBuf<MapData>,
+    log_budget: PerCpuArray<MapData, LogBudget>,
+    /// Rule ids whose private counters are read after a run.
+    rule_ids: Vec<u32>,
+}
+
+impl Probe {
+    /// Loads the judging programs (XDP and bridge TC), not attached.
+    /// `rule_ids` are the rules whose counters tell which rule decided.
+    pub fn load(pins: &PinDir, rule_ids: Vec<u32>) -> Result<Self> {
+        loader::check_pinned_layouts(pins)?;
+        // Every map sized as its pin: an index the programs compute from
+        // the live state (a rule id, a fragment slot) fits the copies too.
+        let sizes: Vec<(&str, u32)> = REUSED
+            .iter()
+            .chain(&PRIVATE)
+            .map(|name| Ok((*name, store::max_entries(pins, name)?)))
+            .collect::<Result<_>>()?;
+        let paths: Vec<(&str, std::path::PathBuf)> = REUSED.iter().map(|n| (*n, pins.map(n))).collect();
+        let mut ebpf_loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            ebpf_loader.map_pin_path(name, path.as_path());
+        }
+        for (name, size) in &sizes {
+            ebpf_loader.map_max_entries(name, *size);
+        }
+        // Maps without a pin path are created fresh and unpinned (the object
+        // declares no pinning): they die with this process.
+        let mut ebpf =
+            ebpf_loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("load the eBPF object for explain", e))?;
+        loader::xdp_program(&mut ebpf)?.load().map_err(|e| Error::bpf("load XDP program (verifier)", e))?;
+        loader::tc_program(&mut ebpf, program_names::BRIDGE_TC)?
+            .load()
+            .map_err(|e| Error::bpf("load TC program (verifier)", e))?;
+
+        let live_seen: Array<MapData, u32> = store::open_pinned(pins, map_names::SEEN)?;
+        let mut own_seen: Array<MapData, u32> = take(&mut ebpf, map_names::SEEN)?;
+        for slot in 0..seen::COUNT {
+            let flag = live_seen.get(&slot, 0).map_err(|e| Error::bpf("read SEEN", e))?;
+            own_seen.set(slot, flag, 0).map_err(|e| Error::bpf("copy SEEN", e))?;
+        }
+        Ok(Self {
+            hook_stats: take(&mut ebpf, map_names::HOOK_STATS)?,
+            rule_stats: take(&mut ebpf, map_names::RULE_STATS)?,
+            events: take(&mut ebpf, map_names::EVENTS)?,
+            log_budget: take(&mut ebpf, map_names::LOG_BUDGET)?,
+            ebpf,
+            rule_ids,
+        })
+    }
+
+    /// Runs `frame` through the program of `hook` once and reads back what
+    /// it did from the private maps.
+    pub fn run(&mut self, hook: u32, frame: &[u8], from_host: bool) -> Result<KernelRun> {
+        self.reset_log_budget()?;
+        let before = self.counters(hook)?;
+        let ret = if hook == hook::XDP {
+            let prog = loader::xdp_program(&mut self.ebpf)?;
+            let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() };
+            prog.test_run(opts).map_err(|e| Error::bpf("BPF_PROG_TEST_RUN (XDP)", e))?.return_value
+        } else {
+            let ctx = skb_ctx(from_host);
+            let opts = TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..TestRunOptions::new() };
+            let prog = loader::tc_program(&mut self.ebpf, program_names::BRIDGE_TC)?;
+            prog.test_run(opts).map_err(|e| Error::bpf("BPF_PROG_TEST_RUN (TC)", e))?.return_value
+        };
+        let after = self.counters(hook)?;
+        let name = hook_name(hook);
+        let dropped = match (hook, ret) {
+            (hook::XDP, XDP_DROP) | (hook::TC, TC_ACT_SHOT) => true,
+            (hook::XDP, XDP_PASS) | (hook::TC, TC_ACT_UNSPEC) => false,
+            _ => return Err(odd(format!("the {name} program returned {ret}"))),
+        };
+        let moved: Vec<u32> = (0..outcome::SLOTS)
+            .filter(|&o| after.outcomes[o as usize] != before.outcomes[o as usize])
+            .collect();
+        let [outcome] = moved[..] else {
+            return Err(odd(format!("the {name} program counted outcomes {moved:?} for one packet")));
+        };
+        if outcome::is_drop(outcome) != dropped {
+            return Err(odd(format!("the {name} program returned {ret} but counted outcome {outcome}")));
+        }
+        let rule_id = self.rule_ids.iter().copied().find(|id| after.rules.get(id) != before.rules.get(id));
+        let mut event = false;
+        while let Some(item) = self.events.next() {
+            // SAFETY: the programs write whole Events into this ring.
+            let e = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+            event |= e.hook == hook;
+        }
+        Ok(KernelRun { decision: Decision { outcome, rule_id }, event })
+    }
+
+    /// A full events budget for every run, so whether a packet logs does not
+    /// depend on the packets explained before it.
+    fn reset_log_budget(&mut self) -> Result<()> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| Error::io("count CPUs", "/sys/devices/system/cpu/possible", e))?;
+        let fresh = PerCpuValues::try_from(vec![LogBudget::default(); cpus])
+            .map_err(|e| Error::bpf("reset the probe's LOG_BUDGET", e))?;
+        self.log_budget.set(0, fresh, 0).map_err(|e| Error::bpf("reset the probe's LOG_BUDGET", e))
+    }
+
+    /// This hook's outcome packet counts and every known rule's counters,
+    /// summed over CPUs.
+    fn counters(&self, hook: u32) -> Result<Counters> {
+        let outcomes = (0..outcome::SLOTS)
+            .map(|o| {
+                let per_cpu = self
+                    .hook_stats
+                    .get(&hook_stats_index(hook, o), 0)
+                    .map_err(|e| Error::bpf("read the probe's HOOK_STATS", e))?;
+                Ok(per_cpu.iter().map(|c| c.packets).sum())
+            })
+            .collect::<Result<_>>()?;
+        let rules = self
+            .rule_ids
+            .iter()
+            .map(|&id| {
+                let per_cpu =
+                    self.rule_stats.get(&id, 0).map_err(|e| Error::bpf("read the probe's RULE_STATS", e))?;
+                let packets = per_cpu
+                    .iter()
+                    .map(|s| s.dropped.packets + s.passed.packets + s.allowed.packets + s.dry_run.packets)
+                    .sum();
+                Ok((id, packets))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Counters { outcomes, rules })
+    }
+
+    /// Whether the links attached at `hook` run the probe's program: the
+    /// kernel's tag hashes the instructions with map references blanked, so
+    /// it is the same for the same object whatever maps it uses.
+    pub fn check_attached(&self, pins: &PinDir, hook: u32) -> Result<ProgramCheck> {
+        let tag = if hook == hook::XDP {
+            let prog: &aya::programs::Xdp = self
+                .ebpf
+                .program(program_names::UPLINK_XDP)
+                .and_then(|p| p.try_into().ok())
+                .expect("object has the XDP program");
+            prog.info()
+        } else {
+            let prog: &aya::programs::SchedClassifier = self
+                .ebpf
+                .program(program_names::BRIDGE_TC)
+                .and_then(|p| p.try_into().ok())
+                .expect("object has the TC program");
+            prog.info()
+        }
+        .map_err(|e| Error::bpf("read the probe's program info", e))?
+        .tag();
+        let judging =
+            |kind: LinkKind| if hook == hook::XDP { kind.is_xdp() } else { kind == LinkKind::TcEgress };
+        let mut tags: Option<StdHashMap<u32, u64>> = None;
+        let mut links = Vec::new();
+        for pin in pins.links().into_iter().filter(|p| judging(p.kind)) {
+            let Ok(info) = link_info::read(&pin.path) else { continue };
+            if info.ifindex == 0 {
+                continue; // defunct: runs nothing
+            }
+            let tags = tags.get_or_insert_with(loaded_tags);
+            links.push((pin.interface, tags.get(&info.program_id) == Some(&tag)));
+        }
+        Ok(ProgramCheck { hook, tag, links })
+    }
+}
+
+/// Tags of every loaded program, by id.
+fn loaded_tags() -> StdHashMap<u32, u64> {
+    aya::programs::loaded_programs().filter_map(|p| p.ok()).map(|p: ProgramInfo| (p.id(), p.tag())).collect()
+}
+
+struct Counters {
+    outcomes: Vec<u64>,
+    rules: StdHashMap<u32, u64>,
+}
+
+fn odd(why: String) -> Error {
+    Error::bpf("explain", std::io::Error::other(why))
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).expect("object declares every map");
+    T::try_from(map).map_err(|e| Error::bpf(format!("the probe's {name}"), e))
+}
+
+/// `struct __sk_buff` up to `ingress_ifindex` (offset 36); the kernel
+/// zero-fills the rest. A forwarded packet came in on some interface (1);
+/// one the host sent has none (0).
+fn skb_ctx(from_host: bool) -> [u8; 40] {
+    let mut ctx = [0u8; 40];
+    if !from_host {
+        ctx[36..40].copy_from_slice(&1u32.to_ne_bytes());
+    }
+    ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(proto: &str, src: &str, dst: &str) -> Result<Query> {
+        Query::parse(proto, src, dst, None, &[], false)
+    }
+
+    #[test]
+    fn every_map_is_either_shared_or_private() {
+        let mut all: Vec<&str> = REUSED.iter().chain(&PRIVATE).copied().collect();
+        all.sort_unstable();
+        let mut expected = map_names::ALL.to_vec();
+        expected.sort_unstable();
+        assert_eq!(all, expected, "a new map needs a decision: shared with the live programs or a copy");
+    }
+
+    #[test]
+    fn endpoints_in_every_form() {
+        let q = query("tcp", "203.0.113.7:40001", "198.51.100.1:3306").unwrap();
+        assert_eq!((q.src.to_string(), q.sport, q.dport), ("203.0.113.7".into(), Some(40001), 3306));
+        assert_eq!(q.tcp_flags, net::TCP_SYN, "a SYN by default");
+        let q = query("UDP", "203.0.113.7", "198.51.100.1:53").unwrap();
+        assert_eq!((q.proto, q.sport, q.sport()), (Proto::Udp, None, DEFAULT_SPORT));
+        let q = query("tcp", "[2001:db8::7]:5000", "[2001:db8::1]:443").unwrap();
+        assert_eq!((q.sport, q.dport), (Some(5000), 443));
+        assert!(q.src.is_ipv6());
+        for src in ["2001:db8::7", "[2001:db8::7]"] {
+            assert_eq!(query("tcp", src, "[2001:db8::1]:443").unwrap().sport, None, "{src}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_a_usage_error() {
+        for (proto, src, dst, why) in [
+            ("icmp", "203.0.113.7", "198.51.100.1:1", "expected tcp or udp"),
+            ("tcp", "203.0.113.7", "198.51.100.1:0", "1-65535"),
+            ("tcp", "203.0.113.7", "198.51.100.1:70000", "1-65535"),
+            ("tcp", "203.0.113.7:0", "198.51.100.1:22", "1-65535"),
+            ("tcp", "203.0.113.7", "198.51.100.1", "needs a port"),
+            ("tcp", "203.0.113.300", "198.51.100.1:22", "expected ADDRESS"),
+            ("tcp", "203.0.113.7", "[2001:db8::1]:22", "same address family"),
+            ("tcp", "[2001:db8::1", "[2001:db8::1]:22", "expected ADDRESS"),
+            ("tcp", "[2001:db8::1]x", "[2001:db8::1]:22", "expected ADDRESS"),
+            ("tcp", "host:22", "198.51.100.1:22", "expected ADDRESS"),
+        ] {
+            let err = query(proto, src, dst).unwrap_err();
+            assert_eq!(err.exit_code(), crate::exit_code::ExitCode::Usage, "{err}");
+            assert!(err.to_string().contains(why), "{proto} {src} {dst}: {err}");
+        }
+        let flags = |f| Query::parse("tcp", "203.0.113.7", "198.51.100.1:1", Some(f), &[], false);
+        assert_eq!(flags("syn,ack").unwrap().tcp_flags, net::TCP_SYN | net::TCP_ACK);
+        assert_eq!(flags("ACK").unwrap().flag_names(), ["ack"]);
+        assert!(flags("syn,bogus").unwrap_err().to_string().contains("--flags"));
+        let udp_flags = Query::parse("udp", "203.0.113.7", "198.51.100.1:1", Some("ack"), &[], false);
+        assert!(udp_flags.unwrap_err().to_string().contains("only TCP"));
+        let vlans = |v: &[u16]| Query::parse("tcp", "203.0.113.7", "198.51.100.1:1", None, v, false);
+        assert!(vlans(&[0]).is_err() && vlans(&[4095]).is_err() && vlans(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn frames_carry_what_was_asked() {
+        let q =
+            Query::parse("tcp", "203.0.113.7", "198.51.100.1:3306", Some("ack"), &[100, 200], false).unwrap();
+        let f = q.frame();
+        assert_eq!(&f[12..14], &net::ETH_P_8021AD.to_be_bytes(), "outer tag of two is 802.1ad");
+        assert_eq!(&f[14..16], &100u16.to_be_bytes());
+        assert_eq!(&f[16..18], &net::ETH_P_8021Q.to_be_bytes());
+        assert_eq!(&f[18..20], &200u16.to_be_bytes());
+        let ip = 22;
+        assert_eq!(&f[ip + 12..ip + 16], &[203, 0, 113, 7]);
+        let tcp = ip + 20;
+        assert_eq!(&f[tcp..tcp + 2], &DEFAULT_SPORT.to_be_bytes());
+        assert_eq!(&f[tcp + 2..tcp + 4], &3306u16.to_be_bytes());
+        assert_eq!(f[tcp + 13], net::TCP_ACK);
+        let q = query("udp", "[2001:db8::7]:5353", "[2001:db8::1]:53").unwrap();
+        let f = q.frame();
+        assert_eq!(&f[12..14], &net::ETH_P_IPV6.to_be_bytes());
+        assert_eq!(f[14 + 6], net::IPPROTO_UDP);
+        assert_eq!(&f[14 + 40..14 + 42], &5353u16.to_be_bytes());
+    }
+}
