@@ -30,8 +30,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use dockblock_common::net::{
-    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPV6_DEST_OPTS, IPV6_FRAGMENT,
-    IPV6_HOP_BY_HOP, IP_MF, TCP_ACK, TCP_SYN,
+    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_DEST_OPTS,
+    IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IP_MF, TCP_ACK, TCP_SYN,
 };
 use dockblock_tests::agent::Agent;
 use dockblock_tests::docker::{self, Container};
@@ -932,9 +932,11 @@ fn ipv6_first_fragment_without_tcp_header() {
 /// refuses it when it would open a connection (`tcp_v6_conn_request`:
 /// the global `Ip6InHdrErrors` grows, not the interface's); UDP has no
 /// such check, and a dual-stack socket would see the datagram as coming
-/// from 198.18.87.9 over IPv4. dockblock drops it at the uplink as
-/// `dropped_evasive`, so it never matches an IPv4 allow-list entry or a
-/// UDP flow (whose keys are v4-mapped).
+/// from 198.18.87.9 over IPv4 (shown here: the datagram arrives). dockblock
+/// drops it at the uplink as `dropped_evasive`, so it never matches an
+/// IPv4 allow-list entry or a UDP flow, whose keys are v4-mapped (shown
+/// here too: a UDP port open only to 198.18.87.9 stays shut to
+/// `::ffff:198.18.87.9`).
 #[test]
 fn ipv6_v4_mapped_source() {
     let bed = Bed6::new("ev6map", 87, 18409);
@@ -950,10 +952,49 @@ fn ipv6_v4_mapped_source() {
     let counter = "snmp6:Ip6InHdrErrors".to_string();
     f.check(grew.contains_key(&counter), || format!("v4-mapped source: {counter} did not grow: {grew:?}"));
 
+    // UDP to a port open only to the IPv4 address 198.18.87.9: a UDP socket
+    // bound to the IPv6 address takes the v4-mapped datagram as it is.
+    const UDP: u16 = 18420;
+    let host6 = bed.host6;
+    let datagram = move |a: &Attacker, sport: u16| {
+        let src = a.src4.to_ipv6_mapped();
+        let mut seg = vec![0u8; 8];
+        seg[0..2].copy_from_slice(&sport.to_be_bytes());
+        seg[2..4].copy_from_slice(&UDP.to_be_bytes());
+        seg.extend_from_slice(b"spoofed-v4-friend");
+        let len = seg.len() as u16;
+        seg[4..6].copy_from_slice(&len.to_be_bytes());
+        let csum = transport_checksum(src.into(), host6.into(), IPPROTO_UDP, &seg);
+        seg[6..8].copy_from_slice(&csum.to_be_bytes());
+        a.wire.frame(&[], ETH_P_IPV6, &ipv6(src, host6, IPPROTO_UDP, &seg))
+    };
+    let received = |sport: u16| {
+        let listen = format!("UDP6-RECV:{UDP},bind=[{host6}]");
+        let sink = Capture::udp(&[], &["timeout", "10", "socat", "-u", &listen, "-"], UDP);
+        bed.attacker.wire.send(&datagram(&bed.attacker, sport));
+        std::thread::sleep(Duration::from_millis(300));
+        String::from_utf8_lossy(&sink.stop()).contains("spoofed-v4-friend")
+    };
+    f.check(received(bed.attacker.sport()), || {
+        "no dockblock: the v4-mapped UDP datagram did not arrive".into()
+    });
+
     bed.block();
     let (probe, n) = bed.attack(mapped);
     f.refused(&probe, "block 18409/tcp, v4-mapped source");
     f.counted(&n, "xdp", "dropped_evasive", 1, "v4-mapped source");
+
+    bed.agent.ok(&["block", &format!("{UDP}/udp"), "--allow-from", &bed.attacker.src4.to_string()]);
+    let before = bed.agent.json(&["stats"]);
+    let got = received(bed.attacker.sport());
+    let n = Counted { before, after: bed.agent.json(&["stats"]) };
+    f.check(!got, || {
+        format!(
+            "block {UDP}/udp --allow-from {}: the v4-mapped datagram passed as that IPv4 source",
+            bed.attacker.src4
+        )
+    });
+    f.counted(&n, "xdp", "dropped_evasive", 1, "v4-mapped UDP source");
     f.finish();
 }
 
