@@ -198,3 +198,22 @@ impl Drop for Datapath {
         let _ = std::fs::remove_dir_all(self.pins.root());
     }
 }
+
+/// Test runs that report the kernel's refusal instead of panicking, for the
+/// differential fuzz (tests/tests/fuzz.rs), which feeds frames of every
+/// length and shape.
+impl Datapath {
+    /// The XDP program's return value on `frame`, or the test run's error.
+    pub fn try_xdp(&mut self, frame: &[u8]) -> Result<u32, aya::programs::ProgramError> {
+        let prog = loader::xdp_program(&mut self.ebpf).unwrap();
+        prog.test_run(options(frame)).map(|r| r.return_value)
+    }
+
+    /// The bridge TC program's return value on `frame`, or the error.
+    pub fn try_tc(&mut self, frame: &[u8], from: From) -> Result<u32, aya::programs::ProgramError> {
+        let ctx = skb_ctx(from);
+        let opts = TestRunOptions { ctx_in: Some(&ctx), ..options(frame) };
+        let prog = loader::tc_program(&mut self.ebpf, program_names::BRIDGE_TC).unwrap();
+        prog.test_run(opts).map(|r| r.return_value)
+    }
+}

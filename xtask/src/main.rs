@@ -1,9 +1,10 @@
-//! Developer tasks for dockblock: `cargo xtask <setup|build|run|test|bench>`.
+//! Developer tasks for dockblock: `cargo xtask <setup|build|run|test|bench|fuzz>`.
 //!
 //! xtask depends on no other workspace crate on purpose: it must compile on a
 //! fresh machine before bpf-linker (needed by dockblock-agent's build.rs) exists.
 mod bench;
 mod build;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -32,6 +33,9 @@ enum Cmd {
     /// Benchmark dockblock against iptables, nftables and xdp-filter;
     /// results in bench/results/ (`--quick`: a smoke run in < 3 minutes).
     Bench(bench::Options),
+    /// Differential fuzz of the kernel programs against the reference
+    /// model: `--frames N` (default 10 million) `--seed S`.
+    Fuzz(fuzz::Options),
 }
 
 fn main() {
@@ -45,6 +49,7 @@ fn main() {
         Cmd::Run(opts) => run::run(opts),
         Cmd::Test(opts) => test::run(&opts),
         Cmd::Bench(opts) => bench::run(&opts),
+        Cmd::Fuzz(opts) => fuzz::run(&opts),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

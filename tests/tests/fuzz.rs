@@ -1,0 +1,637 @@
+//! Differential fuzz: the kernel programs against the reference model
+//! (dockblock_agent::model). proptest draws rule sets (scopes, protocols,
+//! ports and ranges, allow-lists, dry-run, the judge-host-traffic flag, UDP
+//! flows) and a seed; the seed drives a frame generator that builds real
+//! frames with every header kind and bends them (truncation at every byte,
+//! fragments, VLAN tags 0-3, IPv6 extension chains 0-10, v4-mapped sources,
+//! length fields, padding, byte flips, random bytes). Every frame runs
+//! through both loaded programs (BPF_PROG_TEST_RUN) and the model; the
+//! fragment table carries across the frames of a case in both.
+//!
+//! Checked per frame: the verdict. Per case (1,000 frames): the per-hook
+//! outcome counters, the per-rule counters and the fragment table. A case
+//! that disagrees is replayed frame by frame to name the first frame whose
+//! verdict, outcome or rule counters differ, printed as hex with its rule
+//! set. `DOCKBLOCK_FUZZ_FRAMES` (default 100,000) and `DOCKBLOCK_FUZZ_SEED`
+//! set the run (`cargo xtask fuzz`).
+
+use std::{cell::RefCell, fmt::Write as _, time::Instant};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use dockblock_agent::{
+    loader::Capacities,
+    model::{Judgement, Model, Verdict as ModelVerdict},
+    ports::PortSpec,
+    rulefile::parse_net,
+    rules::{RuleOptions, RuleSpec, Scope},
+    store::open_pinned,
+};
+use dockblock_common::{
+    config_flag, hook, hook_stats_index, map_names, outcome, seen, Counter, FlowKey, FragSlot, RuleStats,
+};
+use dockblock_tests::{
+    datapath::{Datapath, From, TC_NEXT, TC_SHOT, XDP_DROP, XDP_PASS},
+    packet::*,
+};
+use proptest::{
+    prelude::*,
+    test_runner::{Config as RunnerConfig, RngAlgorithm, TestCaseError, TestRng, TestRunner},
+};
+
+const FRAMES_PER_CASE: usize = 1000;
+/// A small fragment table, so that datagrams share slots and evict.
+const FRAG_SLOTS: u32 = 64;
+
+/// Ports rules and frames are drawn from; 257 is what IPv4 NOP options
+/// read as when taken for ports.
+const PORTS: [u16; 12] = [1, 22, 53, 80, 257, 443, 3306, 5000, 8080, 40000, 65534, 65535];
+const V4: [&str; 6] = ["198.18.0.1", "198.18.0.2", "198.19.255.7", "203.0.113.9", "10.1.2.3", "0.0.0.0"];
+const V6: [&str; 6] =
+    ["2001:db8::1", "2001:db8::2", "2001:db8:1::5", "fd00::9", "::ffff:198.18.0.2", "::ffff:203.0.113.9"];
+const EXT: [u8; 5] = [IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_FRAGMENT, IPV6_AUTH, IPV6_DEST_OPTS];
+
+/// One proptest case: a rule set, the config flag, the UDP flows, and the
+/// seed of its frames.
+#[derive(Clone, Debug)]
+struct Case {
+    rules: Vec<RuleSpec>,
+    judge_host: bool,
+    flows: Vec<FlowKey>,
+    seed: u64,
+}
+
+fn net() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (prop::sample::select(V4.to_vec()), 0u8..=32).prop_map(|(a, n)| format!("{a}/{n}")),
+        (prop::sample::select(V6[..4].to_vec()), 0u8..=128).prop_map(|(a, n)| format!("{a}/{n}")),
+    ]
+}
+
+fn port_range() -> impl Strategy<Value = (u16, u16)> {
+    prop_oneof![
+        6 => prop::sample::select(PORTS.to_vec()).prop_map(|p| (p, p)),
+        3 => (prop::sample::select(PORTS.to_vec()), 0u16..64).prop_map(|(lo, w)| (lo, lo.saturating_add(w))),
+        1 => (1u16..=65535).prop_map(|p| (p, p)),
+    ]
+}
+
+fn rule() -> impl Strategy<Value = RuleSpec> {
+    let allow = prop_oneof![3 => Just(vec![]), 2 => prop::collection::vec(net(), 1..4)];
+    (any::<bool>(), port_range(), 1u32..=3, allow, prop::bool::weighted(0.2), prop::bool::weighted(0.1))
+        .prop_map(|(container, (lo, hi), protos, allow, dry_run, log)| RuleSpec {
+            scope: if container { Scope::Container } else { Scope::Dialed },
+            ports: PortSpec { lo, hi, protos },
+            options: RuleOptions::new(allow.iter().map(|n| parse_net(n).unwrap()), dry_run, log),
+        })
+}
+
+fn flow() -> impl Strategy<Value = FlowKey> {
+    let remote = prop_oneof![prop::sample::select(V4.to_vec()), prop::sample::select(V6[..4].to_vec())];
+    (remote, prop::sample::select(PORTS.to_vec()), prop::sample::select(PORTS.to_vec()), 0u32..2).prop_map(
+        |(remote, remote_port, local_port, scope)| FlowKey {
+            remote: dockblock_agent::addr::mapped_addr(remote.parse().unwrap()),
+            remote_port,
+            local_port,
+            scope,
+        },
+    )
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (prop::collection::vec(rule(), 0..8), any::<bool>(), prop::collection::vec(flow(), 0..4), any::<u64>())
+        .prop_map(|(rules, judge_host, flows, seed)| Case { rules, judge_host, flows, seed })
+}
+
+/// splitmix64: the frame generator's randomness, from the case's seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// True `percent` times in 100.
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// A built frame and where its IP header starts.
+struct Built {
+    frame: Vec<u8>,
+    l3: usize,
+    v6: bool,
+}
+
+/// Frames for one case: real ones from the builder, bent.
+struct FrameGen {
+    rng: Rng,
+    /// Ports of the case's rules, so frames hit them.
+    rule_ports: Vec<u16>,
+    /// Datagrams sent so far, whose later fragments may follow.
+    datagrams: Vec<(Packet, usize, bool)>,
+}
+
+impl FrameGen {
+    fn new(case: &Case) -> Self {
+        let mut rule_ports: Vec<u16> = case.rules.iter().flat_map(|r| [r.ports.lo, r.ports.hi]).collect();
+        rule_ports.extend(case.rules.iter().map(|r| r.ports.lo + (r.ports.hi - r.ports.lo) / 2));
+        rule_ports.extend(case.flows.iter().map(|f| f.local_port));
+        Self { rng: Rng(case.seed), rule_ports, datagrams: Vec::new() }
+    }
+
+    fn port(&mut self) -> u16 {
+        match self.rng.below(10) {
+            0..6 if !self.rule_ports.is_empty() => self.rng.pick(&self.rule_ports.clone()),
+            0..9 => self.rng.pick(&PORTS),
+            _ => self.rng.next() as u16,
+        }
+    }
+
+    /// A frame from the builder with random headers.
+    fn packet(&mut self) -> (Packet, usize, bool) {
+        let r = &mut self.rng;
+        let v6 = r.chance(45);
+        let dport = self.port();
+        let sport = self.port();
+        let r = &mut self.rng;
+        let flags = match r.below(10) {
+            0..4 => SYN,
+            4 => SYN | ACK,
+            5 | 6 => ACK,
+            _ => r.next() as u8,
+        };
+        let mut p = match r.below(20) {
+            0..9 => Packet::tcp(dport, flags),
+            9..18 => Packet::udp(dport),
+            18 => Packet::tcp(dport, flags).ip_proto(if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP }),
+            _ => Packet::tcp(dport, flags).ip_proto(r.next() as u8),
+        }
+        .sport(sport);
+        if v6 {
+            p = p.v6().src(r.pick(&V6)).dst(r.pick(&V6[..4]));
+            for _ in 0..[0, 0, 0, 1, 1, 2, 3, 4, 7, 8, 9, 10][r.below(12)] {
+                p = p.ext(r.pick(&EXT), r.below(3) as u8);
+            }
+        } else {
+            p = p.src(r.pick(&V4)).dst(r.pick(&V4));
+            p = match r.below(100) {
+                0..85 => p,
+                85..97 => p.ihl(6 + r.below(10) as u8),
+                _ => p.ihl(r.below(5) as u8),
+            };
+        }
+        let vlans = [0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 3][r.below(11)];
+        for _ in 0..vlans {
+            p = p.vlan(r.pick(&[ETH_P_8021Q, ETH_P_8021AD]), r.below(4096) as u16);
+        }
+        p = p.frag_id(r.pick(&[1, 2, 3, 0x1234, 0x5678]));
+        p = match r.below(20) {
+            0..11 => p,
+            11..15 => p.fragment(0, true),
+            _ => p.fragment(Self::later_offset(r), r.chance(50)),
+        };
+        if r.chance(50) {
+            let n = 1 + r.below(64);
+            p = p.payload(&if r.chance(50) { vec![0; n] } else { r.bytes(n) });
+        }
+        (p, 14 + 4 * vlans, v6)
+    }
+
+    fn later_offset(r: &mut Rng) -> u16 {
+        match r.below(10) {
+            0..3 => 1,
+            3..6 => 2 + r.below(20) as u16,
+            _ => 1 + r.below(8191) as u16,
+        }
+    }
+
+    fn built(&mut self) -> Built {
+        let (p, l3, v6) = self.packet();
+        if self.datagrams.len() == 16 {
+            self.datagrams.remove(0);
+        }
+        self.datagrams.push((p.clone(), l3, v6));
+        Built { frame: p.build(), l3, v6 }
+    }
+
+    /// A later fragment of a datagram seen before.
+    fn continuation(&mut self) -> Built {
+        if self.datagrams.is_empty() {
+            return self.built();
+        }
+        let (p, l3, v6) = self.datagrams[self.rng.below(self.datagrams.len())].clone();
+        let p = p.fragment(Self::later_offset(&mut self.rng), self.rng.chance(50));
+        Built { frame: p.build(), l3, v6 }
+    }
+
+    fn set16(frame: &mut [u8], at: usize, value: u16) {
+        if at + 2 <= frame.len() {
+            frame[at..at + 2].copy_from_slice(&value.to_be_bytes());
+        }
+    }
+
+    /// Bends a built frame in 0 to 3 ways.
+    fn mutate(&mut self, mut b: Built) -> Vec<u8> {
+        let r = &mut self.rng;
+        let len_field = if b.v6 { b.l3 + 4 } else { b.l3 + 2 };
+        let header = if b.v6 { 40 } else { 0 };
+        for _ in 0..[0, 0, 0, 1, 1, 2, 3][r.below(7)] {
+            let f = &mut b.frame;
+            match r.below(7) {
+                // Cut anywhere.
+                0 => f.truncate(14 + r.below(f.len() - 13)),
+                // Cut the datagram and say so in its length field: tiny
+                // (first) fragments, short headers that add up.
+                1 if f.len() > b.l3 + header => {
+                    let cut = b.l3 + header + r.below(f.len() - b.l3 - header + 1);
+                    f.truncate(cut);
+                    Self::set16(f, len_field, (cut - b.l3 - header) as u16);
+                }
+                // Bend the length field.
+                2 => {
+                    let value = match r.below(3) {
+                        0 => 0,
+                        1 => r.next() as u16,
+                        _ => f.len().saturating_sub(b.l3 + header) as u16 ^ (1 << r.below(6)),
+                    };
+                    Self::set16(f, len_field, value);
+                }
+                // Padding after the datagram.
+                3 => {
+                    let n = 1 + r.below(40);
+                    let pad = if r.chance(50) { vec![0; n] } else { r.bytes(n) };
+                    f.extend_from_slice(&pad);
+                }
+                // Flip a byte, mostly in the headers.
+                4 | 5 => {
+                    let window = if r.chance(80) { 100 } else { usize::MAX };
+                    let at = r.below(f.len().min(window));
+                    f[at] ^= 1 + r.below(255) as u8;
+                }
+                _ => {
+                    let any = r.next() as u16;
+                    let t = r.pick(&[ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD, ETH_P_ARP, any]);
+                    Self::set16(f, 12, t);
+                }
+            }
+        }
+        b.frame
+    }
+
+    fn random_bytes(&mut self) -> Vec<u8> {
+        let n = 14 + self.rng.below(120);
+        let mut f = self.rng.bytes(n);
+        match self.rng.below(3) {
+            0 => {
+                Self::set16(&mut f, 12, ETH_P_IP);
+                f[14.min(n - 1)] = 0x45;
+            }
+            1 => {
+                Self::set16(&mut f, 12, ETH_P_IPV6);
+                f[14.min(n - 1)] = 0x60;
+            }
+            _ => {}
+        }
+        f
+    }
+
+    /// One case's frames, with a sweep of every truncation of one frame.
+    fn frames(&mut self, n: usize) -> Vec<(Vec<u8>, bool)> {
+        let mut frames = Vec::with_capacity(n);
+        let sweep = self.built().frame;
+        for len in 14..sweep.len() {
+            frames.push(sweep[..len].to_vec());
+        }
+        while frames.len() < n {
+            let frame = match self.rng.below(100) {
+                0..55 => {
+                    let b = self.built();
+                    self.mutate(b)
+                }
+                55..80 => {
+                    let b = self.continuation();
+                    if self.rng.chance(80) {
+                        b.frame
+                    } else {
+                        self.mutate(b)
+                    }
+                }
+                80..95 => self.built().frame,
+                _ => self.random_bytes(),
+            };
+            frames.push(frame);
+        }
+        frames.truncate(n);
+        frames.into_iter().map(|f| (f, self.rng.chance(20))).collect()
+    }
+}
+
+/// What the kernel did with one frame at one hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    Pass,
+    Drop,
+    Refused,
+    Returned(u32),
+}
+
+struct Harness {
+    dp: Datapath,
+    refused: [u64; 2],
+}
+
+fn flow_value_now() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Counters by rule id and per hook, as the kernel holds them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Snapshot {
+    hooks: Vec<Counter>,
+    rules: Vec<(u32, RuleStats)>,
+}
+
+fn delta(a: Counter, b: Counter) -> Counter {
+    Counter { packets: b.packets - a.packets, bytes: b.bytes - a.bytes }
+}
+
+fn rule_delta(a: RuleStats, b: RuleStats) -> RuleStats {
+    RuleStats {
+        dropped: delta(a.dropped, b.dropped),
+        passed: delta(a.passed, b.passed),
+        allowed: delta(a.allowed, b.allowed),
+        dry_run: delta(a.dry_run, b.dry_run),
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        let caps = Capacities {
+            max_rules: Some(64),
+            max_allow: Some(64),
+            max_frags: Some(FRAG_SLOTS),
+            ..Default::default()
+        };
+        Self { dp: Datapath::load_with("fuzz", caps), refused: [0; 2] }
+    }
+
+    /// Puts the case's rules, flag and flows in place and empties the
+    /// fragment table; returns the model of that state.
+    fn prepare(&mut self, case: &Case) -> Model {
+        let dp = &mut self.dp;
+        dp.store.replace(&case.rules).expect("replace rules");
+        dp.set_config(|c| {
+            c.flags = if case.judge_host { config_flag::JUDGE_HOST_TRAFFIC } else { 0 };
+            c.flow_timeout_secs = 3600;
+        });
+        let mut frags: Array<MapData, FragSlot> = open_pinned(&dp.pins, map_names::FRAGS).unwrap();
+        for i in 0..FRAG_SLOTS {
+            frags.set(i, FragSlot::default(), 0).unwrap();
+        }
+        let mut flows: BpfHashMap<MapData, FlowKey, u64> = open_pinned(&dp.pins, map_names::FLOWS).unwrap();
+        let old: Vec<FlowKey> = flows.keys().filter_map(|k| k.ok()).collect();
+        for key in old {
+            let _ = flows.remove(&key);
+        }
+        for key in &case.flows {
+            flows.insert(key, flow_value_now(), 0).unwrap();
+        }
+        if !case.flows.is_empty() {
+            let mut seen_map: Array<MapData, u32> = open_pinned(&dp.pins, map_names::SEEN).unwrap();
+            seen_map.set(seen::FLOWS, 1, 0).unwrap();
+        }
+        let mut model = Model::new(&dp.store.rules().unwrap(), &dp.store.config().unwrap());
+        for key in &case.flows {
+            model.add_flow(*key);
+        }
+        model
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let rules = self.dp.rules().into_iter().map(|r| (r.rule.id, r.stats)).collect();
+        Snapshot { hooks: self.dp.store.hook_stats().unwrap(), rules }
+    }
+
+    fn run(&mut self, hook: u32, frame: &[u8], from_host: bool) -> Kernel {
+        let result = if hook == hook::XDP {
+            self.dp.try_xdp(frame)
+        } else {
+            self.dp.try_tc(frame, if from_host { From::Host } else { From::Outside })
+        };
+        match (hook, result) {
+            (_, Err(_)) => Kernel::Refused,
+            (hook::XDP, Ok(XDP_PASS)) | (hook::TC, Ok(TC_NEXT)) => Kernel::Pass,
+            (hook::XDP, Ok(XDP_DROP)) | (hook::TC, Ok(TC_SHOT)) => Kernel::Drop,
+            (_, Ok(other)) => Kernel::Returned(other),
+        }
+    }
+
+    fn kernel_frags(&self) -> Vec<(u32, FragSlot)> {
+        let frags: Array<MapData, FragSlot> = open_pinned(&self.dp.pins, map_names::FRAGS).unwrap();
+        (0..FRAG_SLOTS).map(|i| (i, frags.get(&i, 0).unwrap())).filter(|(_, s)| s.rule_id != 0).collect()
+    }
+
+    /// Runs the case's frames; `Err` describes the first disagreement.
+    /// `slow` compares outcomes and rule counters after every frame.
+    fn case(&mut self, case: &Case, frames: &[(Vec<u8>, bool)], slow: bool) -> Result<(), String> {
+        let mut model = self.prepare(case);
+        let start = self.snapshot();
+        let mut before = start.clone();
+        for (index, (frame, from_host)) in frames.iter().enumerate() {
+            for hook in [hook::XDP, hook::TC] {
+                let kernel = self.run(hook, frame, *from_host);
+                if kernel == Kernel::Refused {
+                    self.refused[hook as usize] += 1;
+                    continue;
+                }
+                let j = model.judge(hook, frame, *from_host);
+                let want = match j.verdict {
+                    ModelVerdict::Pass => Kernel::Pass,
+                    ModelVerdict::Drop => Kernel::Drop,
+                };
+                let mut wrong = (kernel != want).then(|| format!("kernel {kernel:?}"));
+                if slow && wrong.is_none() {
+                    let after = self.snapshot();
+                    wrong = frame_counters_differ(&before, &after, hook, &j, frame.len());
+                    before = after;
+                }
+                if let Some(what) = wrong {
+                    return Err(report(case, index, hook, frame, *from_host, &what, &j));
+                }
+            }
+        }
+        let end = self.snapshot();
+        let mut problems = String::new();
+        let tally = model.tally();
+        for h in [hook::XDP, hook::TC] {
+            for o in 0..outcome::SLOTS {
+                let i = hook_stats_index(h, o) as usize;
+                let (k, m) = (delta(start.hooks[i], end.hooks[i]), tally.hook(h, o));
+                if k != m {
+                    let _ = writeln!(problems, "hook {h} outcome {o}: kernel {k:?}, model {m:?}");
+                }
+            }
+        }
+        for ((id, a), (_, b)) in start.rules.iter().zip(&end.rules) {
+            let (k, m) = (rule_delta(*a, *b), tally.rule(*id));
+            if k != m {
+                let _ = writeln!(problems, "rule {id}: kernel {k:?}, model {m:?}");
+            }
+        }
+        let mut model_frags: Vec<(u32, FragSlot)> =
+            model.frag_slots().iter().map(|(i, s)| (*i, *s)).collect();
+        model_frags.sort_by_key(|(i, _)| *i);
+        if self.kernel_frags() != model_frags {
+            let _ =
+                writeln!(problems, "FRAGS: kernel {:?}\n       model {model_frags:?}", self.kernel_frags());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("case counters differ (seed {:#x}):\n{problems}", case.seed))
+        }
+    }
+}
+
+/// Whether the kernel's counters moved by one frame as the model's
+/// judgement says: one packet on the outcome, one on the rule's counter.
+fn frame_counters_differ(
+    before: &Snapshot,
+    after: &Snapshot,
+    hook: u32,
+    j: &Judgement,
+    len: usize,
+) -> Option<String> {
+    let moved: Vec<u32> = (0..outcome::SLOTS)
+        .filter(|o| {
+            let i = hook_stats_index(hook, *o) as usize;
+            after.hooks[i] != before.hooks[i]
+        })
+        .collect();
+    let names = |os: &[u32]| -> Vec<&str> {
+        os.iter().map(|o| outcome::NAMES.get(*o as usize).copied().unwrap_or("?")).collect()
+    };
+    if moved != [j.outcome] {
+        return Some(format!("kernel outcome {:?}", names(&moved)));
+    }
+    let i = hook_stats_index(hook, j.outcome) as usize;
+    if delta(before.hooks[i], after.hooks[i]).bytes != len as u64 {
+        return Some("kernel counted other bytes".into());
+    }
+    let moved_rules: Vec<u32> =
+        before.rules.iter().zip(&after.rules).filter(|(a, b)| a.1 != b.1).map(|(a, _)| a.0).collect();
+    let want: Vec<u32> = j.rule_id.into_iter().filter(|id| before.rules.iter().any(|r| r.0 == *id)).collect();
+    if moved_rules != want {
+        return Some(format!("kernel counted on rules {moved_rules:?}"));
+    }
+    None
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn report(
+    case: &Case,
+    index: usize,
+    hook: u32,
+    frame: &[u8],
+    from_host: bool,
+    kernel: &str,
+    j: &Judgement,
+) -> String {
+    let mut s = String::new();
+    let hook_name = if hook == hook::XDP { "xdp (dialed)" } else { "tc (container)" };
+    let _ = writeln!(
+        s,
+        "MISMATCH at frame {index} of case seed {:#x}, hook {hook_name}, from_host {from_host}",
+        case.seed
+    );
+    let _ = writeln!(s, "  frame ({} bytes): {}", frame.len(), hex(frame));
+    let _ = writeln!(s, "  {kernel}");
+    let _ = writeln!(s, "  model  {:?} {} rule {:?}", j.verdict, j.outcome_name(), j.rule_id);
+    let _ = writeln!(s, "  judge_host_traffic {}", case.judge_host);
+    for r in &case.rules {
+        let o = &r.options;
+        let allow: Vec<String> = o.allow_from.iter().map(|n| n.to_string()).collect();
+        let _ =
+            writeln!(s, "  rule {} {} allow {allow:?} dry_run {} log {}", r.scope, r.ports, o.dry_run, o.log);
+    }
+    for f in &case.flows {
+        let remote = dockblock_agent::addr::addr_from_mapped(f.remote);
+        let _ = writeln!(s, "  flow {remote}:{} -> local {} scope {}", f.remote_port, f.local_port, f.scope);
+    }
+    s
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    match v.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+#[test]
+fn kernel_and_model_agree_on_random_frames() {
+    let frames = env_u64("DOCKBLOCK_FUZZ_FRAMES").unwrap_or(100_000) as usize;
+    let seed = env_u64("DOCKBLOCK_FUZZ_SEED").unwrap_or(0xd0cb_10c0);
+    let cases = frames.div_ceil(FRAMES_PER_CASE) as u32;
+    let config =
+        RunnerConfig { cases, failure_persistence: None, max_shrink_iters: 0, ..RunnerConfig::default() };
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
+    let harness = RefCell::new(Harness::new());
+    let done = RefCell::new(0usize);
+    let failure = RefCell::new(None);
+    let started = Instant::now();
+    let result = runner.run(&case(), |case| {
+        let frames = FrameGen::new(&case).frames(FRAMES_PER_CASE);
+        let mut h = harness.borrow_mut();
+        if let Err(fast) = h.case(&case, &frames, false) {
+            // Replay frame by frame to name the first frame that differs.
+            let slow = h.case(&case, &frames, true).err().unwrap_or_default();
+            *failure.borrow_mut() = Some(format!("{slow}\n{fast}"));
+            return Err(TestCaseError::fail("kernel and model disagree"));
+        }
+        *done.borrow_mut() += frames.len();
+        Ok(())
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let done = *done.borrow();
+    let refused = harness.borrow().refused;
+    println!(
+        "fuzz: seed {seed:#x}: {done} frames ({} test runs) in {elapsed:.1} s, {:.0} frames/s; \
+         test runs the kernel refused: xdp {}, tc {}",
+        2 * done,
+        done as f64 / elapsed,
+        refused[0],
+        refused[1]
+    );
+    if result.is_err() {
+        let failure = failure.borrow_mut().take();
+        panic!("{}", failure.unwrap_or_else(|| format!("{result:?}")));
+    }
+}
