@@ -30,6 +30,11 @@ pub fn ensure_mounted(pin_root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether the nearest existing folder of `pin_root` lies on a bpffs.
+pub fn is_mounted(pin_root: &Path) -> bool {
+    is_bpffs(pin_root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/")))
+}
+
 fn is_bpffs(path: &Path) -> bool {
     let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;

@@ -77,6 +77,24 @@ pub enum Error {
     #[error("cannot lock {path}: {source}")]
     Lock { path: PathBuf, source: std::io::Error },
 
+    /// The kernel refused to open a pin: not root, or the pin's owner or
+    /// mode (root, 0600) keeps this user out.
+    #[error("permission denied opening {path} (pins are root's, mode 0600): run dockblock-agent as root")]
+    Denied { path: PathBuf, source: std::io::Error },
+
+    /// The pinned state is damaged or left half-changed; `fix` is the
+    /// command that repairs it.
+    #[error("{what}; run `{fix}`")]
+    Unhealthy { what: String, fix: String },
+
+    /// A pinned map cannot be reused by this release.
+    #[error("pinned map {name} does not match this release ({why}); export the rules with the version that attached, run `dockblock-agent detach`, then `attach` and `apply` them")]
+    MapMismatch { name: String, why: String },
+
+    /// A rules file over the size or rule-count limit.
+    #[error("{path}: {why}")]
+    RulesFileTooBig { path: String, why: String },
+
     /// A filesystem operation on the pin folder failed.
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },

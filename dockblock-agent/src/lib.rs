@@ -15,6 +15,7 @@ pub mod bpffs;
 pub mod error;
 pub mod exit_code;
 pub mod explain;
+pub mod journal;
 pub mod link_info;
 pub mod loader;
 pub mod lock;
@@ -25,6 +26,8 @@ pub mod rulefile;
 pub mod rules;
 pub mod status;
 pub mod store;
+pub mod teardown;
+pub mod testhook;
 
 pub use error::{Error, Result};
 

@@ -1,7 +1,8 @@
 //! Reads what the kernel knows about a pinned link: its id, program id and
 //! the interface it is attached to (0 once that interface is gone). aya 0.14
 //! does not expose the interface, so this asks the kernel directly with two
-//! `bpf(2)` commands (BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD).
+//! `bpf(2)` commands (BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD). `obj_get` also
+//! opens maps read-only, which aya 0.14 cannot ask for.
 
 use std::{
     ffi::CString,
@@ -62,13 +63,66 @@ pub fn read(pin: &Path) -> std::io::Result<LinkInfo> {
     Ok(LinkInfo { link_id: info.id, program_id: info.prog_id, ifindex: info.ifindex })
 }
 
+/// `file_flags` of BPF_OBJ_GET: open the object for reading only (lookups,
+/// iteration, info), so a reading command cannot change a map by mistake.
+pub const BPF_F_RDONLY: u32 = 1 << 3;
+
 fn open_pin(pin: &Path) -> std::io::Result<OwnedFd> {
+    obj_get(pin, 0)
+}
+
+/// Opens the pinned object at `pin` with BPF_OBJ_GET and `file_flags`
+/// (0 or [`BPF_F_RDONLY`]); aya 0.14's `from_pin` always asks read-write.
+pub fn obj_get(pin: &Path, file_flags: u32) -> std::io::Result<OwnedFd> {
     let path = CString::new(pin.as_os_str().as_encoded_bytes())?;
-    let mut attr =
-        ObjGetAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
+    let mut attr = ObjGetAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags, path_fd: 0, _pad: 0 };
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Every value of the array map behind `fd` (`len` entries of `V`), read
+/// with BPF_MAP_LOOKUP_BATCH: a few syscalls instead of one per entry.
+pub fn read_array<V: Copy + Default>(fd: &OwnedFd, len: u32) -> std::io::Result<Vec<V>> {
+    const CHUNK: u32 = 16384;
+    let mut values = vec![V::default(); len as usize];
+    let mut keys = vec![0u32; CHUNK as usize];
+    let (mut next, mut done) = (0u32, 0u32);
+    while done < len {
+        let mut out = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: if done == 0 { 0 } else { &mut next as *mut u32 as u64 },
+            out_batch: &mut out as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values[done as usize..].as_mut_ptr() as u64,
+            count: CHUNK.min(len - done),
+            map_fd: fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        let rc = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        done += attr.count;
+        match rc {
+            Ok(_) => next = out,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(values)
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {

@@ -6,10 +6,9 @@
 //! that already has a live link swaps the program inside that link
 //! (`bpf_link_update`): there is no moment without a filter.
 
-use std::{mem::size_of, path::Path};
+use std::path::Path;
 
 use aya::{
-    maps::MapInfo,
     programs::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -19,7 +18,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dockblock_common::{
-    config_flag, frag_mask, map_names, program_names, Config, FragSlot, DEFAULT_FLOW_TIMEOUT_SECS,
+    config_flag, frag_mask, map_names, program_names, Config, DEFAULT_FLOW_TIMEOUT_SECS,
     DEFAULT_LOG_RATE, FRAG_KEY_WORDS,
 };
 
@@ -27,10 +26,9 @@ use crate::{
     bpffs,
     error::{Error, Result},
     link_info,
-    lock::PinLock,
     paths::{LinkKind, LinkPin, PinDir},
     store::{self, RuleStore},
-    EBPF_OBJECT,
+    teardown, EBPF_OBJECT,
 };
 
 /// How to attach XDP on an uplink.
@@ -104,6 +102,7 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
         loader.map_max_entries(name, size);
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("load the eBPF object", e))?;
+    crate::testhook::step(); // maps created and pinned
     xdp_program(&mut ebpf)?.load().map_err(|e| Error::bpf("load XDP program (verifier)", e))?;
     for name in TC_PROGRAMS {
         tc_program(&mut ebpf, name)?.load().map_err(|e| Error::bpf(format!("load {name} (verifier)"), e))?;
@@ -128,26 +127,16 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// Pinned maps are reused as they are; one pinned by a release with another
-/// value layout would only make the verifier refuse the programs with an
-/// obscure message. Say what to do instead.
+/// Pinned maps are reused as they are (aya opens a pin by name and never
+/// compares it): one pinned by a release with another layout would make the
+/// verifier refuse the programs with an obscure message, or be misread.
+/// Checked before anything changes, as libbpf's `map_is_reuse_compat` does
+/// (type, key and value size, flags, fixed sizes; see `store::map_mismatches`).
 pub fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
-    let layouts = [(map_names::CONFIG, size_of::<Config>()), (map_names::FRAGS, size_of::<FragSlot>())];
-    for (name, value_size) in layouts {
-        let path = pins.map(name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapInfo::from_pin(&path).map_err(|e| Error::bpf(format!("open {}", path.display()), e))?;
-        if info.value_size() as usize != value_size {
-            let why = format!(
-                "{name} was pinned by an older dockblock-agent with another layout; export the rules with \
-                 that version, run `dockblock-agent detach`, then attach and apply them"
-            );
-            return Err(Error::bpf("pinned maps", std::io::Error::other(why)));
-        }
+    match store::map_mismatches(pins)?.into_iter().next() {
+        Some(err) => Err(err),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A random key for the fragment table's hash, from the kernel's CSPRNG.
@@ -218,9 +207,7 @@ pub fn attach(pins: &PinDir, req: &AttachRequest) -> Result<Vec<Attached>> {
         )?;
     }
     bpffs::ensure_mounted(pins.root())?;
-    let links_dir = pins.links_dir();
-    std::fs::create_dir_all(&links_dir).map_err(|e| Error::io("create", &links_dir, e))?;
-    let _lock = PinLock::acquire(pins.root())?;
+    let _lock = teardown::begin_attach(pins)?;
 
     let existed = pins.is_attached();
     let result = attach_locked(pins, req, existed);
@@ -229,6 +216,7 @@ pub fn attach(pins: &PinDir, req: &AttachRequest) -> Result<Vec<Attached>> {
         // are unpinned with the folder and die with this process.
         let _ = std::fs::remove_dir_all(pins.root());
     }
+    teardown::end_attach(pins, result.is_ok())?;
     result
 }
 
@@ -241,6 +229,7 @@ fn attach_locked(pins: &PinDir, req: &AttachRequest, existed: bool) -> Result<Ve
     apply_settings(&mut store, &req.settings)?;
     // Slots before links: a fresh link must never see slots the catalog does
     // not explain (e.g. left by a process killed mid-write).
+    store.recover()?;
     store.resync()?;
 
     let mut done = Vec::new();
@@ -304,6 +293,8 @@ fn check_interface(name: &str, hint: &'static str) -> Result<()> {
 /// interface vanished (or was re-created under the same name) is defunct:
 /// its pin is removed so a fresh link can take its place.
 fn live_link(pins: &PinDir, interface: &str, kinds: &[LinkKind]) -> Result<Option<(LinkPin, FdLink)>> {
+    // A link on a renamed interface is live: its pin takes the new name.
+    teardown::adopt_renamed(pins)?;
     let ifindex = link_info::ifindex(interface);
     for pin in pins.links().into_iter().filter(|p| p.interface == interface && kinds.contains(&p.kind)) {
         let alive = link_info::read(&pin.path).map(|i| Some(i.ifindex) == ifindex).unwrap_or(false);
@@ -313,6 +304,7 @@ fn live_link(pins: &PinDir, interface: &str, kinds: &[LinkKind]) -> Result<Optio
             return Ok(Some((pin, link.into())));
         }
         std::fs::remove_file(&pin.path).map_err(|e| Error::io("remove defunct link", &pin.path, e))?;
+        crate::testhook::step();
     }
     Ok(None)
 }
@@ -403,6 +395,7 @@ fn attach_error(what: String, err: aya::programs::ProgramError) -> Error {
 
 fn pin_link(link: FdLink, path: &Path) -> Result<()> {
     link.pin(path).map_err(|e| Error::bpf(format!("pin link at {}", path.display()), e))?;
+    crate::testhook::step();
     Ok(())
 }
 
@@ -415,26 +408,7 @@ fn has_driver(interface: &str) -> bool {
 /// Detaches `interfaces` (all when empty). Detaching everything also removes
 /// the maps, the rules in them and the pin folder.
 pub fn detach(pins: &PinDir, interfaces: &[String]) -> Result<Vec<LinkPin>> {
-    if !pins.is_attached() {
-        return Err(Error::NotAttached { pin_dir: pins.root().into() });
-    }
-    let _lock = PinLock::acquire(pins.root())?;
-    let links = pins.links();
-    for name in interfaces {
-        if !links.iter().any(|l| &l.interface == name) {
-            return Err(Error::NotAttachedTo { name: name.clone() });
-        }
-    }
-    let chosen: Vec<LinkPin> =
-        links.into_iter().filter(|l| interfaces.is_empty() || interfaces.contains(&l.interface)).collect();
-    // Removing the last reference (the pin) destroys the link.
-    for link in &chosen {
-        std::fs::remove_file(&link.path).map_err(|e| Error::io("unpin link", &link.path, e))?;
-    }
-    if interfaces.is_empty() {
-        std::fs::remove_dir_all(pins.root()).map_err(|e| Error::io("remove pin folder", pins.root(), e))?;
-    }
-    Ok(chosen)
+    teardown::detach(pins, interfaces)
 }
 
 #[cfg(test)]

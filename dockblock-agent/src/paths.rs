@@ -24,6 +24,12 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/dockblock";
 pub const PIN_DIR_ENV: &str = "DOCKBLOCK_PIN_DIR";
 /// Where bpffs is mounted when missing.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// Where the intent journals live (one per pin folder; see `journal`).
+pub const JOURNAL_DIR: &str = "/run/dockblock";
+/// Mode of the pin folder and its subfolders: root only.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every pin (maps, links): root only, as BPF_OBJ_PIN creates them.
+pub const PIN_MODE: u32 = 0o600;
 
 /// The kind of an attachment, which is also the prefix of its link pin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +168,75 @@ impl PinDir {
     pub fn is_attached(&self) -> bool {
         self.map(dockblock_common::map_names::PORT_RULES).exists()
     }
+
+    /// The intent journal of this pin folder, outside bpffs (which holds
+    /// only pins): `/run/dockblock/<pin folder, '/' as '_'>.json`.
+    pub fn journal(&self) -> PathBuf {
+        let name = self.root.to_string_lossy().trim_matches('/').replace('/', "_");
+        Path::new(JOURNAL_DIR).join(format!("{name}.json"))
+    }
+
+    /// Gives the pin folder, its subfolders and every pin in them to root
+    /// with modes 0700 and 0600, so no other user can open a map or a link.
+    /// Returns the paths it had to fix.
+    pub fn secure(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut fixed = Vec::new();
+        for dir in [self.root.clone(), self.maps_dir(), self.links_dir()] {
+            if !dir.exists() {
+                continue;
+            }
+            if secure_one(&dir, DIR_MODE)? {
+                fixed.push(dir.clone());
+            }
+            if dir == self.root {
+                continue;
+            }
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if secure_one(&path, PIN_MODE)? {
+                    fixed.push(path);
+                }
+            }
+        }
+        Ok(fixed)
+    }
+
+    /// Pins and folders whose owner or mode is not root's 0700/0600.
+    pub fn insecure(&self) -> Vec<PathBuf> {
+        let mut bad = Vec::new();
+        for dir in [self.root.clone(), self.maps_dir(), self.links_dir()] {
+            let Ok(meta) = std::fs::metadata(&dir) else { continue };
+            if !is_secure(&meta, DIR_MODE) {
+                bad.push(dir.clone());
+            }
+            if dir == self.root {
+                continue;
+            }
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.metadata().is_ok_and(|m| !is_secure(&m, PIN_MODE)) {
+                    bad.push(entry.path());
+                }
+            }
+        }
+        bad
+    }
+}
+
+fn is_secure(meta: &std::fs::Metadata, mode: u32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    meta.uid() == 0 && meta.gid() == 0 && meta.mode() & 0o7777 == mode
+}
+
+/// Sets root ownership and `mode` on `path`; true when it was not so.
+fn secure_one(path: &Path, mode: u32) -> std::io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::symlink_metadata(path)?;
+    if is_secure(&meta, mode) {
+        return Ok(false);
+    }
+    std::os::unix::fs::chown(path, Some(0), Some(0))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -60,15 +60,44 @@ struct RuleOut {
     log: bool,
 }
 
+/// Largest rules file `apply` reads: 64 MiB, room for a million one-line
+/// rules with short allow-lists; a larger input is refused unread.
+pub const MAX_BYTES: usize = 64 << 20;
+/// Most rules a file may hold: the largest `--max-rules`.
+pub const MAX_RULES: usize = 1_000_000;
+/// Most allow-list entries over all rules: the largest `--max-allow`.
+pub const MAX_ALLOW: usize = 1_000_000;
+
+/// Refuses a file of `len` bytes over [`MAX_BYTES`].
+pub fn check_size(path: &str, len: usize) -> Result<()> {
+    if len > MAX_BYTES {
+        let why = format!("larger than {} MiB; split the rule set or use ranges", MAX_BYTES >> 20);
+        return Err(Error::RulesFileTooBig { path: path.to_string(), why });
+    }
+    Ok(())
+}
+
 /// Parses `text` (read from `path`, used in messages) into rule specs.
 pub fn parse(path: &str, text: &str) -> Result<Vec<RuleSpec>> {
+    check_size(path, text.len())?;
     let error = |span: Option<Range<usize>>, why: String| Error::RulesFile {
         path: path.to_string(),
         line: span.map_or(1, |s| line_of(text, s.start)),
         why,
     };
     let file: FileIn = toml::from_str(text).map_err(|e| error(e.span(), e.message().to_string()))?;
+    if file.rule.len() > MAX_RULES {
+        let why = format!("{} rules, more than the {MAX_RULES} any rule table holds", file.rule.len());
+        return Err(Error::RulesFileTooBig { path: path.to_string(), why });
+    }
+    let allow: usize = file.rule.iter().map(|r| r.get_ref().allow_from.len()).sum();
+    if allow > MAX_ALLOW {
+        let why = format!("{allow} allow_from entries, more than the {MAX_ALLOW} any allow table holds");
+        return Err(Error::RulesFileTooBig { path: path.to_string(), why });
+    }
     let mut specs: Vec<(RuleSpec, Range<usize>)> = Vec::new();
+    // (scope, lo, hi) -> index in `specs`: duplicates found in linear time.
+    let mut seen: std::collections::HashMap<(u32, u16, u16), Vec<usize>> = Default::default();
     for entry in &file.rule {
         let rule = entry.get_ref();
         let ports = PortSpec::parse(rule.ports.get_ref())
@@ -92,15 +121,13 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<RuleSpec>> {
             allow.push(net);
         }
         let spec = RuleSpec { scope, ports, options: RuleOptions::new(allow, rule.dry_run, rule.log) };
-        if let Some((_, other)) = specs.iter().find(|(s, _)| {
-            s.scope == scope
-                && s.ports.lo == ports.lo
-                && s.ports.hi == ports.hi
-                && s.ports.protos & ports.protos != 0
-        }) {
-            let why = format!("{scope} {ports} is already a rule on line {}", line_of(text, other.start));
+        let same = seen.entry((scope.raw(), ports.lo, ports.hi)).or_default();
+        if let Some(&i) = same.iter().find(|&&i| specs[i].0.ports.protos & ports.protos != 0) {
+            let why =
+                format!("{scope} {ports} is already a rule on line {}", line_of(text, specs[i].1.start));
             return Err(error(Some(entry.span()), why));
         }
+        same.push(specs.len());
         specs.push((spec, entry.span()));
     }
     Ok(specs.into_iter().map(|(s, _)| s).collect())

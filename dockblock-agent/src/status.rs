@@ -1,14 +1,18 @@
-//! What is attached where, read from the pin folder and the kernel.
+//! What is attached where, read from the pin folder and the kernel, and
+//! whether that state is healthy: every problem comes with the command that
+//! fixes it. Reads only (maps opened read-only, no lock taken).
 
-use dockblock_common::proto;
+use dockblock_common::{map_names, proto};
 use serde::Serialize;
 
 use crate::{
+    bpffs,
     error::Result,
-    link_info,
-    paths::{LinkKind, PinDir},
+    journal, link_info,
+    lock::PinLock,
+    paths::{LinkKind, PinDir, BPFFS_ROOT},
     rules::{port_owners, Scope},
-    store::RuleStore,
+    store::{self, RuleStore},
 };
 
 #[derive(Debug, Serialize)]
@@ -17,6 +21,19 @@ pub struct Status {
     pub attached: bool,
     pub links: Vec<LinkStatus>,
     pub rules: Option<RuleFill>,
+    /// "healthy", or "unhealthy" when `problems` is not empty.
+    pub health: &'static str,
+    pub problems: Vec<Problem>,
+    /// A changing command holds the pin folder lock right now (journal
+    /// checks are skipped: its journal is live, not left behind).
+    pub busy: bool,
+}
+
+/// Something wrong with the pinned state, and what to run about it.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    pub what: String,
+    pub run: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,9 +52,12 @@ pub struct LinkStatus {
     pub ifindex: u32,
     pub link_id: u32,
     pub program_id: u32,
-    /// "attached", or "defunct" when the interface disappeared (re-run
-    /// `attach` once it is back).
+    /// "attached"; "defunct" when the interface disappeared (re-run
+    /// `attach` once it is back); "renamed" when the interface the link
+    /// judges now has another name (`renamed_to`).
     pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renamed_to: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,49 +72,149 @@ pub struct RuleFill {
 }
 
 pub fn status(pins: &PinDir) -> Result<Status> {
+    let mut problems = Vec::new();
     let attached = pins.is_attached();
-    let links = pins
-        .links()
-        .into_iter()
-        .map(|pin| {
-            let info = link_info::read(&pin.path).ok();
-            let ifindex = info.map_or(0, |i| i.ifindex);
-            let live = ifindex != 0 && link_info::ifindex(&pin.interface) == Some(ifindex);
-            LinkStatus {
-                hook: pin.kind.hook(),
-                mode: match pin.kind {
-                    LinkKind::XdpNative => Some("native"),
-                    LinkKind::XdpSkb => Some("skb"),
-                    _ => None,
-                },
-                role: if pin.kind.is_tracking() { "track" } else { "judge" },
-                direction: if pin.kind.is_egress() { "egress" } else { "ingress" },
-                interface: pin.interface,
-                ifindex,
-                link_id: info.map_or(0, |i| i.link_id),
-                program_id: info.map_or(0, |i| i.program_id),
-                state: if live { "attached" } else { "defunct" },
+    let links: Vec<LinkStatus> = pins.links().into_iter().map(link_status).collect();
+    for l in &links {
+        match (l.state, &l.renamed_to) {
+            ("renamed", Some(now)) => problems.push(Problem {
+                what: format!("interface {} was renamed to {now}; its links still judge {now}", l.interface),
+                run: format!("dockblock-agent attach {now} (adopts the links under the new name)"),
+            }),
+            ("defunct", _) => problems.push(Problem {
+                what: format!("interface {} is gone; its {} link judges nothing", l.interface, l.hook),
+                run: format!(
+                    "dockblock-agent attach {0} once it is back, or dockblock-agent detach {0}",
+                    l.interface
+                ),
+            }),
+            _ => {}
+        }
+    }
+    problems.dedup_by(|a, b| a.what == b.what);
+    let busy = PinLock::is_held(pins.root());
+    if !pins.root().exists() && !bpffs::is_mounted(pins.root()) {
+        problems.push(Problem {
+            what: format!(
+                "no bpf filesystem under {}: pins (and the links only they held) are gone",
+                pins.root().display()
+            ),
+            run: format!(
+                "mount -t bpf bpf {BPFFS_ROOT} (attach mounts it), then dockblock-agent attach IFACE..."
+            ),
+        });
+    }
+    let mut pending = false;
+    if !busy {
+        let journal = journal::read(pins)?;
+        pending = journal.change.is_some();
+        if let Some(change) = &journal.change {
+            problems.push(Problem { what: change.describe(), run: change.fix() });
+        }
+        if let Some(command) = &journal.attach {
+            problems.push(Problem { what: "an attach was interrupted".into(), run: command.clone() });
+        }
+    }
+    let missing: Vec<&str> = map_names::ALL.into_iter().filter(|n| !pins.map(n).exists()).collect();
+    let partial = !missing.is_empty() && (missing.len() < map_names::ALL.len() || !links.is_empty());
+    if pins.root().exists() && partial && !pending {
+        problems.push(Problem {
+            what: format!("pinned maps missing (removed behind dockblock's back?): {}", missing.join(", ")),
+            run: "dockblock-agent export > rules.toml (if it still works), dockblock-agent detach, \
+                  dockblock-agent attach IFACE..., dockblock-agent apply rules.toml"
+                .into(),
+        });
+    }
+    let insecure = pins.insecure();
+    if !insecure.is_empty() {
+        let paths: Vec<String> = insecure.iter().map(|p| p.display().to_string()).collect();
+        problems.push(Problem {
+            what: format!("not root's 0700/0600: {}", paths.join(", ")),
+            run: "dockblock-agent repair".into(),
+        });
+    }
+    let mut rules = None;
+    if attached && missing.is_empty() {
+        for err in store::map_mismatches(pins)? {
+            problems.push(Problem {
+                what: err.to_string(),
+                run: "dockblock-agent export > rules.toml (with the release that attached), dockblock-agent \
+                      detach, dockblock-agent attach IFACE..., dockblock-agent apply rules.toml"
+                    .into(),
+            });
+        }
+        match RuleStore::open_read_only(pins) {
+            Ok(store) => {
+                let fill = fill(&store)?;
+                let (live, idle) = store.generation_drift()?;
+                // A pending change explains the drift; its fix covers it.
+                if !busy && !pending && (live, idle) != (0, 0) {
+                    problems.push(Problem {
+                        what: format!(
+                            "the port tables disagree with the rule catalog ({live} entries in the live \
+                             generation, {idle} in the idle one)"
+                        ),
+                        run: "dockblock-agent repair".into(),
+                    });
+                }
+                rules = Some(fill);
             }
-        })
-        .collect();
-    let rules = if attached {
-        let store = RuleStore::open(pins)?;
-        let rules = store.rules()?;
-        let slots = Scope::ALL
-            .into_iter()
-            .flat_map(|scope| [proto::TCP, proto::UDP].map(|p| (scope, p)))
-            .map(|(scope, p)| port_owners(&rules, scope, p).iter().filter(|o| o.is_some()).count() as u32)
-            .sum();
-        let allow_entries = rules.iter().map(|r| r.options.allow_from.len() as u32).sum();
-        Some(RuleFill {
-            rules: rules.len() as u32,
-            capacity: store.capacity(),
-            allow_entries,
-            allow_capacity: store.allow_capacity(),
-            blocked_port_slots: slots,
-        })
-    } else {
-        None
+            Err(err) => {
+                problems.push(Problem { what: err.to_string(), run: "dockblock-agent repair".into() })
+            }
+        }
+    }
+    Ok(Status {
+        pin_dir: pins.root().display().to_string(),
+        attached,
+        links,
+        rules,
+        health: if problems.is_empty() { "healthy" } else { "unhealthy" },
+        problems,
+        busy,
+    })
+}
+
+fn link_status(pin: crate::paths::LinkPin) -> LinkStatus {
+    let info = link_info::read(&pin.path).ok();
+    let ifindex = info.map_or(0, |i| i.ifindex);
+    let now_named = (ifindex != 0).then(|| link_info::ifname(ifindex)).flatten();
+    let (state, renamed_to) = match now_named {
+        None => ("defunct", None),
+        Some(name) if name == pin.interface => ("attached", None),
+        Some(name) => ("renamed", Some(name)),
     };
-    Ok(Status { pin_dir: pins.root().display().to_string(), attached, links, rules })
+    LinkStatus {
+        hook: pin.kind.hook(),
+        mode: match pin.kind {
+            LinkKind::XdpNative => Some("native"),
+            LinkKind::XdpSkb => Some("skb"),
+            _ => None,
+        },
+        role: if pin.kind.is_tracking() { "track" } else { "judge" },
+        direction: if pin.kind.is_egress() { "egress" } else { "ingress" },
+        interface: pin.interface,
+        ifindex,
+        link_id: info.map_or(0, |i| i.link_id),
+        program_id: info.map_or(0, |i| i.program_id),
+        state,
+        renamed_to,
+    }
+}
+
+fn fill(store: &RuleStore) -> Result<RuleFill> {
+    let rules = store.rules()?;
+    let slots = Scope::ALL
+        .into_iter()
+        .flat_map(|scope| [proto::TCP, proto::UDP].map(|p| (scope, p)))
+        .map(|(scope, p)| port_owners(&rules, scope, p).iter().filter(|o| o.is_some()).count() as u32)
+        .sum();
+    let allow_entries = rules.iter().map(|r| r.options.allow_from.len() as u32).sum();
+    Ok(RuleFill {
+        rules: rules.len() as u32,
+        capacity: store.capacity(),
+        allow_entries,
+        allow_capacity: store.allow_capacity(),
+        blocked_port_slots: slots,
+    })
 }

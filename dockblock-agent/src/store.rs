@@ -9,9 +9,11 @@
 //!
 //! Write order keeps the datapath safe if the process dies half-way: the
 //! catalog gains new rules before any generation points at them, and loses
-//! removed rules only after both generations stopped pointing at them.
-//! `attach` recompiles both generations from the catalog (`resync`), which
-//! repairs whatever a killed process left.
+//! removed rules only after both generations stopped pointing at them. Each
+//! commit is announced in the journal first (`journal`), so the next
+//! changing command (or `repair`, or `attach`) rolls a killed one forward:
+//! catalog to the target, idle generation rebuilt, one switch. Commands
+//! that only read open every map read-only (`open_read_only`).
 
 use std::collections::{BTreeMap, HashMap as StdHashMap};
 
@@ -28,9 +30,12 @@ use ipnet::IpNet;
 use crate::{
     addr,
     error::{Error, Result},
+    journal::{self, Change, StoredRule},
+    link_info,
     paths::PinDir,
-    ports::{PortSpec, ALL_PROTOS},
+    ports::PortSpec,
     rules::{self, Draft, Edit, Rule, RuleSpec, Scope},
+    testhook,
 };
 
 pub struct RuleStore {
@@ -44,6 +49,10 @@ pub struct RuleStore {
     log_budget: PerCpuArray<MapData, LogBudget>,
     rule_capacity: u32,
     allow_capacity: u32,
+    pins: PinDir,
+    /// PORT_RULES again, read-only, for whole-table batch reads.
+    port_rules_fd: std::os::fd::OwnedFd,
+    port_slots: u32,
 }
 
 /// A rule with its counters summed over CPUs.
@@ -61,12 +70,29 @@ pub struct ReplaceSummary {
     pub kept: usize,
 }
 
-fn open_map(pins: &PinDir, name: &str) -> Result<MapData> {
+/// How a command opens the pinned maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    /// BPF_F_RDONLY: the kernel refuses every write through these fds.
+    ReadOnly,
+}
+
+fn open_map(pins: &PinDir, name: &str, access: Access) -> Result<MapData> {
     let path = pins.map(name);
     if !path.exists() {
         return Err(Error::NotAttached { pin_dir: pins.root().into() });
     }
-    MapData::from_pin(&path).map_err(|e| Error::bpf(format!("open pinned map {}", path.display()), e))
+    let what = || format!("open pinned map {}", path.display());
+    let flags = match access {
+        Access::ReadWrite => 0,
+        Access::ReadOnly => link_info::BPF_F_RDONLY,
+    };
+    let fd = link_info::obj_get(&path, flags).map_err(|e| match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => Error::Denied { path: path.clone(), source: e },
+        _ => Error::io("open pinned map", &path, e),
+    })?;
+    MapData::from_fd(fd).map_err(|e| Error::bpf(what(), e))
 }
 
 /// Opens pinned map `name` as aya type `T` (`Array`, `RingBuf`, ...);
@@ -76,15 +102,69 @@ pub fn open_pinned<T>(pins: &PinDir, name: &str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    let data = open_map(pins, name)?;
+    open_pinned_as(pins, name, Access::ReadWrite)
+}
+
+/// `open_pinned` with the given access.
+pub fn open_pinned_as<T>(pins: &PinDir, name: &str, access: Access) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let data = open_map(pins, name, access)?;
     let map = Map::from_map_data(data).map_err(|e| Error::bpf(format!("map {name}"), e))?;
     T::try_from(map).map_err(|e| Error::bpf(format!("map {name} has an unexpected shape"), e))
 }
 
 /// The capacity the pinned map `name` was created with.
 pub fn max_entries(pins: &PinDir, name: &str) -> Result<u32> {
-    let info = open_map(pins, name)?.info().map_err(|e| Error::bpf(format!("read {name} info"), e))?;
+    let info = open_map(pins, name, Access::ReadOnly)?
+        .info()
+        .map_err(|e| Error::bpf(format!("read {name} info"), e))?;
     Ok(info.max_entries())
+}
+
+/// Maps whose size the layout fixes (the others take `attach` capacities,
+/// which `loader::check_capacities` compares with what is asked).
+const FIXED_SIZE: [&str; 5] =
+    [map_names::PORT_RULES, map_names::HOOK_STATS, map_names::CONFIG, map_names::SEEN, map_names::LOG_BUDGET];
+
+/// Every pinned map that this release's object could not reuse: another
+/// type, key size, value size or flags, or another size where the layout
+/// fixes it (libbpf's `map_is_reuse_compat`). Missing pins are not listed.
+pub fn map_mismatches(pins: &PinDir) -> Result<Vec<Error>> {
+    let object =
+        aya_obj::Object::parse(crate::EBPF_OBJECT).map_err(|e| Error::bpf("parse the eBPF object", e))?;
+    let mut found = Vec::new();
+    for name in map_names::ALL {
+        let path = pins.map(name);
+        let Some(want) = object.maps.get(name) else { continue };
+        let Ok(data) = open_map(pins, name, Access::ReadOnly) else { continue };
+        let info = data.info().map_err(|e| Error::bpf(format!("read {name} info"), e))?;
+        let have_type = aya_obj::generated::bpf_map_type::try_from(want.map_type()).ok();
+        let mut why = Vec::new();
+        let have = info.map_type().ok();
+        let wanted = have_type.and_then(|t| aya::maps::MapType::try_from(t).ok());
+        if have != wanted {
+            why.push(format!("type {have:?}, expected {wanted:?}"));
+        }
+        for (what, have, want) in [
+            ("key size", info.key_size(), want.key_size()),
+            ("value size", info.value_size(), want.value_size()),
+            ("flags", info.map_flags(), want.map_flags()),
+        ] {
+            if have != want {
+                why.push(format!("{what} {have}, expected {want}"));
+            }
+        }
+        if FIXED_SIZE.contains(&name) && info.max_entries() != want.max_entries() {
+            why.push(format!("max entries {}, expected {}", info.max_entries(), want.max_entries()));
+        }
+        if !why.is_empty() {
+            log::debug!("{}: {why:?}", path.display());
+            found.push(Error::MapMismatch { name: name.to_string(), why: why.join(", ") });
+        }
+    }
+    Ok(found)
 }
 
 fn sum(a: Counter, b: Counter) -> Counter {
@@ -92,19 +172,34 @@ fn sum(a: Counter, b: Counter) -> Counter {
 }
 
 impl RuleStore {
-    /// Opens the pinned maps in `pins`; `NotAttached` if they are missing.
+    /// Opens the pinned maps in `pins` for writing; `NotAttached` if they
+    /// are missing. Changing commands call it with the pin folder lock held,
+    /// then `recover`.
     pub fn open(pins: &PinDir) -> Result<Self> {
+        Self::open_as(pins, Access::ReadWrite)
+    }
+
+    /// Opens the pinned maps read-only (list, stats, status, export).
+    pub fn open_read_only(pins: &PinDir) -> Result<Self> {
+        Self::open_as(pins, Access::ReadOnly)
+    }
+
+    fn open_as(pins: &PinDir, access: Access) -> Result<Self> {
         Ok(Self {
-            port_rules: open_pinned(pins, map_names::PORT_RULES)?,
-            catalog: open_pinned(pins, map_names::RULES)?,
-            catalog_allow: open_pinned(pins, map_names::RULE_ALLOW)?,
-            allow: open_pinned(pins, map_names::ALLOW)?,
-            config: open_pinned(pins, map_names::CONFIG)?,
-            rule_stats: open_pinned(pins, map_names::RULE_STATS)?,
-            hook_stats: open_pinned(pins, map_names::HOOK_STATS)?,
-            log_budget: open_pinned(pins, map_names::LOG_BUDGET)?,
+            port_rules: open_pinned_as(pins, map_names::PORT_RULES, access)?,
+            catalog: open_pinned_as(pins, map_names::RULES, access)?,
+            catalog_allow: open_pinned_as(pins, map_names::RULE_ALLOW, access)?,
+            allow: open_pinned_as(pins, map_names::ALLOW, access)?,
+            config: open_pinned_as(pins, map_names::CONFIG, access)?,
+            rule_stats: open_pinned_as(pins, map_names::RULE_STATS, access)?,
+            hook_stats: open_pinned_as(pins, map_names::HOOK_STATS, access)?,
+            log_budget: open_pinned_as(pins, map_names::LOG_BUDGET, access)?,
             rule_capacity: max_entries(pins, map_names::RULES)?,
             allow_capacity: max_entries(pins, map_names::RULE_ALLOW)?,
+            pins: pins.clone(),
+            port_rules_fd: link_info::obj_get(&pins.map(map_names::PORT_RULES), link_info::BPF_F_RDONLY)
+                .map_err(|e| Error::io("open pinned map", pins.map(map_names::PORT_RULES), e))?,
+            port_slots: max_entries(pins, map_names::PORT_RULES)?,
         })
     }
 
@@ -127,7 +222,9 @@ impl RuleStore {
     /// moves.
     pub fn set_config(&mut self, config: Config) -> Result<()> {
         let generation = self.config()?.generation;
-        self.config.set(0, Config { generation, ..config }, 0).map_err(|e| Error::bpf("write CONFIG", e))
+        self.config.set(0, Config { generation, ..config }, 0).map_err(|e| Error::bpf("write CONFIG", e))?;
+        testhook::step();
+        Ok(())
     }
 
     /// The rules, by id.
@@ -242,6 +339,18 @@ impl RuleStore {
         if allow_entries > self.allow_capacity as usize {
             return Err(Error::AllowFull { capacity: self.allow_capacity });
         }
+        let live = self.config()?.generation & 1;
+        let removed: Vec<u32> =
+            gone_or_changed.iter().filter(|r| !after_ids.contains_key(&r.id)).map(|r| r.id).collect();
+        journal::set_change(
+            &self.pins,
+            Some(Change::Commit {
+                live_before: live,
+                upsert: added_or_changed.iter().map(|r| StoredRule::from(*r)).collect(),
+                remove: removed,
+                fresh: draft.fresh.clone(),
+            }),
+        )?;
 
         for rule in &added_or_changed {
             let old = before_ids.get(&rule.id).copied();
@@ -254,11 +363,11 @@ impl RuleStore {
                 &rule.options.allow_from,
             )?;
             self.catalog.insert(rule.id, rule.to_def(), 0).map_err(|e| Error::bpf("write RULES", e))?;
+            testhook::step();
         }
 
         let touched: Vec<&Rule> = added_or_changed.iter().chain(&gone_or_changed).copied().collect();
         let writes = GenerationWrites::plan(before, after, &touched);
-        let live = self.config()?.generation & 1;
         for generation in [live ^ 1, live] {
             self.write_generation(generation, &writes)?;
             if generation != live {
@@ -269,13 +378,16 @@ impl RuleStore {
         for rule in gone_or_changed.iter().filter(|r| !after_ids.contains_key(&r.id)) {
             self.set_catalog_allow(rule.id, &rule.options.allow_from, &[])?;
             self.catalog.remove(&rule.id).map_err(|e| Error::bpf("delete from RULES", e))?;
+            testhook::step();
         }
-        Ok(())
+        journal::set_change(&self.pins, None)
     }
 
     fn switch_to(&mut self, generation: u32) -> Result<()> {
         let config = Config { generation, ..self.config()? };
-        self.config.set(0, config, 0).map_err(|e| Error::bpf("switch CONFIG generation", e))
+        self.config.set(0, config, 0).map_err(|e| Error::bpf("switch CONFIG generation", e))?;
+        testhook::step();
+        Ok(())
     }
 
     /// Writes one commit's planned slots and allow-list changes into
@@ -283,58 +395,192 @@ impl RuleStore {
     fn write_generation(&mut self, generation: u32, writes: &GenerationWrites) -> Result<()> {
         for (id, net) in &writes.allow_removed {
             // Already absent is fine: this is also how resync starts.
-            let _ = self.allow.remove(&allow_key(generation, *id, net));
+            if self.allow.remove(&allow_key(generation, *id, net)).is_ok() {
+                testhook::step();
+            }
         }
         for (id, net) in &writes.allow_set {
             self.allow
                 .insert(&allow_key(generation, *id, net), 0, 0)
                 .map_err(|e| Error::bpf("write ALLOW", e))?;
+            testhook::step();
         }
         for (scope, proto, port, slot) in &writes.slots {
             self.port_rules
                 .set(port_index(generation, scope.raw(), *proto, *port), *slot, 0)
                 .map_err(|e| Error::bpf("write PORT_RULES", e))?;
+            testhook::step();
         }
         Ok(())
     }
 
-    /// Rewrites both generations from the catalog (used by `attach`).
+    /// Rebuilds both generations from the catalog through the generation
+    /// switch: the idle one first, then one switch, then the other. Used by
+    /// `attach` and `repair`; journaled, since until it ends the idle
+    /// generation may differ from the live one.
     pub fn resync(&mut self) -> Result<()> {
+        journal::set_change(&self.pins, Some(Change::Resync))?;
         let rules = self.rules()?;
-        let stale: Vec<Key<AllowKey>> = self.allow.keys().filter_map(|k| k.ok()).collect();
-        for key in stale {
-            let _ = self.allow.remove(&key);
-        }
-        // Touch every port of every scope, so no slot keeps stale content.
-        let everything: Vec<Rule> = Scope::ALL
-            .into_iter()
-            .map(|scope| Rule {
-                id: 0,
-                scope,
-                ports: PortSpec { lo: 1, hi: 65535, protos: ALL_PROTOS },
-                options: Default::default(),
-            })
-            .collect();
-        let mut touched: Vec<&Rule> = everything.iter().collect();
-        touched.extend(&rules);
-        let writes = GenerationWrites::plan(&[], &rules, &touched);
-        for generation in [0, 1] {
-            self.write_generation(generation, &writes)?;
+        self.converge(&rules, true)?;
+        journal::set_change(&self.pins, None)
+    }
+
+    /// Switches the datapath to an empty rule set in one write (the first
+    /// step of detaching everything); the catalog is left alone.
+    pub fn switch_to_empty(&mut self) -> Result<()> {
+        let live = self.config()?.generation & 1;
+        self.sync_generation(live ^ 1, &[])?;
+        self.switch_to(live ^ 1)
+    }
+
+    /// Makes the idle generation exactly `rules`, switches to it if `switch`,
+    /// and (after a switch) makes the other one equal too.
+    fn converge(&mut self, rules: &[Rule], switch: bool) -> Result<()> {
+        let live = self.config()?.generation & 1;
+        self.sync_generation(live ^ 1, rules)?;
+        if switch {
+            self.switch_to(live ^ 1)?;
+            self.sync_generation(live, rules)?;
         }
         Ok(())
+    }
+
+    /// Writes every slot and allow entry of `generation` that differs from
+    /// what `rules` compile to (reads are free: a table already right costs
+    /// no write).
+    fn sync_generation(&mut self, generation: u32, rules: &[Rule]) -> Result<()> {
+        let want = compile_allow(generation, rules);
+        let have = self.allow_entries(generation);
+        for (id, key) in &have {
+            if !want.contains_key(id) && self.allow.remove(key).is_ok() {
+                testhook::step();
+            }
+        }
+        for (id, key) in &want {
+            if !have.contains_key(id) {
+                self.allow.insert(key, 0, 0).map_err(|e| Error::bpf("write ALLOW", e))?;
+                testhook::step();
+            }
+        }
+        let table = self.port_table()?;
+        for (scope, proto, port, slot) in compile_slots(rules) {
+            let index = port_index(generation, scope.raw(), proto, port);
+            if table.get(index as usize) != Some(&slot) {
+                self.port_rules.set(index, slot, 0).map_err(|e| Error::bpf("write PORT_RULES", e))?;
+                testhook::step();
+            }
+        }
+        Ok(())
+    }
+
+    /// Slots and allow entries of the live and of the idle generation that
+    /// disagree with the catalog: (0, 0) when healthy. Reads only.
+    pub fn generation_drift(&self) -> Result<(usize, usize)> {
+        let rules = self.rules()?;
+        let live = self.config()?.generation & 1;
+        let mut drift = [0usize; 2];
+        let slots = compile_slots(&rules);
+        let table = self.port_table()?;
+        for (g, count) in drift.iter_mut().enumerate() {
+            let g = g as u32;
+            for (scope, proto, port, slot) in &slots {
+                let index = port_index(g, scope.raw(), *proto, *port);
+                if table.get(index as usize) != Some(slot) {
+                    *count += 1;
+                }
+            }
+            let want = compile_allow(g, &rules);
+            let have = self.allow_entries(g);
+            *count += have.keys().filter(|k| !want.contains_key(k)).count();
+            *count += want.keys().filter(|k| !have.contains_key(k)).count();
+        }
+        Ok((drift[live as usize], drift[(live ^ 1) as usize]))
+    }
+
+    /// Finishes a change a killed process left in the journal (rolling a
+    /// commit forward, redoing a resync). Call with the lock held. Returns
+    /// what it finished; a detach is left to the caller (`teardown`).
+    pub fn recover(&mut self) -> Result<Option<Change>> {
+        let change = journal::read(&self.pins)?.change;
+        match &change {
+            Some(Change::Commit { live_before, upsert, remove, fresh }) => {
+                self.roll_forward(*live_before, upsert, remove, fresh)?;
+                journal::set_change(&self.pins, None)?;
+            }
+            Some(Change::Resync) => self.resync()?,
+            Some(Change::Detach { .. }) | None => return Ok(None),
+        }
+        Ok(change)
+    }
+
+    fn roll_forward(
+        &mut self,
+        live_before: u32,
+        upsert: &[StoredRule],
+        remove: &[u32],
+        fresh: &[u32],
+    ) -> Result<()> {
+        let current: StdHashMap<u32, Rule> = self.rules()?.into_iter().map(|r| (r.id, r)).collect();
+        let switched = self.config()?.generation & 1 != live_before;
+        for stored in upsert {
+            let Some(rule) = stored.to_rule() else { continue };
+            if !switched && fresh.contains(&rule.id) {
+                // Nothing points at a fresh id before the switch.
+                self.zero_stats(rule.id)?;
+            }
+            let old = current.get(&rule.id).map_or(&[][..], |r| &r.options.allow_from[..]);
+            self.set_catalog_allow(rule.id, old, &rule.options.allow_from)?;
+            self.catalog.insert(rule.id, rule.to_def(), 0).map_err(|e| Error::bpf("write RULES", e))?;
+            testhook::step();
+        }
+        for id in remove {
+            if let Some(old) = current.get(id) {
+                self.set_catalog_allow(*id, &old.options.allow_from, &[])?;
+            }
+            if self.catalog.remove(id).is_ok() {
+                testhook::step();
+            }
+        }
+        let rules = self.rules()?;
+        if switched {
+            // The live generation is the target; finish the other one.
+            let live = self.config()?.generation & 1;
+            self.sync_generation(live ^ 1, &rules)
+        } else {
+            self.converge(&rules, true)
+        }
     }
 
     /// Moves rule `id`'s catalog allow-list from `old` to `new`.
     fn set_catalog_allow(&mut self, id: u32, old: &[IpNet], new: &[IpNet]) -> Result<()> {
         for net in old.iter().filter(|n| !new.contains(n)) {
-            let _ = self.catalog_allow.remove(&allow_entry(id, net));
+            if self.catalog_allow.remove(&allow_entry(id, net)).is_ok() {
+                testhook::step();
+            }
         }
         for net in new.iter().filter(|n| !old.contains(n)) {
             self.catalog_allow
                 .insert(allow_entry(id, net), 0, 0)
                 .map_err(|e| Error::bpf("write RULE_ALLOW", e))?;
+            testhook::step();
         }
         Ok(())
+    }
+
+    /// The whole of PORT_RULES, by index.
+    fn port_table(&self) -> Result<Vec<PortRule>> {
+        link_info::read_array(&self.port_rules_fd, self.port_slots)
+            .map_err(|e| Error::io("read", self.pins.map(map_names::PORT_RULES), e))
+    }
+
+    /// The `ALLOW` entries of `generation`.
+    fn allow_entries(&self, generation: u32) -> StdHashMap<AllowId, Key<AllowKey>> {
+        self.allow
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| u32::from_be(k.data().generation_be) == generation)
+            .map(|k| (allow_id(&k), k))
+            .collect()
     }
 
     fn zero_stats(&mut self, id: u32) -> Result<()> {
@@ -342,7 +588,9 @@ impl RuleStore {
             .map_err(|(_, e)| Error::io("count CPUs", "/sys/devices/system/cpu/possible", e))?;
         let zeros = PerCpuValues::try_from(vec![RuleStats::default(); cpus])
             .map_err(|e| Error::bpf("zero RULE_STATS", e))?;
-        self.rule_stats.set(id, zeros, 0).map_err(|e| Error::bpf("zero RULE_STATS", e))
+        self.rule_stats.set(id, zeros, 0).map_err(|e| Error::bpf("zero RULE_STATS", e))?;
+        testhook::step();
+        Ok(())
     }
 }
 
@@ -400,6 +648,38 @@ fn plan_slots(rules: &[Rule], touched: &[&Rule]) -> Vec<(Scope, u32, u16, PortRu
         }
     }
     slots
+}
+
+/// Every (scope, protocol, port) slot, ports 1-65535, as `rules` own them.
+fn compile_slots(rules: &[Rule]) -> Vec<(Scope, u32, u16, PortRule)> {
+    let everything: Vec<Rule> = Scope::ALL
+        .into_iter()
+        .map(|scope| Rule {
+            id: 0,
+            scope,
+            ports: PortSpec { lo: 1, hi: 65535, protos: crate::ports::ALL_PROTOS },
+            options: Default::default(),
+        })
+        .collect();
+    let touched: Vec<&Rule> = everything.iter().collect();
+    plan_slots(rules, &touched)
+}
+
+/// An `ALLOW` key as something hashable: prefix length, rule id, address.
+type AllowId = (u32, u32, [u8; 16]);
+
+fn allow_id(key: &Key<AllowKey>) -> AllowId {
+    let data = key.data();
+    (key.prefix_len(), u32::from_be(data.rule_id_be), data.addr)
+}
+
+/// Every allow-list entry of `generation` that `rules` need.
+fn compile_allow(generation: u32, rules: &[Rule]) -> StdHashMap<AllowId, Key<AllowKey>> {
+    rules
+        .iter()
+        .flat_map(|r| r.options.allow_from.iter().map(move |n| allow_key(generation, r.id, n)))
+        .map(|k| (allow_id(&k), k))
+        .collect()
 }
 
 /// Rules by id, for lookups that would otherwise scan.

@@ -1,11 +1,9 @@
 use dockblock_agent::{
-    lock::PinLock,
     paths::PinDir,
     require_root,
     rulefile::parse_net,
     rules::{RuleOptions, RuleSpec},
-    store::RuleStore,
-    Result,
+    teardown, Result,
 };
 
 use super::BlockArgs;
@@ -19,8 +17,7 @@ pub fn run(pins: &PinDir, args: BlockArgs) -> Result<()> {
     let specs: Vec<RuleSpec> =
         ports.iter().map(|p| RuleSpec { scope, ports: *p, options: options.clone() }).collect();
     require_root()?;
-    let mut store = RuleStore::open(pins)?;
-    let _lock = PinLock::acquire(pins.root())?;
+    let (_lock, mut store) = teardown::begin_change(pins)?;
     for (spec, changed) in specs.iter().zip(store.block(&specs)?) {
         let what = if changed { "blocked" } else { "already blocked:" };
         println!("{what} {} {}{}", spec.scope, spec.ports, super::output::describe_options(&spec.options));

@@ -2,6 +2,7 @@ use dockblock_agent::{paths::PinDir, require_root, rulefile, store::RuleStore, R
 
 pub fn run(pins: &PinDir) -> Result<()> {
     require_root()?;
-    print!("{}", rulefile::format(&RuleStore::open(pins)?.rules()?));
+    super::output::warn_if_interrupted(pins);
+    print!("{}", rulefile::format(&RuleStore::open_read_only(pins)?.rules()?));
     Ok(())
 }

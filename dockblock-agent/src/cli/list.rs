@@ -4,7 +4,8 @@ use super::output::{print_json, rule_row, RuleJson, RULE_HEADER};
 
 pub fn run(pins: &PinDir, json: bool) -> Result<()> {
     require_root()?;
-    let rules = RuleStore::open(pins)?.rules_with_stats()?;
+    super::output::warn_if_interrupted(pins);
+    let rules = RuleStore::open_read_only(pins)?.rules_with_stats()?;
     if json {
         let rows: Vec<RuleJson> = rules.iter().map(RuleJson::from).collect();
         print_json(&serde_json::json!({ "rules": rows }));

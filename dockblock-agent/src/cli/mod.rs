@@ -10,6 +10,7 @@ mod explain;
 mod export;
 mod list;
 mod output;
+mod repair;
 mod stats;
 mod status;
 mod unblock;
@@ -66,6 +67,9 @@ enum Command {
     /// Detach from INTERFACES, or from everything (removing rules and pins)
     /// when none is named.
     Detach { interfaces: Vec<String> },
+    /// Finish what a killed command left half-done and rebuild the port
+    /// tables from the catalog (changing commands do the first part too).
+    Repair,
     /// Show what the loaded programs do with one packet (run on a private
     /// copy of their counters: nothing moves), and the reference model's verdict.
     Explain(ExplainArgs),
@@ -102,7 +106,6 @@ enum HookChoice {
     Xdp,
     Tc,
 }
-
 
 #[derive(Debug, Args)]
 struct AttachArgs {
@@ -238,6 +241,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Events(args) => events::run(&pins, args.json.json, args.count),
         Command::Status(args) => status::run(&pins, args.json),
         Command::Detach { interfaces } => detach::run(&pins, &interfaces),
+        Command::Repair => repair::run(&pins),
         Command::Explain(args) => explain::run(&pins, args),
     }
 }

@@ -101,3 +101,17 @@ pub fn rule_row(r: &RuleWithStats) -> String {
 pub fn print_json(value: &impl Serialize) {
     println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
 }
+
+/// A reading command warns (on stderr, so `export > file` stays clean) when
+/// a killed command left a change half-done: what it shows may be neither
+/// the old nor the new rule set until the change is finished.
+pub fn warn_if_interrupted(pins: &dockblock_agent::paths::PinDir) {
+    if dockblock_agent::lock::PinLock::is_held(pins.root()) {
+        return;
+    }
+    if let Ok(journal) = dockblock_agent::journal::read(pins) {
+        if let Some(change) = journal.change {
+            eprintln!("dockblock-agent: warning: {}; run `{}`", change.describe(), change.fix());
+        }
+    }
+}

@@ -30,7 +30,8 @@ fn read(store: &RuleStore) -> Result<Snapshot> {
 
 pub fn run(pins: &PinDir, json: bool, watch: bool, count: Option<u64>) -> Result<()> {
     require_root()?;
-    let store = RuleStore::open(pins)?;
+    super::output::warn_if_interrupted(pins);
+    let store = RuleStore::open_read_only(pins)?;
     let mut last = read(&store)?;
     if !watch {
         print(&last, None, json);

@@ -15,8 +15,9 @@ pub fn run(pins: &PinDir, json: bool) -> Result<()> {
     }
     for l in &status.links {
         let mode = l.mode.map(|m| format!(" ({m})")).unwrap_or_default();
+        let renamed = l.renamed_to.as_ref().map(|n| format!(" (now named {n})")).unwrap_or_default();
         println!(
-            "{}{mode} {} {} on {} (ifindex {}): link {}, program {}, {}",
+            "{}{mode} {} {} on {} (ifindex {}): link {}, program {}, {}{renamed}",
             l.hook, l.direction, l.role, l.interface, l.ifindex, l.link_id, l.program_id, l.state
         );
     }
@@ -26,6 +27,12 @@ pub fn run(pins: &PinDir, json: bool) -> Result<()> {
             fill.rules, fill.capacity, fill.blocked_port_slots
         );
         println!("allow-list entries: {} of {}", fill.allow_entries, fill.allow_capacity);
+    }
+    let busy = if status.busy { " (a changing command is running)" } else { "" };
+    println!("health: {}{busy}", status.health);
+    for p in &status.problems {
+        println!("  problem: {}", p.what);
+        println!("  run: {}", p.run);
     }
     Ok(())
 }

@@ -1,0 +1,174 @@
+//! The intent journal: what a changing command is about to do, written
+//! before its first state change and removed after its last, so a command
+//! killed half-way (SIGKILL, OOM, a reboot of the CLI's container) can be
+//! finished by the next one. The switch points stay single writes (the
+//! `CONFIG` generation word); the journal says which way to go after a kill:
+//!
+//! - a rule change is always rolled forward: the catalog is brought to the
+//!   journal's target, the idle generation rebuilt from it, then switched;
+//! - a detach is finished;
+//! - an interrupted attach cannot be finished without its arguments, so the
+//!   journal keeps its command line and `status` says to run it again.
+//!
+//! The journal is a small JSON file under /run (bpffs holds only pins): it
+//! lives as long as the pins do, in memory, and is replaced by rename, so a
+//! reader sees the old or the new journal.
+
+use std::{
+    io::Write as _,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::PathBuf,
+};
+
+use dockblock_common::RuleDef;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{Error, Result},
+    paths::PinDir,
+    rules::Rule,
+    testhook,
+};
+
+/// What is in flight.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Journal {
+    /// The command line of an attach that has not finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<String>,
+    /// A change to finish before anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    /// A rule-set commit: the generation live before it, the rules it adds
+    /// or rewrites, the ids it removes, the ids that are new (counters to
+    /// zero while nothing points at them yet).
+    Commit { live_before: u32, upsert: Vec<StoredRule>, remove: Vec<u32>, fresh: Vec<u32> },
+    /// Rebuilding both generations from the catalog (attach, repair).
+    Resync,
+    /// `detach`: these interfaces, or everything when empty.
+    Detach { interfaces: Vec<String> },
+}
+
+/// A catalog rule as the journal keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRule {
+    pub id: u32,
+    pub scope: u32,
+    pub protos: u32,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    #[serde(default)]
+    pub flags: u32,
+    #[serde(default)]
+    pub allow_from: Vec<IpNet>,
+}
+
+impl From<&Rule> for StoredRule {
+    fn from(r: &Rule) -> Self {
+        let def = r.to_def();
+        Self {
+            id: r.id,
+            scope: def.scope,
+            protos: def.protos,
+            port_lo: def.port_lo,
+            port_hi: def.port_hi,
+            flags: def.flags,
+            allow_from: r.options.allow_from.clone(),
+        }
+    }
+}
+
+impl StoredRule {
+    pub fn to_rule(&self) -> Option<Rule> {
+        let def = RuleDef {
+            scope: self.scope,
+            protos: self.protos,
+            port_lo: self.port_lo,
+            port_hi: self.port_hi,
+            flags: self.flags,
+        };
+        Rule::from_def(self.id, &def, self.allow_from.clone())
+    }
+}
+
+impl Change {
+    /// The command that finishes this change, for `status`.
+    pub fn fix(&self) -> String {
+        match self {
+            Change::Detach { interfaces } if !interfaces.is_empty() => {
+                format!("dockblock-agent detach {}", interfaces.join(" "))
+            }
+            Change::Detach { .. } => "dockblock-agent detach".into(),
+            Change::Commit { .. } | Change::Resync => "dockblock-agent repair".into(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Change::Commit { upsert, remove, .. } => format!(
+                "a rule change ({} rules added or changed, {} removed) was interrupted",
+                upsert.len(),
+                remove.len()
+            ),
+            Change::Resync => "rebuilding the port tables from the catalog was interrupted".into(),
+            Change::Detach { interfaces } if interfaces.is_empty() => "a detach was interrupted".into(),
+            Change::Detach { interfaces } => format!("a detach of {} was interrupted", interfaces.join(", ")),
+        }
+    }
+}
+
+/// Reads the journal of `pins`; an absent file is an empty journal.
+pub fn read(pins: &PinDir) -> Result<Journal> {
+    let path = pins.journal();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|e| Error::io("parse journal", &path, std::io::Error::other(e.to_string()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Journal::default()),
+        Err(e) => Err(Error::io("read journal", &path, e)),
+    }
+}
+
+/// Replaces the journal (removes it when empty). One state change for the
+/// test hook.
+pub fn write(pins: &PinDir, journal: &Journal) -> Result<()> {
+    let path = pins.journal();
+    if *journal == Journal::default() {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("remove journal", &path, e)),
+        }
+        testhook::step();
+        return Ok(());
+    }
+    let dir = path.parent().expect("journal path has a folder");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    let tmp: PathBuf = path.with_extension(format!("tmp{}", std::process::id()));
+    let text = serde_json::to_vec(journal).expect("journal serializes");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io("write journal", &tmp, e))?;
+    file.write_all(&text).map_err(|e| Error::io("write journal", &tmp, e))?;
+    drop(file);
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io("write journal", &path, e))?;
+    testhook::step();
+    Ok(())
+}
+
+/// Sets the in-flight change, keeping an unfinished attach's note.
+pub fn set_change(pins: &PinDir, change: Option<Change>) -> Result<()> {
+    let mut journal = read(pins)?;
+    journal.change = change;
+    write(pins, &journal)
+}
