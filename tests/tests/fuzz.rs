@@ -35,6 +35,7 @@ use dockblock_tests::{
 };
 use proptest::{
     prelude::*,
+    strategy::ValueTree,
     test_runner::{Config as RunnerConfig, RngAlgorithm, TestCaseError, TestRng, TestRunner},
 };
 
@@ -454,6 +455,18 @@ impl Harness {
     /// Runs the case's frames; `Err` describes the first disagreement.
     /// `slow` compares outcomes and rule counters after every frame.
     fn case(&mut self, case: &Case, frames: &[(Vec<u8>, bool)], slow: bool) -> Result<(), String> {
+        self.case_with(case, frames, slow, None)
+    }
+
+    /// As `case`; with `survey`, every frame is compared (slow) and each
+    /// kind of disagreement is tallied there instead of ending the case.
+    fn case_with(
+        &mut self,
+        case: &Case,
+        frames: &[(Vec<u8>, bool)],
+        slow: bool,
+        mut survey: Option<&mut Survey>,
+    ) -> Result<(), String> {
         let mut model = self.prepare(case);
         let start = self.snapshot();
         let mut before = start.clone();
@@ -470,10 +483,20 @@ impl Harness {
                     ModelVerdict::Drop => Kernel::Drop,
                 };
                 let mut wrong = (kernel != want).then(|| format!("kernel {kernel:?}"));
-                if slow && wrong.is_none() {
+                if slow {
                     let after = self.snapshot();
-                    wrong = frame_counters_differ(&before, &after, hook, &j, frame.len());
+                    let counters = frame_counters_differ(&before, &after, hook, &j, frame.len());
+                    wrong = match (wrong, counters) {
+                        (Some(v), Some(c)) => Some(format!("{v}, {c}")),
+                        (v, c) => v.or(c),
+                    };
                     before = after;
+                }
+                if let (Some(what), Some(survey)) = (&wrong, survey.as_deref_mut()) {
+                    let kind = format!("{} model {} / {what}", hook_name(hook), j.outcome_name());
+                    let entry = survey.entry(kind).or_insert((0, hex(frame)));
+                    entry.0 += 1;
+                    continue;
                 }
                 if let Some(what) = wrong {
                     return Err(report(case, index, hook, frame, *from_host, &what, &j));
@@ -547,6 +570,17 @@ fn frame_counters_differ(
     None
 }
 
+/// Disagreements by kind: how many, and the first frame (hex).
+type Survey = std::collections::BTreeMap<String, (u64, String)>;
+
+fn hook_name(hook: u32) -> &'static str {
+    if hook == hook::XDP {
+        "xdp (dialed)"
+    } else {
+        "tc (container)"
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -561,7 +595,7 @@ fn report(
     j: &Judgement,
 ) -> String {
     let mut s = String::new();
-    let hook_name = if hook == hook::XDP { "xdp (dialed)" } else { "tc (container)" };
+    let hook_name = hook_name(hook);
     let _ = writeln!(
         s,
         "MISMATCH at frame {index} of case seed {:#x}, hook {hook_name}, from_host {from_host}",
@@ -633,5 +667,32 @@ fn kernel_and_model_agree_on_random_frames() {
     if result.is_err() {
         let failure = failure.borrow_mut().take();
         panic!("{}", failure.unwrap_or_else(|| format!("{result:?}")));
+    }
+}
+
+/// Not a check: with `DOCKBLOCK_FUZZ_SURVEY=N`, judges N frames comparing
+/// every one and prints each kind of disagreement with its count and a
+/// first example, to see at once all the ways kernel and model differ.
+#[test]
+fn survey_disagreements() {
+    let Some(frames) = env_u64("DOCKBLOCK_FUZZ_SURVEY") else { return };
+    let seed = env_u64("DOCKBLOCK_FUZZ_SEED").unwrap_or(0xd0cb_10c0);
+    let mut runner = TestRunner::new_with_rng(
+        RunnerConfig { cases: frames.div_ceil(FRAMES_PER_CASE as u64) as u32, ..RunnerConfig::default() },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[seed as u8; 32]),
+    );
+    let mut harness = Harness::new();
+    let mut survey = Survey::new();
+    let strategy = case();
+    for _ in 0..frames.div_ceil(FRAMES_PER_CASE as u64) {
+        let case = strategy.new_tree(&mut runner).unwrap().current();
+        let frames = FrameGen::new(&case).frames(FRAMES_PER_CASE);
+        if let Err(e) = harness.case_with(&case, &frames, true, Some(&mut survey)) {
+            let first = e.lines().take(3).collect::<Vec<_>>().join(" | ");
+            survey.entry(format!("case end: {first}")).or_insert((0, String::new())).0 += 1;
+        }
+    }
+    for (kind, (count, example)) in &survey {
+        println!("{count:>8}  {kind}\n          {example}");
     }
 }
