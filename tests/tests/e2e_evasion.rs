@@ -747,10 +747,11 @@ fn split_syn_16_byte_first_fragment() {
 /// as not new), then a fragment at offset 1 that overlaps it and sets SYN
 /// alone (RFC 1858). Linux never builds the SYN (measured here, no
 /// dockblock): a rewrite that lies wholly inside the first fragment is
-/// taken for a duplicate and dropped (the datagram then waits for nothing
-/// and expires), one that reaches past it is an overlap and the whole
-/// datagram is discarded (`IpExt:ReasmOverlaps`, since Linux 4.19). Either
-/// way no SYN-ACK. dockblock drops the offset-1 fragment itself
+/// taken for a duplicate and dropped (`inet_frag_queue_insert` returns
+/// IPFRAG_DUP; the first fragment's bytes stand; `Ip:ReasmReqds` shows the
+/// fragments reached reassembly), one that reaches past it is an overlap
+/// and the whole datagram is discarded (`IpExt:ReasmOverlaps`, since Linux
+/// 4.19). Either way no SYN-ACK. dockblock drops the offset-1 fragment itself
 /// (`dropped_evasive`, whatever the port), so no kernel version matters.
 #[test]
 fn overlapping_fragment_rewrites_flags() {
