@@ -36,7 +36,7 @@ use crate::{
     model::{self, Model},
     paths::{LinkKind, PinDir},
     rules::Rule,
-    store::{self, RuleStore},
+    store::{self, Access, RuleStore},
     EBPF_OBJECT,
 };
 
@@ -399,7 +399,7 @@ pub fn explain_all(pins: &PinDir, queries: &[Query], hooks: &[u32]) -> Result<Ve
         return Err(Error::NotAttached { pin_dir: pins.root().into() });
     }
     let _lock = PinLock::acquire(pins.root())?;
-    let store = RuleStore::open(pins)?;
+    let store = RuleStore::open_read_only(pins)?;
     let rules = store.rules()?;
     let started = Instant::now();
     let mut probe = Probe::load(pins, rules.iter().map(|r| r.id).collect())?;
@@ -479,7 +479,7 @@ impl Probe {
             .load()
             .map_err(|e| Error::bpf("load TC program (verifier)", e))?;
 
-        let live_seen: Array<MapData, u32> = store::open_pinned(pins, map_names::SEEN)?;
+        let live_seen: Array<MapData, u32> = store::open_pinned_as(pins, map_names::SEEN, Access::ReadOnly)?;
         let mut own_seen: Array<MapData, u32> = take(&mut ebpf, map_names::SEEN)?;
         for slot in 0..seen::COUNT {
             let flag = live_seen.get(&slot, 0).map_err(|e| Error::bpf("read SEEN", e))?;

@@ -26,6 +26,7 @@ pub fn run(pins: &PinDir, args: ExplainArgs) -> Result<()> {
             why: "only the tc hook sees packets the host sends".into(),
         });
     }
+    output::warn_if_interrupted(pins);
     let report = explain::explain(pins, &query, &hooks)?;
     if args.json.json {
         print_json(&report.json());
