@@ -34,10 +34,6 @@ pub use error::{Error, Result};
 /// The kernel object built from dockblock-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dockblock"));
 
-/// The benchmark traffic generator's program (`cargo xtask bench`), built
-/// from dockblock-ebpf/src/bin/bench_tx.rs; the agent never loads it.
-pub static BENCH_TX_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_tx"));
-
 /// Fails with `NotRoot` unless the process runs as root.
 pub fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.

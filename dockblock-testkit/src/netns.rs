@@ -183,7 +183,7 @@ pub fn remove(ns: &str, host_if: &str) {
     // Deleting the namespace destroys the ns end, which takes the host end
     // with it; deleting the host end too covers a half-built earlier run.
     quiet("ip", &["netns", "del", ns]);
-    quiet("ip", &["link", "del", host_if]);
+    remove_link(host_if);
 }
 
 /// A server process started by a test; stopped on drop. Bound it in time
@@ -297,4 +297,43 @@ impl Drop for Capture {
             let _ = child.wait();
         }
     }
+}
+
+/// A veth pair on the host, both ends up, nothing sent through it: an idle
+/// uplink and bridge for programs that are attached but only test-run.
+/// Removed on drop (deleting one end deletes both).
+pub struct VethPair {
+    a: String,
+    b: String,
+}
+
+impl VethPair {
+    /// Creates `a` <-> `b` after removing a leftover `a`.
+    pub fn create(a: &str, b: &str) -> Result<VethPair, Error> {
+        remove_link(a);
+        let pair = VethPair { a: a.to_string(), b: b.to_string() };
+        cmd::ok(&["ip", "link", "add", a, "type", "veth", "peer", "name", b])?;
+        cmd::ok(&["ip", "link", "set", a, "up"])?;
+        cmd::ok(&["ip", "link", "set", b, "up"])?;
+        Ok(pair)
+    }
+
+    pub fn a(&self) -> &str {
+        &self.a
+    }
+
+    pub fn b(&self) -> &str {
+        &self.b
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        remove_link(&self.a);
+    }
+}
+
+/// `ip link del NAME`, best effort.
+pub fn remove_link(name: &str) {
+    quiet("ip", &["link", "del", name]);
 }

@@ -9,18 +9,20 @@
 //! programs and maps measured are exactly what `attach` + `block`/`apply`
 //! produce. The time each `block`/`apply` call took is the control-plane
 //! figure for dockblock.
-use super::{
-    cmd::{self, ok, quiet},
-    topology::{BLOCKED_PORT, PIN_DIR},
-    Ctx,
-};
+use super::Ctx;
+use crate::world::{self, agent_ok_within, detach_agent, BLOCKED_PORT};
 use anyhow::{bail, Context, Result};
+use dockblock_testkit::{
+    cmd::ok,
+    netns::{self, VethPair},
+};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// The idle veth pair; deleting one end deletes both.
-pub const DUMMY: &str = "dbbc0";
-const DUMMY_BRIDGE: &str = "dbbc1";
+/// The idle veth pair (this kernel has no dummy driver): the "uplink" end
+/// and the "bridge" end.
+pub const IDLE_UPLINK: &str = "dbbc0";
+pub const IDLE_BRIDGE: &str = "dbbc1";
 /// Allow-list rule sets let this prefix in (dockblock-bench sends its
 /// "allow-listed source" packet from 203.0.113.9).
 const ALLOWLISTED: &str = "203.0.113.0/24";
@@ -85,28 +87,27 @@ fn allow_file(n: u32, scope: &str) -> String {
     )
 }
 
-struct Pair;
+/// The idle pair, with the agent detached from it before it goes.
+pub struct IdlePair {
+    // Dropped after `drop` below has detached the agent from it.
+    _pair: VethPair,
+}
 
-impl Pair {
-    fn new() -> Result<Pair> {
-        quiet(&["ip", "link", "del", DUMMY]);
-        let p = Pair;
-        ok(&["ip", "link", "add", DUMMY, "type", "veth", "peer", "name", DUMMY_BRIDGE])?;
-        ok(&["ip", "link", "set", DUMMY, "up"])?;
-        ok(&["ip", "link", "set", DUMMY_BRIDGE, "up"])?;
-        Ok(p)
+impl IdlePair {
+    pub fn new() -> Result<IdlePair> {
+        Ok(IdlePair { _pair: VethPair::create(IDLE_UPLINK, IDLE_BRIDGE)? })
     }
 }
 
-impl Drop for Pair {
+impl Drop for IdlePair {
     fn drop(&mut self) {
-        let agent = super::agent_bin();
-        if let Some(a) = agent.to_str() {
-            quiet(&[a, "--pin-dir", PIN_DIR, "detach"]);
-        }
-        let _ = std::fs::remove_dir_all(PIN_DIR);
-        quiet(&["ip", "link", "del", DUMMY]);
+        detach_agent();
     }
+}
+
+/// Removes a pair a killed run left.
+pub fn remove_pair() {
+    netns::remove_link(IDLE_UPLINK);
 }
 
 /// Program id of the judging program on `hook` ("xdp" or "tc") in
@@ -125,17 +126,11 @@ fn judge_id(status: &Value, hook: &str) -> Result<u64> {
 }
 
 pub fn run(ctx: &Ctx) -> Result<Value> {
-    let agent = super::agent_bin();
-    let agent = agent.to_str().context("agent path")?;
-    let bench = super::bench_bin();
+    let bench = world::bench_bin();
     let bench = bench.to_str().context("bench path")?;
     let (repeat, rounds) = if ctx.quick { (1_000_000, 3) } else { (2_000_000, 5) };
-    let _pair = Pair::new()?;
-    let a = |args: &[&str]| -> Result<String> {
-        let mut full = vec![agent, "--pin-dir", PIN_DIR];
-        full.extend_from_slice(args);
-        cmd::ok_limit(Duration::from_secs(600), &full)
-    };
+    let _pair = IdlePair::new()?;
+    let a = |args: &[&str]| agent_ok_within(Duration::from_secs(600), args);
     let mut sets = Vec::new();
     for set in rule_sets(ctx.quick) {
         // Each scope gets its own attach: the rule model's planning time
@@ -151,9 +146,9 @@ pub fn run(ctx: &Ctx) -> Result<Value> {
             };
             a(&[
                 "attach",
-                DUMMY,
+                IDLE_UPLINK,
                 "--bridge",
-                DUMMY_BRIDGE,
+                IDLE_BRIDGE,
                 "--xdp-mode",
                 "skb",
                 "--max-rules",

@@ -1,13 +1,15 @@
-//! The filters compared (the "peers"), each set up and torn down the way an
-//! operator would, and read back through its own counters. Every rule the
+//! The filters compared (the "peers", on top of the world), each set up and
+//! torn down the way an operator would, and read back through its own
+//! counters. Every rule the
 //! bench adds carries the comment `dockblock-bench` (iptables) or lives in a
 //! table of its own (nft), so removal is exact: Docker's chains are never
 //! flushed, only our rules deleted.
-use super::{
-    cmd::{self, ok, ok_input, quiet},
-    topology::{BLOCKED_CPORT, BLOCKED_PORT, BRIDGE, HOST_IF, HOST_IP, NS_IP, PIN_DIR},
+use crate::world::{
+    self, agent_ok, detach_agent, BLOCKED_CPORT, BLOCKED_PORT, BRIDGE, HOST_IF, HOST_IP, NS_IP, PIN_DIR,
 };
 use anyhow::{Context, Result};
+use dockblock_common::outcome;
+use dockblock_testkit::cmd::{self, ignore, ok, ok_input};
 use serde_json::Value;
 use std::path::Path;
 
@@ -108,13 +110,6 @@ impl Variant {
     pub fn takes_live_frames(self) -> bool {
         !matches!(self, V0xSkb | XdpFilterSkb | DbXdpSkb)
     }
-
-    /// The drop-everything reference takes part in paced floods only:
-    /// there it shows what the generator and the veth cost by themselves.
-    pub fn takes(self, f: &super::flood::Flood) -> bool {
-        let generator_ok = f.generator == super::flood::Generator::Trafgen || self.takes_live_frames();
-        generator_ok && (self != XdpDropAll || f.rate > 0.0)
-    }
 }
 
 /// What a variant blocks: dialed (published, pre-DNAT) ports for the filters
@@ -135,13 +130,7 @@ impl Blocked {
 
 /// Sets `v` up. Pair with `remove` (or use `Applied`).
 pub fn apply(v: Variant, b: &Blocked, container_ip: &str) -> Result<()> {
-    let agent = super::agent_bin();
-    let agent = agent.to_str().context("agent path")?;
-    let a = |args: &[&str]| -> Result<String> {
-        let mut full = vec![agent, "--pin-dir", PIN_DIR];
-        full.extend_from_slice(args);
-        ok(&full)
-    };
+    let a = agent_ok;
     let max_rules = (b.dialed.len().max(b.container.len()) + 16).max(4095).to_string();
     let specs = |ports: &[u16]| -> Vec<String> {
         let mut s = Vec::new();
@@ -157,7 +146,7 @@ pub fn apply(v: Variant, b: &Blocked, container_ip: &str) -> Result<()> {
     match v {
         V0 => {}
         XdpDropAll => {
-            let bench = super::bench_bin();
+            let bench = world::bench_bin();
             let bench = bench.to_str().context("bench path")?;
             ok(&[bench, "drop-all", "--ifname", HOST_IF, "--pin", DROP_ALL_PIN])?;
         }
@@ -277,9 +266,9 @@ pub fn remove(v: Variant) {
         V0xNative | V0xSkb | DbXdpNative | DbXdpSkb | DbTc => detach_agent(),
         IptUser | IptCtorig => delete_ipt_rules("filter", "DOCKER-USER"),
         IptRaw => delete_ipt_rules("raw", "PREROUTING"),
-        NftFwdLinear | NftFwdSet => quiet(&["nft", "delete", "table", "inet", NFT_FWD]),
-        NftRaw | NftRawSet => quiet(&["nft", "delete", "table", "inet", NFT_RAW]),
-        XdpFilterNative | XdpFilterSkb => quiet(&["xdp-filter", "unload", HOST_IF]),
+        NftFwdLinear | NftFwdSet => ignore(&["nft", "delete", "table", "inet", NFT_FWD]),
+        NftRaw | NftRawSet => ignore(&["nft", "delete", "table", "inet", NFT_RAW]),
+        XdpFilterNative | XdpFilterSkb => ignore(&["xdp-filter", "unload", HOST_IF]),
     }
 }
 
@@ -290,21 +279,10 @@ pub fn remove_all_rules() {
     remove(XdpDropAll);
     delete_ipt_rules("filter", "DOCKER-USER");
     delete_ipt_rules("raw", "PREROUTING");
-    quiet(&["nft", "delete", "table", "inet", NFT_FWD]);
-    quiet(&["nft", "delete", "table", "inet", NFT_RAW]);
-    super::swap::remove_all();
+    ignore(&["nft", "delete", "table", "inet", NFT_FWD]);
+    ignore(&["nft", "delete", "table", "inet", NFT_RAW]);
     if Path::new(&format!("/sys/class/net/{HOST_IF}")).exists() {
-        quiet(&["xdp-filter", "unload", HOST_IF]);
-    }
-}
-
-fn detach_agent() {
-    if Path::new(PIN_DIR).exists() {
-        let agent = super::agent_bin();
-        if let Some(agent) = agent.to_str() {
-            quiet(&[agent, "--pin-dir", PIN_DIR, "detach"]);
-        }
-        let _ = std::fs::remove_dir_all(PIN_DIR);
+        ignore(&["xdp-filter", "unload", HOST_IF]);
     }
 }
 
@@ -356,7 +334,7 @@ fn delete_commented(table: &str, chain: &str, comment: &str) {
         for d in dels {
             let mut args = vec!["iptables", "-t", table];
             args.extend(d.split_whitespace());
-            quiet(&args);
+            ignore(&args);
         }
     }
 }
@@ -380,11 +358,13 @@ pub fn dropped(v: Variant) -> Result<Option<u64>> {
     Ok(Some(match v {
         V0 | V0xNative | V0xSkb | XdpDropAll => return Ok(None),
         DbXdpNative | DbXdpSkb | DbTc => {
-            let agent = super::agent_bin();
-            let agent = agent.to_str().context("agent path")?;
-            let out = ok(&[agent, "--pin-dir", PIN_DIR, "stats", "--json"])?;
+            let out = agent_ok(&["stats", "--json"])?;
             let j: Value = serde_json::from_str(&out).context("agent stats --json")?;
-            let hook = |h: &str| j["hooks"][h]["dropped"]["packets"].as_u64().unwrap_or(0);
+            // Every dropping outcome: by a rule, evasive, malformed.
+            let drops = outcome::NAMES.iter().enumerate().filter(|(i, _)| outcome::is_drop(*i as u32));
+            let hook = |h: &str| -> u64 {
+                drops.clone().map(|(_, name)| j["hooks"][h][*name]["packets"].as_u64().unwrap_or(0)).sum()
+            };
             hook("xdp") + hook("tc")
         }
         IptUser | IptCtorig => ipt_counter("filter", "DOCKER-USER")?,
@@ -458,13 +438,10 @@ pub fn leftovers() -> Option<String> {
         }
     }
     let tables = ok(&["nft", "list", "tables"]).unwrap_or_default();
-    for t in [NFT_FWD, NFT_RAW, "dbb_bench_swap"] {
+    for t in [NFT_FWD, NFT_RAW] {
         if tables.contains(t) {
             found.push(format!("nft table {t}"));
         }
-    }
-    if cmd::succeeds(&["iptables", "-t", "raw", "-S", super::swap::IPT_CHAIN]) {
-        found.push(format!("iptables chain raw {}", super::swap::IPT_CHAIN));
     }
     if Path::new(PIN_DIR).exists() {
         found.push(format!("agent pins in {PIN_DIR}"));

@@ -9,14 +9,14 @@
 //! flushed and refilled in one transaction, iptables-restore doing the same
 //! in one transaction, and the scripted pattern `iptables -F CHAIN` followed
 //! by a separate iptables-restore that adds the new rules.
-use super::{
-    cmd::{ok, ok_input, quiet},
-    flood::{self, Flood, Generator},
-    topology::{Topology, BLOCKED_PORT, HOST_IF, PIN_DIR},
-    variants::{self, COMMENT},
-    Ctx,
+use super::Ctx;
+use crate::{
+    peers::{self, COMMENT},
+    traffic::{self, Flood, Generator},
+    world::{self, agent_ok, detach_agent, Topology, BLOCKED_PORT, HOST_IF},
 };
 use anyhow::{Context, Result};
+use dockblock_testkit::cmd::{self, ignore, ok, ok_input};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -49,13 +49,6 @@ fn ports(set: u8) -> Vec<u16> {
     v
 }
 
-fn agent(args: &[&str]) -> Result<String> {
-    let bin = super::agent_bin();
-    let mut full = vec![bin.to_str().context("agent path")?, "--pin-dir", PIN_DIR];
-    full.extend_from_slice(args);
-    ok(&full)
-}
-
 fn dockblock_file(set: u8) -> String {
     ports(set).iter().map(|p| format!("[[rule]]\nports = \"{p}/tcp\"\n")).collect::<Vec<_>>().join("\n")
 }
@@ -76,11 +69,11 @@ fn install(m: Method, set: u8, first: bool) -> Result<()> {
     match m {
         Method::DockblockApply => {
             if first {
-                agent(&["attach", HOST_IF, "--no-bridge", "--xdp-mode", "native"])?;
+                agent_ok(&["attach", HOST_IF, "--no-bridge", "--xdp-mode", "native"])?;
             }
             let path = format!("/tmp/dockblock-bench-swap-{set}-{}.toml", std::process::id());
             std::fs::write(&path, dockblock_file(set))?;
-            let r = agent(&["apply", &path]);
+            let r = agent_ok(&["apply", &path]);
             let _ = std::fs::remove_file(&path);
             r.map(drop)
         }
@@ -93,7 +86,8 @@ fn install(m: Method, set: u8, first: bool) -> Result<()> {
             }
             f += &format!("flush chain inet {NFT_TABLE} c\n");
             f += &nft_rules(set);
-            ok_input(&["nft", "-f", "-"], &f).map(drop)
+            ok_input(&["nft", "-f", "-"], &f)?;
+            Ok(())
         }
         Method::IptRestoreAtomic | Method::IptFlushThenAdd => {
             let mut f = String::from("*raw\n");
@@ -109,26 +103,33 @@ fn install(m: Method, set: u8, first: bool) -> Result<()> {
             }
             f += &ipt_rules(set);
             f += "COMMIT\n";
-            ok_input(&["iptables-restore", "--noflush"], &f).map(drop)
+            ok_input(&["iptables-restore", "--noflush"], &f)?;
+            Ok(())
         }
     }
 }
 
 /// Removes what any method set up.
 pub fn remove_all() {
-    let bin = super::agent_bin();
-    if std::path::Path::new(PIN_DIR).exists() {
-        if let Some(b) = bin.to_str() {
-            quiet(&[b, "--pin-dir", PIN_DIR, "detach"]);
-        }
-        let _ = std::fs::remove_dir_all(PIN_DIR);
-    }
-    quiet(&["nft", "delete", "table", "inet", NFT_TABLE]);
+    detach_agent();
+    ignore(&["nft", "delete", "table", "inet", NFT_TABLE]);
     // The jump (carrying our comment) goes with variants' rule cleanup;
     // then our own chain can be flushed and deleted.
-    variants::delete_ipt_rules("raw", "PREROUTING");
-    quiet(&["iptables", "-t", "raw", "-F", IPT_CHAIN]);
-    quiet(&["iptables", "-t", "raw", "-X", IPT_CHAIN]);
+    peers::delete_ipt_rules("raw", "PREROUTING");
+    ignore(&["iptables", "-t", "raw", "-F", IPT_CHAIN]);
+    ignore(&["iptables", "-t", "raw", "-X", IPT_CHAIN]);
+}
+
+/// What of this part is still in place, if anything.
+pub fn leftovers() -> Option<String> {
+    let mut found = Vec::new();
+    if ok(&["nft", "list", "tables"]).unwrap_or_default().contains(NFT_TABLE) {
+        found.push(format!("nft table {NFT_TABLE}"));
+    }
+    if cmd::succeeds(&["iptables", "-t", "raw", "-S", IPT_CHAIN]) {
+        found.push(format!("iptables chain raw {IPT_CHAIN}"));
+    }
+    (!found.is_empty()).then(|| found.join(", "))
 }
 
 struct Guard;
@@ -149,10 +150,10 @@ pub fn run(ctx: &Ctx, topo: &Topology) -> Result<Value> {
         remove_all();
         let _guard = Guard;
         install(m, 0, true).with_context(|| format!("setting up {}", m.id()))?;
-        super::topology::clear_conntrack();
-        let (hits0, rx0) = (topo.container_hits()?, flood::received());
+        world::clear_conntrack();
+        let (hits0, rx0) = (topo.container_hits()?, traffic::received());
         let f = Flood::new(Generator::Live, "tcp", 100_000_000, secs);
-        let mut gen = flood::live_background(topo, &f)?;
+        let mut gen = traffic::live_background(topo, &f)?;
         std::thread::sleep(Duration::from_millis(300));
         let start = Instant::now();
         let mut swaps = 0u32;
@@ -163,10 +164,10 @@ pub fn run(ctx: &Ctx, topo: &Topology) -> Result<Value> {
             swap_secs.push(t.elapsed().as_secs_f64());
             swaps += 1;
         }
-        let _ = super::cmd::wait_limit(&mut gen, Duration::from_secs_f64(secs + 20.0));
+        let _ = cmd::wait_limit(&mut gen, Duration::from_secs_f64(secs + 20.0));
         std::thread::sleep(Duration::from_millis(100));
         let misjudged = topo.container_hits()?.saturating_sub(hits0);
-        let received = flood::received().saturating_sub(rx0);
+        let received = traffic::received().saturating_sub(rx0);
         swap_secs.sort_by(f64::total_cmp);
         let median_swap = swap_secs.get(swap_secs.len() / 2).copied();
         ctx.log(&format!(

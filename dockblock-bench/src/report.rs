@@ -1,7 +1,7 @@
 //! results.json (everything, raw samples included), results.md (the tables
 //! and the targets), and the PNG plots (plot.py via matplotlib).
-use super::cmd;
 use anyhow::{Context, Result};
+use dockblock_testkit::cmd;
 use serde_json::{json, Value};
 use std::{fmt::Write as _, fs, path::Path};
 
@@ -134,13 +134,12 @@ fn round_floats(v: &mut Value) {
 
 /// Runs plot.py with Debian's python3 (where python3-matplotlib lives).
 fn plots(dir: &Path) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/bench/plot.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/plot.py");
     let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
     let d = dir.to_string_lossy();
-    match cmd::run_full(std::time::Duration::from_secs(120), &[python, script, &d], None) {
-        Ok(o) if o.ok => print!("{}", o.stdout),
-        Ok(o) => eprintln!("bench: plots failed: {}", o.stderr.trim()),
-        Err(e) => eprintln!("bench: plots failed: {e:#}"),
+    match cmd::checked(std::time::Duration::from_secs(120), &[python, script, &d], None) {
+        Ok(out) => print!("{out}"),
+        Err(e) => eprintln!("bench: plots failed: {e}"),
     }
 }
 
@@ -406,6 +405,7 @@ fn markdown(results: &Value, quick: bool) -> String {
     md.push('\n');
 
     cost_section(&mut md, results);
+    apply_section(&mut md, results);
     flood_section(&mut md, results);
     cpu_section(&mut md, results);
     legit_section(&mut md, results);
@@ -483,6 +483,30 @@ fn swap_section(md: &mut String, results: &Value) {
             r["received"],
             r["misjudged"],
         );
+    }
+    md.push('\n');
+}
+
+fn apply_section(md: &mut String, results: &Value) {
+    let part = &results["parts"]["apply"];
+    let Some(samples) = part["samples"].as_array() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "## Applying {} rules at once\n\n\
+         One rule per port (`1/tcp` .. `65535/tcp`, dialed; a {} KB file), the agent attached \
+         with `--max-rules 65535` to an idle veth pair, so the rule table is full to its last \
+         slot. Seconds per `dockblock-agent` call (process start and map opening included), \
+         median (min-max) of {} round{}.\n\n| step | seconds |\n|---|---|",
+        part["rules"],
+        part["file_bytes"].as_u64().unwrap_or(0) / 1000,
+        samples.len(),
+        if samples.len() == 1 { "" } else { "s" },
+    );
+    for (key, what) in crate::parts::apply::STEPS {
+        let st = stat(samples.iter().filter_map(|s| s[key].as_f64()).collect());
+        let _ = writeln!(md, "| {what} | {} |", cell(st, 2));
     }
     md.push('\n');
 }
@@ -594,7 +618,7 @@ fn flood_section(md: &mut String, results: &Value) {
          veth ring (rx_dropped) before any filter saw them. For V0/V0x nothing is dropped by a \
          filter: received is the host's own capacity for this traffic. vs DU = dropped / \
          DOCKER-USER dropped.\n",
-        super::topology::HOST_IP
+        crate::world::HOST_IP
     );
     let combos = [
         ("live-frames", "many", "Live frames, random source ports (up to 65,535 flows)"),

@@ -15,11 +15,11 @@
 //!
 //! The time each tool took to install the N rules is the control-plane
 //! figure.
-use super::{
-    flood::{self, Flood, Generator},
-    topology::Topology,
-    variants::{self, Blocked, Variant},
-    Ctx,
+use super::Ctx;
+use crate::{
+    peers::{self, Blocked, Variant},
+    traffic::{self, Flood, Generator},
+    world::Topology,
 };
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -44,7 +44,7 @@ pub fn run(ctx: &Ctx, topo: &Topology) -> Result<Value> {
     let rounds = 3;
     let mut samples = Vec::new();
     let mut installs = Vec::new();
-    let _standin = variants::ForwardStandIn::new(&topo.container_ip)?;
+    let _standin = peers::ForwardStandIn::new(&topo.container_ip)?;
     for &n in counts {
         let ports: Vec<u16> = (BASE_PORT..BASE_PORT + n).collect();
         for (v, forward) in list.into_iter().filter(|(v, _)| ctx.wants(*v)) {
@@ -55,7 +55,7 @@ pub fn run(ctx: &Ctx, topo: &Topology) -> Result<Value> {
             };
             ctx.check_stop()?;
             let t = Instant::now();
-            let applied = variants::Applied::new(v, &blocked, &topo.container_ip)?;
+            let applied = peers::Applied::new(v, &blocked, &topo.container_ip)?;
             let install = t.elapsed().as_secs_f64();
             ctx.log(&format!("{n:>5} ports, {:<24} installed in {install:.3}s", v.id()));
             installs.push(json!({"variant": v.id(), "ports": n, "seconds": install, "path": if forward { "forward" } else { "dialed" }}));
@@ -67,7 +67,7 @@ pub fn run(ctx: &Ctx, topo: &Topology) -> Result<Value> {
             };
             for round in 1..=rounds {
                 ctx.check_stop()?;
-                let mut s = flood::measure(topo, v, &f, round)
+                let mut s = traffic::measure(topo, v, &f, round)
                     .with_context(|| format!("{} with {n} ports", v.id()))?;
                 s["ports"] = json!(n);
                 s["path"] = json!(if forward { "forward" } else { "dialed" });
@@ -86,7 +86,7 @@ pub fn run(ctx: &Ctx, topo: &Topology) -> Result<Value> {
                 .as_object_mut()
                 .expect("object")
                 .insert("remove_seconds".into(), json!(t.elapsed().as_secs_f64()));
-            if let Some(left) = variants::leftovers() {
+            if let Some(left) = super::leftovers() {
                 anyhow::bail!("{} left behind: {left}", v.id());
             }
         }

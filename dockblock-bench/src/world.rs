@@ -1,14 +1,22 @@
-//! The bench's own little world: an "outside" namespace joined to the host by
-//! a veth (the host end plays the uplink), a Docker network with its own
-//! bridge, and one busybox container with published ports. Every name starts
-//! with `dbb`/`dockblock-bench`, every address is in 198.18.0.0/15, and
-//! nothing touches the machine's own interfaces or docker0. `Topology` tears
-//! everything down on drop; `cleanup_leftovers` removes what a killed run
-//! left behind.
-use super::cmd::{self, in_ns, ok, quiet};
+//! The bench's world (the bottom layer: peers, traffic and parts build on
+//! it, nothing here imports them): an "outside" namespace joined to the host
+//! by a veth (the host end plays the uplink), a Docker network with its own
+//! bridge, and one busybox container with published ports, all from the
+//! test kit's guards; plus where the agent and this binary are. Every name
+//! starts with `dbb`/`dockblock-bench`, every address is in 198.18.0.0/15,
+//! and nothing touches the machine's own interfaces or docker0. `Topology`
+//! tears its world down on drop; `remove_leftovers` removes what a killed
+//! run left behind.
 use anyhow::{bail, Context, Result};
+use dockblock_testkit::{
+    agent::Cli,
+    cmd::{self, in_ns, ok},
+    docker::{self, Container, Network},
+    netns::{self, Outside, Wiring},
+};
 use std::{
     fs,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -23,8 +31,6 @@ pub const NETWORK: &str = "dockblock-bench-net";
 pub const BRIDGE: &str = "dbbbr0";
 pub const SUBNET: &str = "198.19.200.0/24";
 pub const CONTAINER: &str = "dockblock-bench-web";
-/// The image the end-to-end tests import from busybox-static.
-pub const IMAGE: &str = "dockblock-busybox:test";
 /// Published TCP+UDP port every filter blocks (clients dial it) ...
 pub const BLOCKED_PORT: u16 = 18080;
 /// ... and the container port behind it (what DOCKER-USER and TC see).
@@ -40,6 +46,40 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/dockblock-bench";
 /// Pids of servers the bench started, for cleanup after a killed run.
 const PID_FILE: &str = "/run/dockblock-bench.pids";
 
+/// The agent binary: `$DOCKBLOCK_AGENT_BIN`, else `dockblock-agent` next to
+/// this binary (`cargo xtask bench` builds both into target/release).
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DOCKBLOCK_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    bench_bin().with_file_name("dockblock-agent")
+}
+
+/// This binary, which the bench runs again for its probes (see probe/).
+pub fn bench_bin() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("dockblock-bench"))
+}
+
+/// The agent under test, with the bench's own pin folder.
+pub fn agent() -> Cli {
+    Cli::new(agent_bin(), PIN_DIR)
+}
+
+/// Runs the agent, failing unless it exits 0; returns stdout.
+pub fn agent_ok(args: &[&str]) -> Result<String> {
+    Ok(agent().ok(args)?)
+}
+
+/// Runs the agent with `limit` (large rule sets take long to plan).
+pub fn agent_ok_within(limit: Duration, args: &[&str]) -> Result<String> {
+    Ok(agent().ok_within(limit, args)?)
+}
+
+/// Detaches the agent and removes its pin folder, if there is one.
+pub fn detach_agent() {
+    agent().detach_and_remove();
+}
+
 pub struct Topology {
     pub host_mac: String,
     pub ns_mac: String,
@@ -47,53 +87,38 @@ pub struct Topology {
     /// The container's pid, for nsenter into its network namespace.
     pid: String,
     iperf: Option<Child>,
+    // Guards, dropped in this order: the container before its network, the
+    // namespace last.
+    _web: Container,
+    _net: Network,
+    _out: Outside,
 }
 
 impl Topology {
     pub fn up() -> Result<Topology> {
-        cleanup_leftovers();
-        // The guard exists before the first step, so a failure undoes it all.
-        let mut t = Topology {
-            host_mac: String::new(),
-            ns_mac: String::new(),
-            container_ip: String::new(),
-            pid: String::new(),
-            iperf: None,
-        };
-        ok(&["ip", "netns", "add", NS])?;
-        ok(&["ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF, "netns", NS])?;
-        ok(&["ip", "addr", "add", &format!("{HOST_IP}/30"), "dev", HOST_IF])?;
-        ok(&["ip", "link", "set", HOST_IF, "up"])?;
-        ok(&in_ns(NS, &["ip", "addr", "add", &format!("{NS_IP}/30"), "dev", NS_IF]))?;
-        ok(&in_ns(NS, &["ip", "link", "set", NS_IF, "up"]))?;
-        ok(&in_ns(NS, &["ip", "link", "set", "lo", "up"]))?;
+        let out = Outside::create(Wiring {
+            ns: NS.into(),
+            host_if: HOST_IF.into(),
+            ns_if: NS_IF.into(),
+            host_ip: HOST_IP.into(),
+            ns_ip: NS_IP.into(),
+        })?;
         // Like a spoofing attacker, the outside never sees the SYN-ACKs the
         // flood provokes: drop them on arrival, so no RSTs flow back and the
         // host's counters count flood packets only.
-        ok_input_ns(&format!(
+        let nft = format!(
             "table inet dbb_outside {{\n chain c {{\n  \
              type filter hook prerouting priority raw; policy accept;\n  \
              tcp sport {BLOCKED_PORT} tcp flags & (syn | ack) == (syn | ack) drop\n }}\n}}\n"
-        ))?;
+        );
+        cmd::ok_input(&out.argv(&["nft", "-f", "-"]), &nft)?;
         // Frames sent with XDP_TX (the live-frames generator) are only taken
         // in by a veth with NAPI: an XDP program in native mode, or GRO on.
         ok(&["ethtool", "-K", HOST_IF, "gro", "on"])?;
-        t.host_mac = read_mac(None, HOST_IF)?;
-        t.ns_mac = read_mac(Some(NS), NS_IF)?;
+        let (host_mac, ns_mac) = (out.host_mac()?, out.ns_mac()?);
 
-        ensure_image()?;
-        ok(&[
-            "docker",
-            "network",
-            "create",
-            "--driver",
-            "bridge",
-            "--subnet",
-            SUBNET,
-            "-o",
-            &format!("com.docker.network.bridge.name={BRIDGE}"),
-            NETWORK,
-        ])?;
+        docker::import_image()?;
+        let net = Network::create(NETWORK, SUBNET, BRIDGE)?;
         let publish = [
             format!("{HOST_IP}:{BLOCKED_PORT}:{BLOCKED_CPORT}/tcp"),
             format!("{HOST_IP}:{BLOCKED_PORT}:{BLOCKED_CPORT}/udp"),
@@ -101,40 +126,38 @@ impl Topology {
             format!("{HOST_IP}:{IPERF_PORT}:{IPERF_CPORT}/tcp"),
         ];
         let script = format!(
-            "mkdir -p /www && echo dockblock-ok > /www/index.html && \
-             httpd -p {ALLOWED_CPORT} -h /www && exec httpd -f -p {BLOCKED_CPORT} -h /www"
+            "mkdir -p /www && echo {marker} > /www/index.html && \
+             httpd -p {ALLOWED_CPORT} -h /www && exec httpd -f -p {BLOCKED_CPORT} -h /www",
+            marker = docker::MARKER
         );
-        let mut args = vec!["docker", "run", "-d", "--name", CONTAINER];
-        args.extend(["--network", NETWORK]);
+        let mut args = vec!["--network", NETWORK];
         for p in &publish {
             args.extend(["-p", p.as_str()]);
         }
-        args.extend([IMAGE, "sh", "-c", &script]);
-        ok(&args)?;
-        let ip = ok(&[
-            "docker",
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            CONTAINER,
-        ])?;
-        t.container_ip = ip.trim().to_string();
-        if t.container_ip.is_empty() {
-            bail!("container {CONTAINER} has no IP");
-        }
-        let pid = ok(&["docker", "inspect", "-f", "{{.State.Pid}}", CONTAINER])?;
-        t.pid = pid.trim().to_string();
+        args.extend([docker::IMAGE, "sh", "-c", &script]);
+        let web = Container::run(CONTAINER, &args)?;
+        let pid = web.pid()?;
         // Counts what reaches the container on the blocked port: packets
         // that got past every filter.
         let count = format!(
             "table inet dbb_in {{\n chain c {{\n  type filter hook prerouting priority raw; policy accept;\n  \
              tcp dport {BLOCKED_CPORT} counter\n  udp dport {BLOCKED_CPORT} counter\n }}\n}}\n"
         );
-        cmd::ok_input(&["nsenter", "-t", &t.pid, "-n", "nft", "-f", "-"], &count)?;
+        cmd::ok_input(&["nsenter", "-t", &pid, "-n", "nft", "-f", "-"], &count)?;
+        let mut t = Topology {
+            host_mac,
+            ns_mac,
+            container_ip: web.ip().to_string(),
+            pid,
+            iperf: None,
+            _web: web,
+            _net: net,
+            _out: out,
+        };
         // iperf3 (a host binary) in the container's network namespace: the
         // traffic takes the same published-port path as to a containerised one.
         let child = Command::new("nsenter")
-            .args(["-t", pid.trim(), "-n", "timeout", "3600", "iperf3", "-s"])
+            .args(["-t", &t.pid, "-n", "timeout", "3600", "iperf3", "-s"])
             .args(["-p", &IPERF_CPORT.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -143,7 +166,7 @@ impl Topology {
             .context("start iperf3 server")?;
         let _ = fs::write(PID_FILE, format!("{}\n", child.id()));
         t.iperf = Some(child);
-        t.wait_ready(pid.trim())?;
+        t.wait_ready()?;
         Ok(t)
     }
 
@@ -162,14 +185,14 @@ impl Topology {
 
     /// The web server answers through the published port from outside and
     /// iperf3 listens.
-    fn wait_ready(&self, pid: &str) -> Result<()> {
+    fn wait_ready(&self) -> Result<()> {
         let url = format!("http://{HOST_IP}:{ALLOWED_PORT}/");
         let sport = format!("sport = :{IPERF_CPORT}");
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(15) {
             let http = cmd::succeeds(&in_ns(NS, &["curl", "-sf", "--max-time", "1", &url]));
-            let iperf =
-                ok(&["nsenter", "-t", pid, "-n", "ss", "-Htln", &sport]).is_ok_and(|o| !o.trim().is_empty());
+            let iperf = ok(&["nsenter", "-t", &self.pid, "-n", "ss", "-Htln", &sport])
+                .is_ok_and(|o| !o.trim().is_empty());
             if http && iperf {
                 return Ok(());
             }
@@ -193,69 +216,34 @@ impl Drop for Topology {
             if matches!(c.try_wait(), Ok(None)) {
                 // Still there: kill the server (the child of our `timeout`,
                 // by parent pid), then `timeout` itself.
-                quiet(&["pkill", "-KILL", "-P", &c.id().to_string()]);
+                cmd::ignore(&["pkill", "-KILL", "-P", &c.id().to_string()]);
                 let _ = c.kill();
                 let _ = c.wait();
             }
         }
-        cleanup_leftovers();
+        let _ = fs::remove_file(PID_FILE);
+        // Then the guards: container, network, namespace and veth.
     }
 }
 
-fn ok_input_ns(nft: &str) -> Result<()> {
-    cmd::ok_input(&in_ns(NS, &["nft", "-f", "-"]), nft).map(drop)
-}
-
-fn read_mac(ns: Option<&str>, ifname: &str) -> Result<String> {
-    let path = format!("/sys/class/net/{ifname}/address");
-    let out = match ns {
-        Some(ns) => ok(&in_ns(ns, &["cat", &path]))?,
-        None => fs::read_to_string(&path).with_context(|| format!("reading {path}"))?,
-    };
-    Ok(out.trim().to_string())
-}
-
-/// Imports `IMAGE` from the host's busybox-static unless it exists, the way
-/// tests/src/docker.rs does (nothing can be pulled here).
-fn ensure_image() -> Result<()> {
-    if cmd::succeeds(&["docker", "image", "inspect", IMAGE]) {
-        return Ok(());
-    }
-    let script = format!(
-        "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/tmp; cp /bin/busybox $d/bin/; \
-         for a in $(/bin/busybox --list); do [ $a = busybox ] || ln -s busybox $d/bin/$a; done; \
-         tar -C $d -cf - . | docker import --change 'CMD [\"/bin/sh\"]' - {IMAGE}; rm -rf $d"
-    );
-    ok(&["sh", "-c", &script]).map(drop)
-}
-
-/// Removes everything a bench run creates, whether or not it exists: agent
-/// links and pins, xdp-filter, the bench's iptables rules and nft tables,
-/// the container, network, namespace, veth and dummy device, servers, and
-/// the bench's conntrack entries.
-pub fn cleanup_leftovers() {
-    let agent = super::agent_bin();
-    if std::path::Path::new(PIN_DIR).exists() {
-        quiet(&[agent.to_str().unwrap_or("true"), "--pin-dir", PIN_DIR, "detach"]);
-        let _ = fs::remove_dir_all(PIN_DIR);
-    }
-    super::variants::remove_all_rules();
+/// Removes what a killed run left of the world, whether or not it exists:
+/// the iperf3 server, the container, network, namespace and veth. (Peers
+/// and parts remove their own; see run.rs.)
+pub fn remove_leftovers() {
     if let Ok(pids) = fs::read_to_string(PID_FILE) {
         for pid in pids.split_whitespace() {
             // Only a process that still is our iperf3 server.
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline);
             if cmdline.contains("iperf3") && cmdline.contains(&IPERF_CPORT.to_string()) {
-                quiet(&["kill", pid]);
+                cmd::ignore(&["kill", pid]);
             }
         }
         let _ = fs::remove_file(PID_FILE);
     }
-    quiet(&["docker", "rm", "-f", CONTAINER]);
-    quiet(&["docker", "network", "rm", NETWORK]);
-    quiet(&["ip", "netns", "del", NS]);
-    quiet(&["ip", "link", "del", HOST_IF]);
-    quiet(&["ip", "link", "del", super::program_cost::DUMMY]);
+    docker::remove_container(CONTAINER);
+    docker::remove_network(NETWORK);
+    netns::remove(NS, HOST_IF);
     clear_conntrack();
 }
 
@@ -264,10 +252,14 @@ pub fn cleanup_leftovers() {
 /// else's entries are touched).
 pub fn clear_conntrack() {
     for _ in 0..4 {
-        let out = cmd::run_full(Duration::from_secs(30), &["conntrack", "-D", "-s", NS_IP], None);
+        let out = cmd::output(Duration::from_secs(30), &["conntrack", "-D", "-s", NS_IP], None);
         // conntrack exits 1 when nothing matched.
         match out {
-            Ok(o) if o.ok && !o.stderr.contains(" 0 flow entries") => continue,
+            Ok(o)
+                if o.status.success() && !String::from_utf8_lossy(&o.stderr).contains(" 0 flow entries") =>
+            {
+                continue
+            }
             _ => break,
         }
     }

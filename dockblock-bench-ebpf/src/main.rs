@@ -1,5 +1,6 @@
-//! The benchmark's traffic generator (`cargo xtask bench`), not part of the
-//! filter. `dockblock-bench flood` runs these programs with BPF_PROG_TEST_RUN
+//! The benchmark's kernel programs (`cargo xtask bench`), kept out of the
+//! filter's own crate so nothing of them ships with the agent.
+//! `dockblock-bench flood` runs the generators with BPF_PROG_TEST_RUN
 //! in live-frames mode inside the bench's "outside" network namespace: every
 //! XDP_TX sends the frame out of the outside veth end, so it reaches the
 //! host end (the uplink under test) as a real received frame.
@@ -24,8 +25,10 @@
 //!   [dport, dport + DPORT_SPAN), the L4 checksum patched to match (RFC
 //!   1624). Conntrack then sees up to 65,535 flows per destination port.
 //!   `FRAME` must be IPv4 without options, TCP or UDP.
-#![no_std]
-#![no_main]
+// Built for bpfel-unknown-none by dockblock-bench's build.rs. On the host
+// (`cargo build --workspace`) it compiles as an ordinary binary that does
+// nothing, so the workspace builds without excluding it.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_UNSPEC},
@@ -34,6 +37,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     Global,
 };
+use dockblock_common::net::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN};
 
 /// Frame length in 32-bit words: 60 bytes, 64 on the wire with the FCS.
 pub const FRAME_WORDS: usize = 15;
@@ -47,9 +51,10 @@ static FRAME: Global<[u32; FRAME_WORDS]> = Global::new([0; FRAME_WORDS]);
 #[unsafe(no_mangle)]
 static DPORT_SPAN: Global<u32> = Global::new(0);
 
-const L4: usize = 14 + 20;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+/// Where the transport header starts (IPv4 without options).
+const L4: usize = ETH_HLEN + IPV4_HLEN;
+/// The IPv4 header's protocol byte.
+const IP_PROTO_AT: usize = ETH_HLEN + 9;
 
 /// Writes `FRAME` over the packet; false if the packet is not `FRAME_LEN`
 /// bytes long (then it is sent untouched).
@@ -86,7 +91,7 @@ pub fn bench_tx_flows(ctx: XdpContext) -> u32 {
     }
     // SAFETY: every offset below is < L4 + 20 <= FRAME_LEN, checked above.
     unsafe {
-        let (csum_at, is_udp) = match *((data + 14 + 9) as *const u8) {
+        let (csum_at, is_udp) = match *((data + IP_PROTO_AT) as *const u8) {
             IPPROTO_TCP => (L4 + 16, false),
             IPPROTO_UDP => (L4 + 6, true),
             _ => return xdp_action::XDP_TX,
@@ -141,7 +146,10 @@ pub fn floor_tc(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-#[cfg(not(test))]
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

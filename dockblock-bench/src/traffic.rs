@@ -1,5 +1,6 @@
 //! Floods from the outside namespace at the uplink, and what the host made
-//! of them. Two generators:
+//! of them (the traffic layer, beside the peers, on top of the world). Two
+//! generators:
 //! - live frames: `dockblock-bench flood`, an XDP_TX program run with
 //!   BPF_PROG_TEST_RUN in live-frames mode, whose frames arrive at the
 //!   uplink as XDP frames (5-11 Mpps here);
@@ -11,12 +12,12 @@
 //! bridge's tx_packets (forwarded to the container), an nft counter in the
 //! container's namespace (flood packets that reached it) and the filter's
 //! own drop counter.
-use super::{
-    cmd,
-    topology::{self, Topology, BRIDGE, HOST_IF, HOST_IP, NS, NS_IF, NS_IP},
-    variants::{self, Variant},
+use crate::{
+    peers::{self, Variant},
+    world::{self, Topology, BRIDGE, HOST_IF, HOST_IP, NS, NS_IF, NS_IP},
 };
 use anyhow::{bail, Context, Result};
+use dockblock_testkit::cmd;
 use serde_json::{json, Value};
 use std::{
     fs,
@@ -71,7 +72,7 @@ impl Flood {
             frames,
             seconds,
             rate: 0.0,
-            dport: topology::BLOCKED_PORT,
+            dport: world::BLOCKED_PORT,
             dport_span: 0,
             to_container: false,
         }
@@ -88,7 +89,7 @@ pub struct Sent {
 }
 
 fn live_args(t: &Topology, f: &Flood) -> Vec<String> {
-    let bench = super::bench_bin();
+    let bench = world::bench_bin();
     let mut v: Vec<String> = ["ip", "netns", "exec", NS].iter().map(|s| s.to_string()).collect();
     v.push(bench.to_string_lossy().into_owned());
     v.push("flood".into());
@@ -118,7 +119,7 @@ pub fn live(t: &Topology, f: &Flood) -> Result<Sent> {
     let args = live_args(t, f);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let limit = Duration::from_secs_f64(f.seconds + 20.0);
-    let out = cmd::ok_limit(limit, &args)?;
+    let out = cmd::ok_within(limit, &args)?;
     let j: Value = serde_json::from_str(out.trim()).context("dockblock-bench flood output")?;
     Ok(Sent {
         frames: j["frames"].as_u64().unwrap_or(0),
@@ -181,11 +182,12 @@ pub fn trafgen(t: &Topology, f: &Flood) -> Result<Sent> {
     let (path, args) = trafgen_cmd(t, f)?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let start = Instant::now();
-    let out = cmd::run_full(Duration::from_secs_f64(f.seconds + 20.0), &args, None);
+    let out = cmd::output(Duration::from_secs_f64(f.seconds + 20.0), &args, None);
     let wall = start.elapsed().as_secs_f64();
     let _ = fs::remove_file(&path);
     let out = out?;
-    parse_trafgen(&format!("{}\n{}", out.stdout, out.stderr), wall)
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    parse_trafgen(&text, wall)
 }
 
 /// Starts trafgen in the background (attack traffic while other probes
@@ -245,13 +247,13 @@ fn counters(t: &Topology, v: Variant) -> Result<Counters> {
         rx_dropped: stat(HOST_IF, "rx_dropped"),
         forwarded: stat(BRIDGE, "tx_packets"),
         reached: t.container_hits()?,
-        filter: variants::dropped(v)?,
+        filter: peers::dropped(v)?,
     })
 }
 
 /// Runs `f` against variant `v` (already set up) and returns one sample.
 pub fn measure(t: &Topology, v: Variant, f: &Flood, round: usize) -> Result<Value> {
-    topology::clear_conntrack();
+    world::clear_conntrack();
     let before = counters(t, v)?;
     let sent = match f.generator {
         Generator::Live => live(t, f)?,

@@ -5,14 +5,14 @@
 //! (V0's received rate under the trafgen TCP SYN flood, random source
 //! ports). The attacker is trafgen at a fixed rate (`-b Npps`), because it
 //! works with every variant, skb-mode XDP included (live frames do not).
-use super::{
-    cmd::{self, in_ns},
-    flood::{self, Flood, Generator},
-    topology::{Topology, ALLOWED_PORT, HOST_IP, IPERF_PORT, NS},
-    variants::{self, Variant},
-    Ctx,
+use super::Ctx;
+use crate::{
+    peers::{self, Variant},
+    traffic::{self, Flood, Generator},
+    world::{self, Topology, ALLOWED_PORT, HOST_IP, IPERF_PORT, NS},
 };
 use anyhow::{Context, Result};
+use dockblock_testkit::cmd::{self, in_ns};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -54,11 +54,11 @@ pub fn run(ctx: &Ctx, topo: &Topology, flood_samples: &[Value]) -> Result<Value>
         "no-filter capacity (V0, trafgen TCP SYN, random source ports): {:.3} Mpps",
         capacity / 1e6
     ));
-    let target = variants::Blocked::target();
+    let target = peers::Blocked::target();
     let mut samples = Vec::new();
     for round in 1..=rounds {
         for &v in list.iter().filter(|v| ctx.wants(**v)) {
-            let applied = variants::Applied::new(v, &target, &topo.container_ip)?;
+            let applied = peers::Applied::new(v, &target, &topo.container_ip)?;
             for &load in loads {
                 ctx.check_stop()?;
                 let s = point(topo, v, load, capacity, attack_secs, round)
@@ -74,7 +74,7 @@ pub fn run(ctx: &Ctx, topo: &Topology, flood_samples: &[Value]) -> Result<Value>
                 samples.push(s);
             }
             drop(applied);
-            if let Some(left) = variants::leftovers() {
+            if let Some(left) = super::leftovers() {
                 anyhow::bail!("{} left behind: {left}", v.id());
             }
         }
@@ -100,9 +100,9 @@ fn no_filter_capacity(ctx: &Ctx, topo: &Topology, samples: &[Value]) -> Result<f
         .collect();
     if rates.is_empty() {
         ctx.log("no V0 flood sample yet: measuring the no-filter capacity");
-        let _applied = variants::Applied::new(Variant::V0, &variants::Blocked::target(), &topo.container_ip)?;
+        let _applied = peers::Applied::new(Variant::V0, &peers::Blocked::target(), &topo.container_ip)?;
         for round in 1..=3 {
-            let s = flood::measure(topo, Variant::V0, &attack(0.0, 1.0), round)?;
+            let s = traffic::measure(topo, Variant::V0, &attack(0.0, 1.0), round)?;
             rates.extend(s["received_mpps"].as_f64());
         }
     }
@@ -118,13 +118,13 @@ fn attack(rate: f64, secs: f64) -> Flood {
 /// One measurement: attack at `load`% of `capacity` in the background,
 /// latency probes, then an iperf3 run.
 fn point(topo: &Topology, v: Variant, load: u32, capacity: f64, secs: f64, round: usize) -> Result<Value> {
-    super::topology::clear_conntrack();
+    world::clear_conntrack();
     let rate = capacity * f64::from(load) / 100.0;
-    let mut gen = if load > 0 { Some(flood::trafgen_background(topo, &attack(rate, secs))?) } else { None };
+    let mut gen = if load > 0 { Some(traffic::trafgen_background(topo, &attack(rate, secs))?) } else { None };
     if gen.is_some() {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let bench = super::bench_bin();
+    let bench = world::bench_bin();
     let addr = format!("{HOST_IP}:{ALLOWED_PORT}");
     let lat = cmd::ok(&in_ns(
         NS,
@@ -141,7 +141,7 @@ fn point(topo: &Topology, v: Variant, load: u32, capacity: f64, secs: f64, round
             "1.2",
         ],
     ));
-    let iperf = cmd::run_full(
+    let iperf = cmd::output(
         Duration::from_secs(15),
         &in_ns(
             NS,
@@ -169,7 +169,7 @@ fn point(topo: &Topology, v: Variant, load: u32, capacity: f64, secs: f64, round
                 use std::io::Read;
                 let _ = so.read_to_string(&mut out);
             }
-            if let Ok(sent) = flood::parse_trafgen(&out, secs) {
+            if let Ok(sent) = traffic::parse_trafgen(&out, secs) {
                 attack_mpps = json!(sent.frames as f64 / sent.seconds / 1e6);
             }
         }
@@ -180,8 +180,8 @@ fn point(topo: &Topology, v: Variant, load: u32, capacity: f64, secs: f64, round
     };
     let throughput = iperf
         .ok()
-        .filter(|o| o.ok)
-        .and_then(|o| serde_json::from_str::<Value>(&o.stdout).ok())
+        .filter(|o| o.status.success())
+        .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
         .and_then(|j| j["end"]["sum_received"]["bits_per_second"].as_f64())
         .map(|b| b / 1e9);
     Ok(json!({
