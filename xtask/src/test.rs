@@ -20,26 +20,31 @@ pub fn run(opts: &Options) -> Result<()> {
         setup::run(&setup::Options { no_docker: false })?;
     }
 
-    // dockblock-ebpf only builds for bpfel-unknown-none with nightly, so the
-    // host-side --workspace steps leave it out and it gets its own clippy run.
+    // The kernel crates build only for bpfel-unknown-none with nightly. The
+    // host-side --workspace steps leave dockblock-ebpf out; dockblock-bench-ebpf
+    // compiles on the host as an empty binary, so it may stay in. Each gets
+    // its own clippy run for its target.
     const HOST: [&str; 4] = ["--workspace", "--exclude", "dockblock-ebpf", "--all-targets"];
+    const KERNEL: [&str; 2] = ["dockblock-ebpf", "dockblock-bench-ebpf"];
 
     util::run(&mut util::cargo(["fmt", "--all", "--check"]))?;
     util::run(util::cargo(["clippy"]).args(HOST).args(["--", "-D", "warnings"]))?;
-    util::run(&mut util::cargo([
-        "+nightly",
-        "clippy",
-        "--package",
-        "dockblock-ebpf",
-        "--release",
-        "--target",
-        "bpfel-unknown-none",
-        "-Z",
-        "build-std=core",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    for krate in KERNEL {
+        util::run(&mut util::cargo([
+            "+nightly",
+            "clippy",
+            "--package",
+            krate,
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
     // The integration tests exec target/debug/dockblock-agent, so build every
     // target before running any test.
     util::run(util::cargo(["build"]).args(HOST))?;
