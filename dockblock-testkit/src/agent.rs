@@ -53,7 +53,7 @@ impl Cli {
     pub fn ok_within(&self, limit: Duration, args: &[&str]) -> Result<String, Error> {
         let out = output(&self.bin, &self.pin_dir, limit, args)?;
         if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let stderr = cmd::shortened(String::from_utf8_lossy(&out.stderr).trim());
             let cmd = format!("dockblock-agent --pin-dir {} {}", self.pin_dir, args.join(" "));
             return Err(Error::Failed { cmd, status: out.status, stderr });
         }

@@ -104,10 +104,23 @@ pub fn output(limit: Duration, argv: &[&str], input: Option<&str>) -> Result<Out
 pub fn checked(limit: Duration, argv: &[&str], input: Option<&str>) -> Result<String, Error> {
     let out = output(limit, argv, input)?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let stderr = shortened(String::from_utf8_lossy(&out.stderr).trim());
         return Err(Error::Failed { cmd: show(argv), status: out.status, stderr });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `text` with its middle cut out beyond 2,000 characters: a verifier log
+/// runs to megabytes, and its start and end say what went wrong.
+pub fn shortened(text: &str) -> String {
+    const KEEP: usize = 1000;
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= 2 * KEEP {
+        return text.to_string();
+    }
+    let head: String = chars[..KEEP].iter().collect();
+    let tail: String = chars[chars.len() - KEEP..].iter().collect();
+    format!("{head} [... {} characters ...] {tail}", chars.len() - 2 * KEEP)
 }
 
 /// `checked` with the default limit and no input.
@@ -172,4 +185,29 @@ pub fn describe(out: &Output) -> String {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn runs_checks_and_bounds_commands() {
+        assert_eq!(super::ok(&["echo", "hi"]).unwrap(), "hi\n");
+        assert_eq!(super::ok_input(&["cat"], "in").unwrap(), "in");
+        let failed = super::ok(&["sh", "-c", "echo oops >&2; exit 3"]).unwrap_err().to_string();
+        assert!(failed.contains("exit status: 3") && failed.contains("oops"), "{failed}");
+        let slow = super::ok_within(Duration::from_millis(200), &["sleep", "5"]).unwrap_err();
+        assert!(matches!(slow, super::Error::TimedOut { .. }), "{slow}");
+        assert!(matches!(super::ok(&["/nonexistent/tool"]), Err(super::Error::Start { .. })));
+    }
+
+    #[test]
+    fn shortens_long_output_in_the_middle() {
+        let long = format!("{}{}", "a".repeat(1500), "b".repeat(1500));
+        let s = super::shortened(&long);
+        assert!(s.starts_with(&"a".repeat(1000)) && s.ends_with(&"b".repeat(1000)), "{s}");
+        assert!(s.contains("[... 1000 characters ...]"));
+        assert_eq!(super::shortened("short"), "short");
+    }
 }
