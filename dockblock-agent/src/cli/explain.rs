@@ -8,7 +8,10 @@ use dockblock_agent::{
 };
 use dockblock_common::hook;
 
-use super::{output::describe_options, output::print_json, ExplainArgs, HookChoice};
+use super::{
+    output::{self, describe_options, print_json},
+    ExplainArgs, HookChoice,
+};
 
 pub fn run(pins: &PinDir, args: ExplainArgs) -> Result<()> {
     require_root()?;
