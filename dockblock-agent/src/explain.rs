@@ -402,7 +402,7 @@ pub fn explain_all(pins: &PinDir, queries: &[Query], hooks: &[u32]) -> Result<Ve
     let store = RuleStore::open_read_only(pins)?;
     let rules = store.rules()?;
     let started = Instant::now();
-    let mut probe = Probe::load(pins, rules.iter().map(|r| r.id).collect())?;
+    let mut probe = Probe::load(pins, hooks, rules.iter().map(|r| r.id).collect())?;
     let load_time = started.elapsed();
     let model = Model::from_store(&store, pins)?;
     let programs: Vec<ProgramCheck> =
@@ -451,9 +451,10 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Loads the judging programs (XDP and bridge TC), not attached.
-    /// `rule_ids` are the rules whose counters tell which rule decided.
-    pub fn load(pins: &PinDir, rule_ids: Vec<u32>) -> Result<Self> {
+    /// Loads the judging programs of `hooks` (XDP, bridge TC), not
+    /// attached. `rule_ids` are the rules whose counters tell which rule
+    /// decided.
+    pub fn load(pins: &PinDir, hooks: &[u32], rule_ids: Vec<u32>) -> Result<Self> {
         loader::check_pinned_layouts(pins)?;
         // Every map sized as its pin: an index the programs compute from
         // the live state (a rule id, a fragment slot) fits the copies too.
@@ -474,10 +475,17 @@ impl Probe {
         // declares no pinning): they die with this process.
         let mut ebpf =
             ebpf_loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("load the eBPF object for explain", e))?;
-        loader::xdp_program(&mut ebpf)?.load().map_err(|e| Error::bpf("load XDP program (verifier)", e))?;
-        loader::tc_program(&mut ebpf, program_names::BRIDGE_TC)?
-            .load()
-            .map_err(|e| Error::bpf("load TC program (verifier)", e))?;
+        // The verifier's work is most of explain's time: only what is asked.
+        if hooks.contains(&hook::XDP) {
+            loader::xdp_program(&mut ebpf)?
+                .load()
+                .map_err(|e| Error::bpf("load XDP program (verifier)", e))?;
+        }
+        if hooks.contains(&hook::TC) {
+            loader::tc_program(&mut ebpf, program_names::BRIDGE_TC)?
+                .load()
+                .map_err(|e| Error::bpf("load TC program (verifier)", e))?;
+        }
 
         let live_seen: Array<MapData, u32> = store::open_pinned_as(pins, map_names::SEEN, Access::ReadOnly)?;
         let mut own_seen: Array<MapData, u32> = take(&mut ebpf, map_names::SEEN)?;
