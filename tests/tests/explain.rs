@@ -359,3 +359,33 @@ fn probe_model_and_program_agree() {
     assert_eq!(one.hooks[0].kernel.decision, reports[0].hooks[0].kernel.decision);
     assert!(one.programs[0].links.is_empty(), "the harness attaches nothing");
 }
+
+/// A disagreement is printed and fails the command. An IPv6 packet from a
+/// v4-mapped source is the case: the spec drops it as evasive (it must not
+/// match an IPv4 allow-list entry); a datapath before fail-closed let it
+/// pass as allowed. Either way, exit code, `agree` and the columns match.
+#[test]
+fn explain_fails_when_kernel_and_model_disagree() {
+    let rig = Rig::new("dis");
+    rig.agent.ok(&["block", "5432/tcp", "--allow-from", "203.0.113.0/24"]);
+    let args =
+        ["explain", "tcp", "[::ffff:203.0.113.7]:40000", "[2001:db8::1]:5432", "--hook", "xdp", "--json"];
+    let out = rig.agent.run(&args);
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("the answer is printed either way");
+    let model = &answer["model"][0];
+    assert_eq!(model["outcome"], "dropped_evasive", "{answer}");
+    let mut kernel = answer["hooks"][0].clone();
+    kernel.as_object_mut().unwrap().remove("event");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if kernel == *model {
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(answer["agree"], true);
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{answer}");
+        assert_eq!(answer["agree"], false);
+        assert!(stderr.contains("kernel and model disagree on the xdp hook"), "{stderr}");
+        let text = rig.agent.run(&args[..args.len() - 1]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("KERNEL AND MODEL DISAGREE") && text.contains("DISAGREES"), "{text}");
+    }
+}
