@@ -23,19 +23,16 @@ use aya_ebpf::{
 };
 use dockblock_common::{hook, scope};
 use events::Seen;
-use parse::Cursor;
+use parse::{parse, Cursor, Facts, Reject, PARSE_DEPTH_MAX};
 use verdict::{judge, Verdict};
-
-/// Linear bytes for two VLAN tags, an IPv6 header with a few extension
-/// headers (or the longest IPv4 header) and a TCP header.
-const HEADERS_MAX: u32 = 14 + 8 + 40 + 64 + 20;
 
 #[xdp]
 pub fn dockblock_xdp(ctx: XdpContext) -> u32 {
-    let cur = Cursor::new(ctx.data(), ctx.data_end());
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let len = ctx.data_end() - ctx.data();
     let seen = Seen { hook: hook::XDP, ifindex: ctx.ingress_ifindex() as u32 };
-    match judge(&cur, scope::DIALED, len, &seen, false) {
+    // XDP sees only the linear buffer (no frags support): it is the packet.
+    let parse = || parse(&Cursor::new(ctx.data(), ctx.data_end(), len));
+    match judge(scope::DIALED, len as u64, &seen, false, parse) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
@@ -43,13 +40,12 @@ pub fn dockblock_xdp(ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn dockblock_tc(ctx: TcContext) -> i32 {
-    let cur = linear_cursor(&ctx);
     // SAFETY: the context points at a valid __sk_buff.
     let (ifindex, ingress_ifindex) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
     let seen = Seen { hook: hook::TC, ifindex };
     // Forwarded packets carry the interface they came in on; the host's own
     // (docker-proxy, curl to a container IP) have none.
-    match judge(&cur, scope::CONTAINER, ctx.len() as u64, &seen, ingress_ifindex == 0) {
+    match judge(scope::CONTAINER, u64::from(ctx.len()), &seen, ingress_ifindex == 0, || parse_skb(&ctx)) {
         // TCX_NEXT: leave the packet to any program after us, then the stack.
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
@@ -58,26 +54,33 @@ pub fn dockblock_tc(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn dockblock_track_up(ctx: TcContext) -> i32 {
-    track::track(&linear_cursor(&ctx), scope::DIALED);
+    track::track(parse_skb(&ctx), scope::DIALED);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn dockblock_track_br(ctx: TcContext) -> i32 {
-    track::track(&linear_cursor(&ctx), scope::CONTAINER);
+    track::track(parse_skb(&ctx), scope::CONTAINER);
     TC_ACT_UNSPEC
 }
 
-/// Headers may sit in paged data; make them linear so direct packet access
-/// sees them. Failure only means a short linear part, which the parser then
-/// counts as malformed and passes.
+/// Parses an skb whose headers may sit partly in paged data. Only when the
+/// parser needs bytes beyond the linear part does it pull (bpf_skb_pull_data)
+/// everything it can ever read, or the whole packet if shorter, and parse
+/// again. Still short (the pull failed): `Reject::Short`, which the verdict
+/// drops as evasive. No loop and no value carried from the first parse, so
+/// the verifier walks the second parse once.
 #[inline(always)]
-fn linear_cursor(ctx: &TcContext) -> Cursor {
-    let linear = (ctx.data_end() - ctx.data()) as u32;
-    if linear < HEADERS_MAX && ctx.len() > linear {
-        let _ = ctx.pull_data(core::cmp::min(ctx.len(), HEADERS_MAX));
+fn parse_skb(ctx: &TcContext) -> Result<Facts, Reject> {
+    let len = ctx.len() as usize;
+    match parse(&Cursor::new(ctx.data(), ctx.data_end(), len)) {
+        Err(Reject::Short { .. }) => {}
+        parsed => return parsed,
     }
-    Cursor::new(ctx.data(), ctx.data_end())
+    if ctx.pull_data(core::cmp::min(len, PARSE_DEPTH_MAX) as u32).is_err() {
+        return Err(Reject::Short { need: 0 });
+    }
+    parse(&Cursor::new(ctx.data(), ctx.data_end(), len))
 }
 
 #[cfg(not(test))]

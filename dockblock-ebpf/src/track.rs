@@ -7,15 +7,17 @@ use dockblock_common::{port_index, proto, seen, FlowKey};
 
 use crate::{
     maps::{mark_seen, FLOWS, PORT_RULES},
-    parse::{parse, Cursor},
+    parse::{Facts, Reject},
     verdict::config,
 };
 
-/// `scope` is where the reply will be judged: DIALED for packets leaving
-/// an uplink (after SNAT), CONTAINER for packets leaving a container.
+/// `parsed` is what the verdict's parser made of the packet (the same
+/// parser, so a flow is recorded as its replies will be read). `scope` is
+/// where the reply will be judged: DIALED for packets leaving an uplink
+/// (after SNAT), CONTAINER for packets leaving a container.
 #[inline(always)]
-pub fn track(cur: &Cursor, scope: u32) {
-    let Ok(facts) = parse(cur) else { return };
+pub fn track(parsed: Result<Facts, Reject>, scope: u32) {
+    let Ok(facts) = parsed else { return };
     let Some(l4) = &facts.l4 else { return };
     if l4.proto != proto::UDP {
         return;

@@ -3,15 +3,15 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use dockblock_common::{
-    config_flag, hook_stats_index, outcome, port_index, proto, rule_flag, seen as seen_slot, AllowKey,
-    Counter, FlowKey, FragKey, PortRule, RuleStats, ALLOW_KEY_RULE_BITS,
+    config_flag, hook_stats_index, net::IPPROTO_TCP, outcome, port_index, proto, rule_flag,
+    seen as seen_slot, AllowKey, Counter, FlowKey, FragKey, PortRule, RuleStats, ALLOW_KEY_RULE_BITS,
 };
 
 use crate::{
     events::{self, Seen},
     frags,
     maps::{seen, ALLOW, CONFIG, FLOWS, HOOK_STATS, PORT_RULES, RULE_STATS},
-    parse::{parse, Cursor, Facts, Frag, Reject},
+    parse::{Facts, Frag, Reject},
 };
 
 pub enum Verdict {
@@ -19,20 +19,27 @@ pub enum Verdict {
     Drop,
 }
 
-/// Judges the packet in `cur` against the rules of `scope`, counts it under
-/// `seen.hook`, and says what to do with it. `len` is the packet length in
-/// bytes; `from_host` marks packets the host itself sent (bridge only).
+/// Judges the packet `parse` reads against the rules of `scope`, counts it
+/// under `seen.hook`, and says what to do with it (fail-closed.md, in its
+/// order). `len` is the packet length in bytes; `from_host` marks packets
+/// the host itself sent (bridge only). `parse` runs only if the packet is
+/// judged at all.
 #[inline(always)]
-pub fn judge(cur: &Cursor, scope: u32, len: u64, seen: &Seen, from_host: bool) -> Verdict {
+pub fn judge(
+    scope: u32,
+    len: u64,
+    seen: &Seen,
+    from_host: bool,
+    parse: impl FnOnce() -> Result<Facts, Reject>,
+) -> Verdict {
     let hook = seen.hook;
     let config = config();
     if from_host && config.flags & config_flag::JUDGE_HOST_TRAFFIC == 0 {
         return finish(hook, outcome::PASSED_HOST, len);
     }
-    let facts = match parse(cur) {
+    let facts = match parse() {
         Ok(facts) => facts,
-        Err(Reject::Unparsed) => return finish(hook, outcome::PASSED_OTHER, len),
-        Err(Reject::Malformed) => return finish(hook, outcome::DROPPED_MALFORMED, len),
+        Err(reject) => return finish(hook, rejected(reject), len),
     };
     let Some(l4) = &facts.l4 else {
         return judge_later_fragment(&facts, hook, len);
@@ -48,7 +55,11 @@ pub fn judge(cur: &Cursor, scope: u32, len: u64, seen: &Seen, from_host: bool) -
             add(pick(unsafe { &mut *stats }), len);
         }
     };
-    if !l4.is_new || (l4.proto == proto::UDP && is_reply(&facts, l4.sport, l4.dport, scope, &config)) {
+    // A first fragment cut short after the ports counts as new: its flags
+    // are unknown, and a reply would carry its whole header.
+    if !l4.is_new
+        || (l4.complete && l4.proto == proto::UDP && is_reply(&facts, l4.sport, l4.dport, scope, &config))
+    {
         count(|s| &mut s.passed);
         return finish(hook, outcome::PASSED_NOT_NEW, len);
     }
@@ -69,17 +80,33 @@ pub fn judge(cur: &Cursor, scope: u32, len: u64, seen: &Seen, from_host: bool) -
         frags::remember(&frag_key(&facts, id), rule.rule_id);
     }
     count(|s| &mut s.dropped);
-    finish(hook, outcome::DROPPED, len)
+    finish(hook, if l4.complete { outcome::DROPPED } else { outcome::DROPPED_EVASIVE }, len)
 }
 
-/// A later fragment is dropped when its first fragment was.
+/// The outcome of a packet the parser could not hand to a rule.
+#[inline(always)]
+fn rejected(reject: Reject) -> u32 {
+    match reject {
+        Reject::Other => outcome::PASSED_OTHER,
+        Reject::Malformed => outcome::DROPPED_MALFORMED,
+        // Short: headers the bridge program could not make linear.
+        Reject::Evasive | Reject::Short { .. } => outcome::DROPPED_EVASIVE,
+    }
+}
+
+/// A later fragment is dropped when its first fragment was, or when it
+/// could rewrite the TCP flags of a first fragment judged already.
 #[inline(always)]
 fn judge_later_fragment(facts: &Facts, hook: u32, len: u64) -> Verdict {
-    let Frag::Later { id, last } = facts.frag else {
-        return finish(hook, outcome::PASSED_OTHER, len);
+    let Frag::Later { id, offset, last } = facts.frag else {
+        return finish(hook, outcome::DROPPED_EVASIVE, len);
     };
+    // At 8 bytes it overlaps the flags of a 20-byte header (RFC 1858).
+    if facts.key_proto == IPPROTO_TCP && offset == 1 {
+        return finish(hook, outcome::DROPPED_EVASIVE, len);
+    }
     let Some(rule_id) = frags::dropped_by(&frag_key(facts, id), last) else {
-        return finish(hook, outcome::PASSED_OTHER, len);
+        return finish(hook, outcome::PASSED_FRAGMENT, len);
     };
     if let Some(stats) = RULE_STATS.get_ptr_mut(rule_id) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
@@ -90,7 +117,7 @@ fn judge_later_fragment(facts: &Facts, hook: u32, len: u64) -> Verdict {
 
 #[inline(always)]
 fn frag_key(facts: &Facts, id: u32) -> FragKey {
-    FragKey { src: facts.src, dst: facts.dst, id, proto: facts.ip_proto as u32 }
+    FragKey { src: facts.src, dst: facts.dst, id, proto: u32::from(facts.key_proto) }
 }
 
 /// Whether a UDP datagram answers a flow the host or a container opened
