@@ -122,6 +122,22 @@ impl Datapath {
         }
     }
 
+    /// Average time of one run of the XDP (`tc == false`) or bridge TC
+    /// program on `frame`, over `repeat` runs, and the verifier-translated
+    /// instruction count (8 bytes each) of that program.
+    pub fn time(&mut self, tc: bool, frame: &[u8], repeat: u32) -> (std::time::Duration, u32) {
+        let ctx = skb_ctx(From::Outside);
+        let opts = TestRunOptions { repeat, ctx_in: if tc { Some(&ctx) } else { None }, ..options(frame) };
+        let (result, info) = if tc {
+            let prog = loader::tc_program(&mut self.ebpf, program_names::BRIDGE_TC).unwrap();
+            (prog.test_run(opts).expect("BPF_PROG_TEST_RUN"), prog.info().unwrap())
+        } else {
+            let prog = loader::xdp_program(&mut self.ebpf).unwrap();
+            (prog.test_run(opts).expect("BPF_PROG_TEST_RUN"), prog.info().unwrap())
+        };
+        (result.duration, info.size_translated().unwrap_or(0) / 8)
+    }
+
     /// Runs a flow-tracking program on an outgoing `frame`; it never drops.
     pub fn track(&mut self, program: &str, frame: &[u8]) {
         let ctx = skb_ctx(From::Outside);

@@ -34,10 +34,10 @@ fn ipv6_is_judged_like_ipv4_through_extension_headers() {
         assert_eq!(dp.xdp(&packet.build()), Drop, "{chain:?}");
     }
     let too_long = (0..9).fold(Packet::syn(3306).v6(), |p, _| p.ext(IPV6_DEST_OPTS, 0));
-    assert_eq!(dp.xdp(&too_long.build()), Pass, "beyond the walk bound: unjudged");
-    assert_eq!(dp.xdp_counter(outcome::PASSED_OTHER).packets, 1);
+    assert_eq!(dp.xdp(&too_long.build()), Drop, "beyond the walk bound: may hide anything");
+    assert_eq!(dp.xdp_counter(outcome::DROPPED_EVASIVE).packets, 1);
     let bad_version = Packet::syn(3306).v6().ip_version(4).build();
-    assert_eq!(dp.xdp(&bad_version), Pass);
+    assert_eq!(dp.xdp(&bad_version), Drop);
     assert_eq!(dp.xdp_counter(outcome::DROPPED_MALFORMED).packets, 1);
 }
 
@@ -54,10 +54,15 @@ fn vlan_and_qinq_tagged_frames_are_judged() {
     }
     assert_eq!(dp.xdp(&Packet::syn(80).vlan(ETH_P_8021Q, 100).build()), Pass);
     let tagged = Packet::syn(3306).vlan(ETH_P_8021AD, 1).vlan(ETH_P_8021Q, 2).build();
-    for len in 14..tagged.len() {
-        assert_eq!(dp.xdp(&tagged[..len]), Pass, "truncated at {len}");
+    // A tag cut short cannot carry IP; an IP header cut short is malformed.
+    for len in 14..22 {
+        assert_eq!(dp.xdp(&tagged[..len]), Pass, "truncated at {len}, in a tag");
     }
-    assert_eq!(dp.xdp_counter(outcome::DROPPED_MALFORMED).packets, (tagged.len() - 14) as u64);
+    for len in 22..tagged.len() {
+        assert_eq!(dp.xdp(&tagged[..len]), Drop, "truncated at {len}");
+    }
+    assert_eq!(dp.xdp_counter(outcome::PASSED_OTHER).packets, 8);
+    assert_eq!(dp.xdp_counter(outcome::DROPPED_MALFORMED).packets, (tagged.len() - 22) as u64);
 }
 
 #[test]
@@ -73,6 +78,7 @@ fn a_later_fragment_of_a_dropped_datagram_is_dropped_too() {
         let stranger =
             base.clone().src(if v6 { "2001:db8::9" } else { "198.18.0.9" }).fragment(9, true).build();
         assert_eq!(dp.xdp(&stranger), Pass, "v6={v6}: no ports, its first fragment never seen");
+        assert_eq!(dp.xdp_counter(outcome::PASSED_FRAGMENT).packets, 1 + u64::from(v6) * 2);
         assert_eq!(dp.xdp(&first), Drop, "v6={v6}: the first fragment carries the ports");
         assert_eq!(dp.xdp(&middle), Drop, "v6={v6}");
         assert_eq!(dp.xdp(&last), Drop, "v6={v6}");
@@ -169,20 +175,29 @@ fn the_fragment_table_is_a_power_of_two_with_a_random_seed_kept_by_reload() {
 }
 
 #[test]
-fn truncated_ipv6_at_every_byte_passes_as_malformed() {
+fn truncated_ipv6_at_every_byte_is_dropped_as_malformed() {
     let mut dp = Datapath::load("trunc6");
     dp.block(Dialed, "3306");
-    let mut runs = 0;
+    let (mut malformed, mut other) = (0, 0);
     for full in [
         Packet::syn(3306).v6().build(),
         Packet::udp(3306).v6().ext(IPV6_HOP_BY_HOP, 1).fragment(0, true).build(),
         Packet::syn(3306).v6().vlan(ETH_P_8021Q, 5).build(),
     ] {
+        let l3 = if full[12..14] == ETH_P_8021Q.to_be_bytes() { 18 } else { 14 };
         for len in 14..full.len() {
-            assert_eq!(dp.xdp(&full[..len]), Pass, "{len} of {} bytes", full.len());
-            runs += 1;
+            // Inside the VLAN tag: cannot carry IP. After: lengths that do
+            // not add up.
+            let want = if len < l3 { Pass } else { Drop };
+            assert_eq!(dp.xdp(&full[..len]), want, "{len} of {} bytes", full.len());
+            if len < l3 {
+                other += 1;
+            } else {
+                malformed += 1;
+            }
         }
         assert_eq!(dp.xdp(&full), Drop);
     }
-    assert_eq!(dp.xdp_counter(outcome::DROPPED_MALFORMED).packets, runs);
+    assert_eq!(dp.xdp_counter(outcome::DROPPED_MALFORMED).packets, malformed);
+    assert_eq!(dp.xdp_counter(outcome::PASSED_OTHER).packets, other);
 }
