@@ -47,6 +47,7 @@ const FRAG_SLOTS: u32 = 64;
 /// read as when taken for ports.
 const PORTS: [u16; 12] = [1, 22, 53, 80, 257, 443, 3306, 5000, 8080, 40000, 65534, 65535];
 const V4: [&str; 6] = ["198.18.0.1", "198.18.0.2", "198.19.255.7", "203.0.113.9", "10.1.2.3", "0.0.0.0"];
+/// The last two (v4-mapped) only as sources, one IPv6 frame in five.
 const V6: [&str; 6] =
     ["2001:db8::1", "2001:db8::2", "2001:db8:1::5", "fd00::9", "::ffff:198.18.0.2", "::ffff:203.0.113.9"];
 const EXT: [u8; 5] = [IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_FRAGMENT, IPV6_AUTH, IPV6_DEST_OPTS];
@@ -159,14 +160,14 @@ impl FrameGen {
 
     fn port(&mut self) -> u16 {
         match self.rng.below(10) {
-            0..6 if !self.rule_ports.is_empty() => self.rng.pick(&self.rule_ports.clone()),
+            0..7 if !self.rule_ports.is_empty() => self.rng.pick(&self.rule_ports.clone()),
             0..9 => self.rng.pick(&PORTS),
             _ => self.rng.next() as u16,
         }
     }
 
     /// A frame from the builder with random headers.
-    fn packet(&mut self) -> (Packet, usize, bool) {
+    fn packet(&mut self) -> (Packet, usize, bool, bool) {
         let r = &mut self.rng;
         let v6 = r.chance(45);
         let dport = self.port();
@@ -186,8 +187,9 @@ impl FrameGen {
         }
         .sport(sport);
         if v6 {
-            p = p.v6().src(r.pick(&V6)).dst(r.pick(&V6[..4]));
-            for _ in 0..[0, 0, 0, 1, 1, 2, 3, 4, 7, 8, 9, 10][r.below(12)] {
+            let src = if r.chance(20) { r.pick(&V6[4..]) } else { r.pick(&V6[..4]) };
+            p = p.v6().src(src).dst(r.pick(&V6[..4]));
+            for _ in 0..[0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 7, 8, 9, 10][r.below(14)] {
                 p = p.ext(r.pick(&EXT), r.below(3) as u8);
             }
         } else {
@@ -198,21 +200,22 @@ impl FrameGen {
                 _ => p.ihl(r.below(5) as u8),
             };
         }
-        let vlans = [0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 3][r.below(11)];
+        let vlans = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 3][r.below(13)];
         for _ in 0..vlans {
             p = p.vlan(r.pick(&[ETH_P_8021Q, ETH_P_8021AD]), r.below(4096) as u16);
         }
         p = p.frag_id(r.pick(&[1, 2, 3, 0x1234, 0x5678]));
+        let first = r.chance(20);
         p = match r.below(20) {
-            0..11 => p,
-            11..15 => p.fragment(0, true),
+            _ if first => p.fragment(0, true),
+            0..14 => p,
             _ => p.fragment(Self::later_offset(r), r.chance(50)),
         };
         if r.chance(50) {
             let n = 1 + r.below(64);
             p = p.payload(&if r.chance(50) { vec![0; n] } else { r.bytes(n) });
         }
-        (p, 14 + 4 * vlans, v6)
+        (p, 14 + 4 * vlans, v6, first)
     }
 
     fn later_offset(r: &mut Rng) -> u16 {
@@ -224,11 +227,15 @@ impl FrameGen {
     }
 
     fn built(&mut self) -> Built {
-        let (p, l3, v6) = self.packet();
-        if self.datagrams.len() == 16 {
-            self.datagrams.remove(0);
+        let (p, l3, v6, first) = self.packet();
+        // Later fragments mostly follow first fragments, so that dropped
+        // datagrams are remembered and looked up.
+        if first || self.rng.chance(10) {
+            if self.datagrams.len() == 16 {
+                self.datagrams.remove(0);
+            }
+            self.datagrams.push((p.clone(), l3, v6));
         }
-        self.datagrams.push((p.clone(), l3, v6));
         Built { frame: p.build(), l3, v6 }
     }
 
@@ -248,12 +255,12 @@ impl FrameGen {
         }
     }
 
-    /// Bends a built frame in 0 to 3 ways.
+    /// Bends a built frame in 0 to 3 ways (none half the time).
     fn mutate(&mut self, mut b: Built) -> Vec<u8> {
         let r = &mut self.rng;
         let len_field = if b.v6 { b.l3 + 4 } else { b.l3 + 2 };
         let header = if b.v6 { 40 } else { 0 };
-        for _ in 0..[0, 0, 0, 1, 1, 2, 3][r.below(7)] {
+        for _ in 0..[0, 0, 0, 0, 1, 1, 2, 3][r.below(8)] {
             let f = &mut b.frame;
             match r.below(7) {
                 // Cut anywhere.
@@ -356,6 +363,8 @@ enum Kernel {
 struct Harness {
     dp: Datapath,
     refused: [u64; 2],
+    /// Frames per hook and outcome over the run, to show what it covered.
+    coverage: [[u64; outcome::COUNT as usize]; 2],
 }
 
 fn flow_value_now() -> u64 {
@@ -393,7 +402,11 @@ impl Harness {
             max_frags: Some(FRAG_SLOTS),
             ..Default::default()
         };
-        Self { dp: Datapath::load_with("fuzz", caps), refused: [0; 2] }
+        Self {
+            dp: Datapath::load_with("fuzz", caps),
+            refused: [0; 2],
+            coverage: [[0; outcome::COUNT as usize]; 2],
+        }
     }
 
     /// Puts the case's rules, flag and flows in place and empties the
@@ -506,6 +519,11 @@ impl Harness {
         let end = self.snapshot();
         let mut problems = String::new();
         let tally = model.tally();
+        for h in [hook::XDP, hook::TC] {
+            for o in 0..outcome::COUNT {
+                self.coverage[h as usize][o as usize] += tally.hook(h, o).packets;
+            }
+        }
         for h in [hook::XDP, hook::TC] {
             for o in 0..outcome::SLOTS {
                 let i = hook_stats_index(h, o) as usize;
@@ -664,6 +682,12 @@ fn kernel_and_model_agree_on_random_frames() {
         refused[0],
         refused[1]
     );
+    for h in [hook::XDP, hook::TC] {
+        let counts = harness.borrow().coverage[h as usize];
+        let shown: Vec<String> =
+            counts.iter().zip(outcome::NAMES).map(|(n, name)| format!("{name} {n}")).collect();
+        println!("fuzz: {}: {}", hook_name(h), shown.join(", "));
+    }
     if result.is_err() {
         let failure = failure.borrow_mut().take();
         panic!("{}", failure.unwrap_or_else(|| format!("{result:?}")));
