@@ -64,7 +64,8 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// The workspace root (this crate lives one level below it), fixed at
 /// compile time like xtask's.
 fn workspace_root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    root.canonicalize().unwrap_or(root)
 }
 
 /// Everything any run creates, removed whether or not it exists: peers'

@@ -1,8 +1,9 @@
 //! `cargo xtask bench [FLAGS]`: set up, build the agent and the benchmark
 //! (release), then run `dockblock-bench run FLAGS`. The benchmark is its own
 //! crate (dockblock-bench), which owns the flags: they pass through as they
-//! are (`cargo xtask bench --help` shows them). xtask only adds
-//! `--skip-setup`, and links nothing of the workspace.
+//! are (`cargo xtask bench -- --help` shows them). xtask only adds
+//! `--skip-setup`, and links nothing of the workspace. `DOCKBLOCK_AGENT_BIN`
+//! set: that agent is measured instead of target/release/dockblock-agent.
 use crate::{setup, util};
 use anyhow::{Context, Result};
 use std::process::Command;
@@ -13,7 +14,7 @@ pub struct Options {
     #[arg(long)]
     pub skip_setup: bool,
     /// Flags for `dockblock-bench run`, e.g. `--quick`, `--only cost,live`,
-    /// `--render-only` (see `cargo xtask bench --help`).
+    /// `--render-only` (see `cargo xtask bench -- --help`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
 }
@@ -31,7 +32,12 @@ pub fn run(opts: &Options) -> Result<()> {
     util::run(&mut util::cargo(["build", "--release", "-p", "dockblock-bench", "--bin", "dockblock-bench"]))?;
     let target = util::target_dir().join("release");
     let mut cmd = Command::new(target.join("dockblock-bench"));
-    cmd.arg("run").args(&args).env("DOCKBLOCK_AGENT_BIN", target.join("dockblock-agent"));
+    cmd.arg("run").args(&args);
+    // An agent named in the environment (another build) is benchmarked
+    // instead of the one just built.
+    if std::env::var_os("DOCKBLOCK_AGENT_BIN").is_none() {
+        cmd.env("DOCKBLOCK_AGENT_BIN", target.join("dockblock-agent"));
+    }
     println!("+ {}", util::show(&cmd));
     let status = cmd.status().context("could not start dockblock-bench")?;
     if !status.success() {
