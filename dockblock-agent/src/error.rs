@@ -120,6 +120,7 @@ impl Error {
             Self::BadPortSpec { .. }
             | Self::BadCidr { .. }
             | Self::RulesFile { .. }
+            | Self::RulesFileTooBig { .. }
             | Self::BadArgument { .. } => ExitCode::Usage,
             _ => ExitCode::Failure,
         }

@@ -80,6 +80,13 @@ pub fn check_size(path: &str, len: usize) -> Result<()> {
 /// Parses `text` (read from `path`, used in messages) into rule specs.
 pub fn parse(path: &str, text: &str) -> Result<Vec<RuleSpec>> {
     check_size(path, text.len())?;
+    // A cheap count first, so a file of millions of rules is refused before
+    // the TOML parser builds them all (inline tables are counted after).
+    let headers = text.lines().filter(|l| l.trim_start().starts_with("[[rule]]")).count();
+    if headers > MAX_RULES {
+        let why = format!("{headers} rules, more than the {MAX_RULES} any rule table holds");
+        return Err(Error::RulesFileTooBig { path: path.to_string(), why });
+    }
     let error = |span: Option<Range<usize>>, why: String| Error::RulesFile {
         path: path.to_string(),
         line: span.map_or(1, |s| line_of(text, s.start)),

@@ -62,8 +62,8 @@ pub fn repair(pins: &PinDir) -> Result<Vec<String>> {
         done.push(format!("finished: {}", change.describe()));
     }
     let drift = store.generation_drift()?;
-    store.resync()?;
     if drift != (0, 0) {
+        store.resync()?;
         done.push(format!(
             "rebuilt the port tables from the catalog ({} + {} entries were off)",
             drift.0, drift.1
