@@ -30,6 +30,9 @@ const ICMPV6_DEST_UNREACH: (u8, u8) = (1, 4);
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 
+/// IPv6 extension headers: (kind, length in 8-byte units beyond the first 8).
+type Chain = Vec<(u8, u8)>;
+
 #[derive(Clone, Debug)]
 pub struct Packet {
     /// VLAN tags, outermost first: (TPID, VLAN id).
@@ -37,11 +40,10 @@ pub struct Packet {
     ether_type: u16,
     src: IpAddr,
     dst: IpAddr,
-    /// IPv6 extension headers, in order: (kind, length in 8-byte units
-    /// beyond the first 8). A fragment header is added at the end unless
+    /// IPv6 extension headers, in order. A fragment header is added at the end unless
     /// the chain names one (`ext(IPV6_FRAGMENT, 0)`): headers after it are
     /// in the fragmentable part.
-    ext: Vec<(u8, u8)>,
+    ext: Chain,
     version: u8,
     /// IPv4 header length in 32-bit words (5 = no options).
     ihl: u8,
@@ -333,7 +335,7 @@ impl Packet {
 
     /// The extension headers before and after the (first) fragment header,
     /// which is in neither. Without one named in the chain, all come before.
-    fn chain_split(&self) -> (Vec<(u8, u8)>, Vec<(u8, u8)>) {
+    fn chain_split(&self) -> (Chain, Chain) {
         match self.ext.iter().position(|(k, _)| *k == IPV6_FRAGMENT) {
             Some(at) => (self.ext[..at].to_vec(), self.ext[at + 1..].to_vec()),
             None => (self.ext.clone(), vec![]),
