@@ -811,3 +811,65 @@ fn regressions_agree_with_the_spec() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `Model::from_store` reads the state the programs left: the rules, the
+/// flows and the remembered fragments, so it judges the next frames as the
+/// model that watched every frame does.
+#[test]
+fn the_model_read_from_the_pinned_maps_is_the_live_state() {
+    let mut h = Harness::new("fuzz-store");
+    let case = Case {
+        rules: (0..6).map(rule_of).collect(),
+        judge_host: true,
+        flows: vec![FlowKey {
+            remote: dockblock_agent::addr::mapped_addr("198.18.0.2".parse().unwrap()),
+            remote_port: 53,
+            local_port: 5000,
+            scope: dockblock_common::scope::DIALED,
+        }],
+        seed: 7,
+    };
+    let mut watched = h.prepare(&case);
+    let frames = FrameGen::new(&case).frames(FRAMES_PER_CASE);
+    for (frame, from_host) in &frames {
+        for hook in [hook::XDP, hook::TC] {
+            if h.run(hook, frame, *from_host) != Kernel::Refused {
+                watched.judge(hook, frame, *from_host);
+            }
+        }
+    }
+    let mut read = Model::from_store(&h.dp.store, &h.dp.pins).unwrap();
+    assert!(!watched.frag_slots().is_empty(), "the frames left datagrams remembered");
+    assert_eq!(read.frag_slots(), watched.frag_slots());
+    assert_eq!(read.rules(), watched.rules());
+    let reply = Packet::udp(5000).sport(53).build();
+    for (frame, from_host) in frames.iter().map(|(f, h)| (f.as_slice(), *h)).chain([(&reply[..], false)]) {
+        for hook in [hook::XDP, hook::TC] {
+            assert_eq!(
+                read.judge(hook, frame, from_host),
+                watched.judge(hook, frame, from_host),
+                "{}",
+                hex(frame)
+            );
+        }
+    }
+}
+
+/// A fixed rule set for the test above: both scopes, a range, an
+/// allow-list, a dry run, UDP on the flow's port.
+fn rule_of(i: usize) -> RuleSpec {
+    let (scope, ports, allow, dry_run) = [
+        (Scope::Dialed, "3306/tcp", "", false),
+        (Scope::Dialed, "5000/udp", "", false),
+        (Scope::Dialed, "8080-8090", "203.0.113.0/24", false),
+        (Scope::Container, "53", "", false),
+        (Scope::Container, "80/tcp", "2001:db8:1::/48", false),
+        (Scope::Dialed, "22", "", true),
+    ][i];
+    let allow = (!allow.is_empty()).then(|| parse_net(allow).unwrap());
+    RuleSpec {
+        scope,
+        ports: PortSpec::parse(ports).unwrap(),
+        options: RuleOptions::new(allow, dry_run, false),
+    }
+}
