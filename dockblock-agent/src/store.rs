@@ -432,7 +432,8 @@ impl RuleStore {
     /// step of detaching everything); the catalog is left alone.
     pub fn switch_to_empty(&mut self) -> Result<()> {
         let live = self.config()?.generation & 1;
-        self.sync_generation(live ^ 1, &[])?;
+        let table = self.port_table()?;
+        self.sync_generation(live ^ 1, &[], &table)?;
         self.switch_to(live ^ 1)
     }
 
@@ -440,10 +441,12 @@ impl RuleStore {
     /// and (after a switch) makes the other one equal too.
     fn converge(&mut self, rules: &[Rule], switch: bool) -> Result<()> {
         let live = self.config()?.generation & 1;
-        self.sync_generation(live ^ 1, rules)?;
+        // One read serves both: a sync writes only its own generation.
+        let table = self.port_table()?;
+        self.sync_generation(live ^ 1, rules, &table)?;
         if switch {
             self.switch_to(live ^ 1)?;
-            self.sync_generation(live, rules)?;
+            self.sync_generation(live, rules, &table)?;
         }
         Ok(())
     }
@@ -451,7 +454,7 @@ impl RuleStore {
     /// Writes every slot and allow entry of `generation` that differs from
     /// what `rules` compile to (reads are free: a table already right costs
     /// no write).
-    fn sync_generation(&mut self, generation: u32, rules: &[Rule]) -> Result<()> {
+    fn sync_generation(&mut self, generation: u32, rules: &[Rule], table: &[PortRule]) -> Result<()> {
         let want = compile_allow(generation, rules);
         let have = self.allow_entries(generation);
         for (id, key) in &have {
@@ -465,7 +468,6 @@ impl RuleStore {
                 testhook::step();
             }
         }
-        let table = self.port_table()?;
         for (scope, proto, port, slot) in compile_slots(rules) {
             let index = port_index(generation, scope.raw(), proto, port);
             if table.get(index as usize) != Some(&slot) {
@@ -548,7 +550,8 @@ impl RuleStore {
         if switched {
             // The live generation is the target; finish the other one.
             let live = self.config()?.generation & 1;
-            self.sync_generation(live ^ 1, &rules)
+            let table = self.port_table()?;
+            self.sync_generation(live ^ 1, &rules, &table)
         } else {
             self.converge(&rules, true)
         }

@@ -58,11 +58,10 @@ pub fn repair(pins: &PinDir) -> Result<Vec<String>> {
         done.push(format!("gave {} to root (0700/0600)", path.display()));
     }
     let mut store = RuleStore::open(pins)?;
+    // A finished change rebuilt the tables; otherwise check them.
     if let Some(change) = store.recover()? {
         done.push(format!("finished: {}", change.describe()));
-    }
-    let drift = store.generation_drift()?;
-    if drift != (0, 0) {
+    } else if let drift @ ((1.., _) | (_, 1..)) = store.generation_drift()? {
         store.resync()?;
         done.push(format!(
             "rebuilt the port tables from the catalog ({} + {} entries were off)",

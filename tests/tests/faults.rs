@@ -731,7 +731,14 @@ fn status_reports_an_unmounted_bpffs() {
         .iter()
         .find(|p| p["what"].as_str().unwrap().contains("bpf filesystem"));
     assert!(p.is_some_and(|p| p["run"].as_str().unwrap().contains("mount -t bpf")), "{status}");
-    let xdp_left = run_ok("ip", &["link", "show", o.host_if()]).contains("xdp");
+    // The superblock's inodes, and with them the links, are released
+    // asynchronously after the unmount.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut xdp_left = true;
+    while xdp_left && Instant::now() < deadline {
+        xdp_left = run_ok("ip", &["link", "show", o.host_if()]).contains("xdp");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     eprintln!("after umount, XDP still on {}: {xdp_left}", o.host_if());
     assert!(!xdp_left, "the pins held the links: unmounting bpffs detached them");
 }
