@@ -727,7 +727,7 @@ fn survey_disagreements() {
 /// the fail-closed datapath landed (all settled by it), kept as fixed cases
 /// under one rule set (every port, both scopes): the outcome each must get
 /// (the spec's, by hand) at both hooks, from the kernel and the model.
-const REGRESSIONS: [(&str, &str, u32); 8] = [
+const REGRESSIONS: [(&str, &str, u32); 9] = [
     (
         "a third VLAN tag",
         "020000000001020000000002810000ca81000d0b88a801fd08004a00003c0002200f40067a820a010203c613ff07010101010101\
@@ -768,6 +768,12 @@ const REGRESSIONS: [(&str, &str, u32); 8] = [
         "02000000000102000000000286dd6000000000232c4020010db800000000000000000000000120010db800000000000000000000\
          00022c000001000000010600000100000001ffff001600000000000000005002faf0000000",
         outcome::DROPPED_EVASIVE,
+    ),
+    (
+        "IPv6 first-fragment header then an atomic one, then 19 of 20 TCP bytes: the last read decides",
+        "02000000000102000000000286dd6000000000232c4020010db800000000000000000000000120010db800000000000000000000\
+         00022c000001000000010600000000000001ffff001600000000000000005002faf0000000",
+        outcome::DROPPED_MALFORMED,
     ),
 ];
 
