@@ -70,13 +70,18 @@ pub struct L4 {
     pub complete: bool,
 }
 
-/// What the parser learned: addresses (IPv4 mapped into IPv6), IP protocol,
-/// fragment state, and the transport header unless this is a later
-/// fragment.
+/// What the parser learned: where the addresses are, IP protocol, fragment
+/// state, and the transport header unless this is a later fragment.
+///
+/// The addresses stay in the packet until a key needs them ([`Facts::src`],
+/// [`Facts::dst`]): a SYN dropped by a rule without an allow-list never
+/// copies them (copied eagerly, LLVM spread the 32 bytes over as many
+/// stack slots, the larger part of the hot path).
 pub struct Facts {
     pub family: u32,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    /// The source address in the packet: 4 bytes (IPv4) or 16.
+    src: *const u8,
+    dst: *const u8,
     /// The upper-layer protocol (after the IPv6 extension headers).
     pub ip_proto: u8,
     /// The protocol of the fragment key: the IPv4 protocol, or the IPv6
@@ -85,6 +90,38 @@ pub struct Facts {
     pub key_proto: u8,
     pub frag: Frag,
     pub l4: Option<L4>,
+}
+
+impl Facts {
+    /// The source address, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
+    #[inline(always)]
+    pub fn src(&self) -> [u8; 16] {
+        addr(self.family, self.src)
+    }
+
+    /// The destination address, IPv4 mapped into IPv6.
+    #[inline(always)]
+    pub fn dst(&self) -> [u8; 16] {
+        addr(self.family, self.dst)
+    }
+}
+
+/// The address at `at` in the packet (read there by the parser, so in
+/// bounds), as 16 bytes, in 32-bit words.
+#[inline(always)]
+fn addr(family: u32, at: *const u8) -> [u8; 16] {
+    // SAFETY: the parser checked the address lies inside the IP header.
+    let words: [u32; 4] = unsafe {
+        if family == 4 {
+            let v4 = core::ptr::read_unaligned(at as *const u32);
+            [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), v4]
+        } else {
+            core::ptr::read_unaligned(at as *const [u32; 4])
+        }
+    };
+    // SAFETY: [u32; 4] and [u8; 16] have the same size; every byte pattern
+    // is valid for both.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 /// A bounds-checked view of a packet: `[start, end)` is what can be read
@@ -166,15 +203,10 @@ fn parse_eth(cur: &Cursor) -> Result<(u16, usize), Reject> {
     Ok((ether_type, offset))
 }
 
+/// Whether the IPv6 address `a` is in ::ffff:0:0/96, the form IPv4
+/// addresses take in the allow-list and flow keys.
 #[inline(always)]
-fn v4_mapped(a: &[u8]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
-}
-
-/// Whether an IPv6 address is in ::ffff:0:0/96, the form IPv4 addresses
-/// take in the allow-list and flow keys.
-#[inline(always)]
-fn is_v4_mapped(a: &[u8; 16]) -> bool {
+fn is_v4_mapped(a: &[u8]) -> bool {
     let word = |i: usize| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
     word(0) | word(4) == 0 && word(8) == 0xffff
 }
@@ -207,8 +239,8 @@ fn parse_ipv4(cur: &Cursor, l3: usize) -> Result<(Facts, usize, usize), Reject> 
     let id = u32::from(be16(ip[4], ip[5]));
     let facts = Facts {
         family: 4,
-        src: v4_mapped(&ip[12..16]),
-        dst: v4_mapped(&ip[16..20]),
+        src: ip[12..].as_ptr(),
+        dst: ip[16..].as_ptr(),
         ip_proto: ip[9],
         key_proto: ip[9],
         frag: frag_state(frag_off & IP_OFFSET_MASK, frag_off & IP_MF != 0, id),
@@ -228,15 +260,12 @@ fn parse_ipv6(cur: &Cursor, l3: usize) -> Result<(Facts, usize, usize), Reject> 
     if ip_end > cur.len {
         return Err(Reject::Malformed);
     }
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&ip[8..24]);
     // Linux discards these; they must not match an IPv4 allow-list entry
     // or flow, whose keys are v4-mapped.
-    if is_v4_mapped(&src) {
+    if is_v4_mapped(&ip[8..24]) {
         return Err(Reject::Evasive);
     }
-    let mut dst = [0u8; 16];
-    dst.copy_from_slice(&ip[24..40]);
+    let (src, dst) = (ip[8..].as_ptr(), ip[24..].as_ptr());
     let mut next = ip[6];
     let mut key_proto = next;
     let mut offset = l3 + IPV6_HLEN;

@@ -26,7 +26,7 @@ pub fn track(parsed: Result<Facts, Reject>, scope: u32) {
     if !PORT_RULES.get(index).is_some_and(|rule| rule.rule_id != 0) {
         return;
     }
-    let key = FlowKey { remote: facts.dst, remote_port: l4.dport, local_port: l4.sport, scope };
+    let key = FlowKey { remote: facts.dst(), remote_port: l4.dport, local_port: l4.sport, scope };
     let _ = FLOWS.insert(key, unsafe { bpf_ktime_get_ns() }, 0);
     mark_seen(seen::FLOWS);
 }

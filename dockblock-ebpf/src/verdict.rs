@@ -117,7 +117,7 @@ fn judge_later_fragment(facts: &Facts, hook: u32, len: u64) -> Verdict {
 
 #[inline(always)]
 fn frag_key(facts: &Facts, id: u32) -> FragKey {
-    FragKey { src: facts.src, dst: facts.dst, id, proto: u32::from(facts.key_proto) }
+    FragKey { src: facts.src(), dst: facts.dst(), id, proto: u32::from(facts.key_proto) }
 }
 
 /// Whether a UDP datagram answers a flow the host or a container opened
@@ -129,7 +129,7 @@ fn is_reply(facts: &Facts, sport: u16, dport: u16, scope: u32, config: &LiveConf
     if !seen(seen_slot::FLOWS) {
         return false;
     }
-    let key = FlowKey { remote: facts.src, remote_port: sport, local_port: dport, scope };
+    let key = FlowKey { remote: facts.src(), remote_port: sport, local_port: dport, scope };
     // SAFETY: the value is copied out at once.
     let Some(seen) = (unsafe { FLOWS.get(key) }).copied() else { return false };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -141,7 +141,7 @@ fn is_allowed(facts: &Facts, rule: &PortRule, config: &LiveConfig) -> bool {
     let data = AllowKey {
         generation_be: config.generation.to_be(),
         rule_id_be: rule.rule_id.to_be(),
-        addr: facts.src,
+        addr: facts.src(),
     };
     ALLOW.get(Key::new(ALLOW_KEY_RULE_BITS + 128, data)).is_some()
 }
