@@ -379,7 +379,7 @@ fn a_killed_first_attach_or_full_detach_is_finished_by_the_next_one() {
     }
     let attach_points = n - 1;
 
-    let _guarded = host_service(c.host_ip(), GUARDED, 60);
+    let _guarded = host_service(c.host_ip(), GUARDED, 600);
     let spec = format!("{GUARDED}/tcp");
     let watch = dialed([GUARDED]);
     let mut n = 1;
