@@ -263,6 +263,11 @@ impl Draft {
     /// Applies `edits`, giving new rules the lowest free ids; `RulesFull`
     /// when none is left.
     pub fn apply(&mut self, edits: &[Edit]) -> Result<()> {
+        // Rules are found by id through an index and removed in one pass at
+        // the end, so a command of n edits stays linear in n.
+        let mut index: std::collections::HashMap<u32, usize> =
+            self.rules.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+        let mut removed = vec![false; self.rules.len()];
         for edit in edits {
             match edit {
                 Edit::Add(spec) => {
@@ -275,21 +280,27 @@ impl Draft {
                     }
                     self.used.insert(id);
                     let RuleSpec { scope, ports, options } = spec.clone();
+                    index.insert(id, self.rules.len());
                     self.rules.push(Rule { id, scope, ports, options });
+                    removed.push(false);
                     self.fresh.push(id);
                 }
                 Edit::Update(rule) => {
-                    if let Some(old) = self.rules.iter_mut().find(|r| r.id == rule.id) {
-                        *old = rule.clone();
+                    if let Some(&i) = index.get(&rule.id) {
+                        self.rules[i] = rule.clone();
                     }
                 }
                 Edit::Remove(id) => {
-                    self.rules.retain(|r| r.id != *id);
+                    if let Some(i) = index.remove(id) {
+                        removed[i] = true;
+                    }
                     self.used.remove(id);
                     self.lowest_free = self.lowest_free.min(*id);
                 }
             }
         }
+        let mut gone = removed.into_iter();
+        self.rules.retain(|_| !gone.next().unwrap_or(false));
         self.rules.sort_by_key(|r| r.id);
         Ok(())
     }
@@ -354,6 +365,21 @@ mod tests {
 
     fn office() -> RuleOptions {
         RuleOptions::new(["203.0.113.7/24".parse().unwrap()], false, false)
+    }
+
+    #[test]
+    fn a_draft_reuses_a_freed_id_and_removes_many_rules_at_once() {
+        let rules: Vec<Rule> = (1..=50_000).map(|id| rule(id, &format!("{id}/tcp"))).collect();
+        let mut draft = Draft::new(rules, 60_000);
+        let mut edits: Vec<Edit> = (2..=50_000).map(Edit::Remove).collect();
+        edits.push(Edit::Update(rule(1, "1-2/tcp")));
+        edits.push(Edit::Remove(1));
+        edits.push(Edit::Add(plain("9/udp")));
+        edits.push(Edit::Add(plain("10/udp")));
+        draft.apply(&edits).unwrap();
+        let left: Vec<_> = draft.rules.iter().map(|r| (r.id, r.ports.to_string())).collect();
+        assert_eq!(left, [(1, "9/udp".to_string()), (2, "10/udp".to_string())], "freed ids reused, in order");
+        assert_eq!(draft.fresh, [1, 2], "both new rules start with zeroed counters");
     }
 
     #[test]
