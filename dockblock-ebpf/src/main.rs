@@ -64,15 +64,31 @@ pub fn dockblock_track_br(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Linear bytes that cover the headers of nearly every packet: two VLAN
+/// tags, an IPv6 header with a few extension headers (or the longest IPv4
+/// header) and a TCP header.
+const HEADERS_MAX: usize = 14 + 8 + 40 + 64 + 20;
+
 /// Parses an skb whose headers may sit partly in paged data. Only when the
 /// parser needs bytes beyond the linear part does it pull (bpf_skb_pull_data)
-/// everything it can ever read, or the whole packet if shorter, and parse
-/// again. Still short (the pull failed): `Reject::Short`, which the verdict
-/// drops as evasive. No loop and no value carried from the first parse, so
-/// the verifier walks the second parse once.
+/// and parse again: first a few headers' worth (usually only the transport
+/// header of a forwarded GRO packet is missing, and copying 16 KiB of it
+/// into its head would cost bulk traffic), then everything the parser can
+/// ever read (or the whole packet, if shorter). A failed pull:
+/// `Reject::Short`, which the verdict drops as evasive. No loop, and no
+/// value carried from one parse to the next (a pull sized by the failed
+/// read made the verifier walk the next parse once per size and exceed its
+/// budget).
 #[inline(always)]
 fn parse_skb(ctx: &TcContext) -> Result<Facts, Reject> {
     let len = ctx.len() as usize;
+    match parse(&Cursor::new(ctx.data(), ctx.data_end(), len)) {
+        Err(Reject::Short { .. }) => {}
+        parsed => return parsed,
+    }
+    if ctx.pull_data(core::cmp::min(len, HEADERS_MAX) as u32).is_err() {
+        return Err(Reject::Short { need: 0 });
+    }
     match parse(&Cursor::new(ctx.data(), ctx.data_end(), len)) {
         Err(Reject::Short { .. }) => {}
         parsed => return parsed,
