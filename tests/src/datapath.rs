@@ -67,7 +67,12 @@ impl Datapath {
         let pins = PinDir::new(format!("/sys/fs/bpf/dockblock-dp-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(pins.root());
         dockblock_agent::bpffs::ensure_mounted(pins.root()).expect("bpffs");
-        let ebpf = loader::load(&pins, &caps).expect("load programs");
+        // A refused load (the verifier) would leave the pins behind: no
+        // Datapath exists yet to remove them on drop.
+        let ebpf = loader::load(&pins, &caps).unwrap_or_else(|e| {
+            let _ = std::fs::remove_dir_all(pins.root());
+            panic!("load programs: {e:?}")
+        });
         let store = RuleStore::open(&pins).expect("open pinned maps");
         Self { ebpf, pins, store }
     }
