@@ -18,8 +18,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dockblock_common::{
-    config_flag, frag_mask, map_names, program_names, Config, DEFAULT_FLOW_TIMEOUT_SECS,
-    DEFAULT_LOG_RATE, FRAG_KEY_WORDS,
+    config_flag, frag_mask, map_names, program_names, Config, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_LOG_RATE,
+    FRAG_KEY_WORDS,
 };
 
 use crate::{

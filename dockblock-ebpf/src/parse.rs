@@ -1,4 +1,4 @@
-//! Header parsing, one helper per header, as /work/spec/fail-closed.md
+//! Header parsing, one helper per header, as spec/fail-closed.md
 //! orders it. Rules of use:
 //! - every read goes through [`Cursor::read`] with a bound: the packet
 //!   length for Ethernet and the IP header, the IP datagram's end
