@@ -341,7 +341,7 @@ fn add(counter: &mut Counter, len: u64) {
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns` that stamps `FLOWS`.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid out pointer; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };

@@ -367,13 +367,6 @@ struct Harness {
     coverage: [[u64; outcome::COUNT as usize]; 2],
 }
 
-fn flow_value_now() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Counters by rule id and per hook, as the kernel holds them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Snapshot {
@@ -430,7 +423,7 @@ impl Harness {
             let _ = flows.remove(&key);
         }
         for key in &case.flows {
-            flows.insert(key, flow_value_now(), 0).unwrap();
+            flows.insert(key, dockblock_agent::model::monotonic_ns(), 0).unwrap();
         }
         if !case.flows.is_empty() {
             let mut seen_map: Array<MapData, u32> = open_pinned(&dp.pins, map_names::SEEN).unwrap();
