@@ -432,11 +432,7 @@ pub fn explain_all(pins: &PinDir, queries: &[Query], hooks: &[u32]) -> Result<Ve
     Ok(reports)
 }
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const TC_ACT_SHOT: u32 = 2;
-/// TC_ACT_UNSPEC (-1, TCX_NEXT) as the test run reports it.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
+use dockblock_common::retval::{TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP, XDP_PASS};
 
 /// The kernel object loaded once more over the pinned rule state, with
 /// private copies of the maps the programs write.

@@ -124,6 +124,17 @@ pub mod net {
     pub const TCP_URG: u8 = 0x20;
 }
 
+/// Program return values as BPF_PROG_TEST_RUN reports them (uapi bpf.h,
+/// pkt_cls.h), for the user side that runs the programs on test packets.
+pub mod retval {
+    pub const XDP_DROP: u32 = 1;
+    pub const XDP_PASS: u32 = 2;
+    pub const TC_ACT_OK: u32 = 0;
+    pub const TC_ACT_SHOT: u32 = 2;
+    /// TC_ACT_UNSPEC (-1, TCX_NEXT: on to the next program, then the stack).
+    pub const TC_ACT_UNSPEC: u32 = u32::MAX;
+}
+
 /// Where a port rule is judged.
 pub mod scope {
     /// The port a client dials on this host, before DNAT (XDP on the uplink).

@@ -18,11 +18,7 @@ use dockblock_common::{
     hook, hook_stats_index, map_names, program_names, Config, Counter, Event, FragKey, FragSlot, PortRule,
 };
 
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-/// TC_ACT_UNSPEC (TCX_NEXT) as the kernel reports it.
-pub const TC_NEXT: u32 = u32::MAX;
-pub const TC_SHOT: u32 = 2;
+pub use dockblock_common::retval::{TC_ACT_SHOT as TC_SHOT, TC_ACT_UNSPEC as TC_NEXT, XDP_DROP, XDP_PASS};
 
 /// What a hook did with one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

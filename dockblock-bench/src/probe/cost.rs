@@ -20,13 +20,7 @@ use crate::world::{ALLOWED_PORT, BLOCKED_PORT};
 /// (198.18.0.2) is outside.
 const ALLOWLISTED_SRC: &str = "203.0.113.9";
 
-/// XDP and TC return values (uapi bpf.h, pkt_cls.h): XDP_DROP, XDP_PASS,
-/// TC_ACT_SHOT, TC_ACT_OK and TC_ACT_UNSPEC (TCX_NEXT, -1).
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_UNSPEC: u32 = u32::MAX;
+use dockblock_common::retval::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP, XDP_PASS};
 
 /// Cost of each packet kind on each attached program, median of `--rounds`
 /// runs of `--repeat` repetitions.
