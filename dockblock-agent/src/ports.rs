@@ -8,7 +8,7 @@ use dockblock_common::proto;
 use crate::error::{Error, Result};
 
 /// A parsed port spec: an inclusive port range and a set of protocols.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortSpec {
     pub lo: u16,
     pub hi: u16,

@@ -314,7 +314,7 @@ impl RuleStore {
     /// Replaces the whole rule set with `specs` in one atomic switch.
     pub fn replace(&mut self, specs: &[RuleSpec]) -> Result<ReplaceSummary> {
         let before = self.rules()?;
-        let edits = plan_replace(&before, specs);
+        let edits = rules::plan_replace(&before, specs);
         let mut draft = Draft::new(before.clone(), self.rule_capacity);
         draft.apply(&edits)?;
         self.commit(&before, &draft)?;
@@ -689,23 +689,6 @@ fn compile_allow(generation: u32, rules: &[Rule]) -> StdHashMap<AllowId, Key<All
         .collect()
 }
 
-/// `rules::plan_replace` in linear time (it compares every rule with every
-/// spec: 65,535 against 65,535 took minutes), with the same edits in the
-/// same order.
-fn plan_replace(rules: &[Rule], specs: &[RuleSpec]) -> Vec<Edit> {
-    type SpecKey = (u32, u16, u16, u32, Vec<IpNet>, bool, bool);
-    let key = |s: &RuleSpec| -> SpecKey {
-        let o = &s.options;
-        (s.scope.raw(), s.ports.lo, s.ports.hi, s.ports.protos, o.allow_from.clone(), o.dry_run, o.log)
-    };
-    let wanted: std::collections::HashSet<SpecKey> = specs.iter().map(key).collect();
-    let have: std::collections::HashSet<SpecKey> = rules.iter().map(|r| key(&r.spec())).collect();
-    let mut edits: Vec<Edit> =
-        rules.iter().filter(|r| !wanted.contains(&key(&r.spec()))).map(|r| Edit::Remove(r.id)).collect();
-    edits.extend(specs.iter().filter(|s| !have.contains(&key(s))).map(|s| Edit::Add(s.clone())));
-    edits
-}
-
 /// Rules by id, for lookups that would otherwise scan.
 fn by_id(rules: &[Rule]) -> StdHashMap<u32, &Rule> {
     rules.iter().map(|r| (r.id, r)).collect()
@@ -720,25 +703,4 @@ fn allow_key(generation: u32, rule_id: u32, net: &IpNet) -> Key<AllowKey> {
     let (addr, prefix_len) = addr::to_mapped(net);
     let data = AllowKey { generation_be: generation.to_be(), rule_id_be: rule_id.to_be(), addr };
     Key::new(ALLOW_KEY_RULE_BITS + prefix_len, data)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn linear_plan_replace_matches_the_rule_model() {
-        let spec = |text: &str, allow: &[&str]| RuleSpec {
-            scope: Scope::Dialed,
-            ports: PortSpec::parse(text).unwrap(),
-            options: rules::RuleOptions::new(allow.iter().map(|a| a.parse().unwrap()), false, false),
-        };
-        let specs = [spec("1/tcp", &[]), spec("2/tcp", &["10.0.0.0/8"]), spec("3", &[]), spec("4/udp", &[])];
-        let mut draft = Draft::new(vec![], 100);
-        draft.apply(&specs[..3].iter().cloned().map(Edit::Add).collect::<Vec<_>>()).unwrap();
-        let rules = draft.rules;
-        let target = [specs[0].clone(), spec("2/tcp", &[]), specs[3].clone()];
-        assert_eq!(plan_replace(&rules, &target), rules::plan_replace(&rules, &target));
-        assert_eq!(plan_replace(&rules, &[]), rules::plan_replace(&rules, &[]));
-    }
 }
