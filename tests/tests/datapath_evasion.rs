@@ -5,12 +5,15 @@
 //! scope) with the same rules, the verdict and the outcome counted checked
 //! for every frame; legitimate traffic of the same shapes keeps passing.
 
-use dockblock_agent::rules::{
-    RuleOptions,
-    Scope::{Container, Dialed},
+use dockblock_agent::{
+    explain::{hook_name, HOOKS},
+    rules::{
+        RuleOptions,
+        Scope::{Container, Dialed},
+    },
 };
 use dockblock_common::{
-    hook, hook_stats_index,
+    hook,
     outcome::{self, *},
     program_names, FragKey,
 };
@@ -23,16 +26,6 @@ use dockblock_tests::{
 const BLOCKED: u16 = 3306;
 const OPEN: u16 = 8080;
 
-const HOOKS: [u32; 2] = [hook::XDP, hook::TC];
-
-fn hook_name(hook: u32) -> &'static str {
-    if hook == hook::XDP {
-        "xdp"
-    } else {
-        "tc"
-    }
-}
-
 /// Loads the programs with `spec` blocked in both scopes under `options`.
 fn load(tag: &str, spec: &str, options: RuleOptions) -> Datapath {
     let mut dp = Datapath::load(tag);
@@ -44,10 +37,8 @@ fn load(tag: &str, spec: &str, options: RuleOptions) -> Datapath {
 /// Runs `frame` through the program of `hook` and checks the verdict and
 /// that exactly `want` was counted for it.
 fn check(dp: &mut Datapath, hook: u32, frame: &[u8], want: u32, what: &str) {
-    let counts = |dp: &Datapath| {
-        let all = dp.store.hook_stats().unwrap();
-        (0..outcome::COUNT).map(|o| all[hook_stats_index(hook, o) as usize].packets).collect::<Vec<_>>()
-    };
+    let counts =
+        |dp: &Datapath| (0..outcome::COUNT).map(|o| dp.hook_counter(hook, o).packets).collect::<Vec<_>>();
     let before = counts(dp);
     let verdict = if hook == hook::XDP { dp.xdp(frame) } else { dp.tc(frame) };
     let name = outcome::NAMES[want as usize];
