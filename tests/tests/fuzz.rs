@@ -413,7 +413,7 @@ impl Harness {
             c.flags = if case.judge_host { config_flag::JUDGE_HOST_TRAFFIC } else { 0 };
             c.flow_timeout_secs = 3600;
         });
-        let mut frags: Array<MapData, FragSlot> = open_pinned(&dp.pins, map_names::FRAGS).unwrap();
+        let mut frags = dp.frags();
         for i in 0..FRAG_SLOTS {
             frags.set(i, FragSlot::default(), 0).unwrap();
         }
@@ -456,7 +456,7 @@ impl Harness {
     }
 
     fn kernel_frags(&self) -> Vec<(u32, FragSlot)> {
-        let frags: Array<MapData, FragSlot> = open_pinned(&self.dp.pins, map_names::FRAGS).unwrap();
+        let frags = self.dp.frags();
         (0..FRAG_SLOTS).map(|i| (i, frags.get(&i, 0).unwrap())).filter(|(_, s)| s.rule_id != 0).collect()
     }
 
