@@ -95,6 +95,19 @@ pub enum Error {
     #[error("{path}: {why}")]
     RulesFileTooBig { path: String, why: String },
 
+    /// The Docker engine could not be reached or answered with an error.
+    #[error("Docker engine: {what}: {why}")]
+    Engine { what: String, why: String },
+
+    /// A selector names a container (or label, compose service) that does
+    /// not exist, or a value a Docker rule cannot use.
+    #[error("{what}")]
+    BadSelector { what: String },
+
+    /// A netlink request (links, bridges, a container's netns) failed.
+    #[error("netlink: {what}: {why}")]
+    Netlink { what: String, why: String },
+
     /// A filesystem operation on the pin folder failed.
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
@@ -121,7 +134,8 @@ impl Error {
             | Self::BadCidr { .. }
             | Self::RulesFile { .. }
             | Self::RulesFileTooBig { .. }
-            | Self::BadArgument { .. } => ExitCode::Usage,
+            | Self::BadArgument { .. }
+            | Self::BadSelector { .. } => ExitCode::Usage,
             _ => ExitCode::Failure,
         }
     }

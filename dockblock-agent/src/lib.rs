@@ -9,9 +9,17 @@
 //! - [`status`], [`link_info`]: what is attached where.
 //! - [`model`]: the verdict in plain Rust (the spec in code), for `explain`
 //!   and the differential fuzz.
+//! - [`docker`]: the engine's state and events; [`target`]: rules that name
+//!   containers, labels, compose services; [`translate`]: engine state +
+//!   rules -> derived rules and veth entries (pure); [`vethtable`]: writes
+//!   the veth entries; [`reconcile`]: the one function that takes a desired
+//!   state to the kernel; [`daemon`]: `run`, the loop that follows the
+//!   engine; [`published`]: `ports`, what the host exposes.
 
 pub mod addr;
 pub mod bpffs;
+pub mod daemon;
+pub mod docker;
 pub mod error;
 pub mod exit_code;
 pub mod explain;
@@ -22,12 +30,17 @@ pub mod lock;
 pub mod model;
 pub mod paths;
 pub mod ports;
+pub mod published;
+pub mod reconcile;
 pub mod rulefile;
 pub mod rules;
 pub mod status;
 pub mod store;
+pub mod target;
 pub mod teardown;
 pub mod testhook;
+pub mod translate;
+pub mod vethtable;
 
 pub use error::{Error, Result};
 

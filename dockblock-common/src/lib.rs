@@ -49,11 +49,23 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     /// `PERCPU_ARRAY` of one [`crate::LogBudget`]: the events rate limit.
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
+    /// `HASH` host-side veth ifindex -> [`crate::VethState`]: the container
+    /// veths the daemon has reviewed. A veth with a hook but no entry is
+    /// unreviewed: new connections into it are dropped.
+    pub const VETHS: &str = "VETHS";
+    /// `HASH` [`crate::VethRuleKey`] -> [`crate::PortRule`]: per-container
+    /// rules, judged at the egress of the container's host-side veth.
+    pub const VETH_RULES: &str = "VETH_RULES";
+    /// `HASH` rule id -> [`crate::RuleTarget`]: what a rule names besides
+    /// ports (a container, a label, a compose service, the published-ports
+    /// policy) or the rule it was derived from. Plain port rules have no
+    /// entry. Read only by the agent, like `RULES`.
+    pub const RULE_TARGETS: &str = "RULE_TARGETS";
 
     /// Every map the agent pins, in a fixed order.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 15] = [
         PORT_RULES, RULES, RULE_ALLOW, RULE_STATS, HOOK_STATS, CONFIG, ALLOW, FLOWS, SEEN, FRAGS, EVENTS,
-        LOG_BUDGET,
+        LOG_BUDGET, VETHS, VETH_RULES, RULE_TARGETS,
     ];
 }
 
@@ -69,6 +81,13 @@ pub mod program_names {
     /// TC (TCX ingress) on bridges: records UDP flows containers open from a
     /// blocked container port.
     pub const BRIDGE_TRACK: &str = "dockblock_track_br";
+    /// TC (TCX egress) on a container's host-side veth: every packet entering
+    /// the container, whatever its path; judges `VETH_RULES`.
+    pub const VETH_TC: &str = "dockblock_veth";
+    /// TC (TCX ingress) on a container's host-side veth: records UDP flows
+    /// the container opens from a port a veth rule blocks (or while the veth
+    /// is unreviewed), so their replies pass.
+    pub const VETH_TRACK: &str = "dockblock_track_veth";
 }
 
 /// Slots of the `SEEN` map.
@@ -180,7 +199,11 @@ pub mod rule_flag {
     pub const LOG: u32 = 2;
     /// Sources in `ALLOW` for this rule pass.
     pub const ALLOW_LIST: u32 = 4;
-    pub const ALL: u32 = DRY_RUN | LOG | ALLOW_LIST;
+    /// Veth rules only: also judge connections from other containers
+    /// (without it they pass, and only traffic from outside the host is
+    /// judged).
+    pub const FROM_CONTAINERS: u32 = 8;
+    pub const ALL: u32 = DRY_RUN | LOG | ALLOW_LIST | FROM_CONTAINERS;
 }
 
 /// The value of a `PORT_RULES` slot. `rule_id == 0` means "no rule".
@@ -437,7 +460,9 @@ pub struct RuleStats {
 pub mod hook {
     pub const XDP: u32 = 0;
     pub const TC: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// TCX egress of a container's host-side veth.
+    pub const VETH: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// What a program did with a packet, for the per-hook counters.
@@ -480,8 +505,14 @@ pub mod outcome {
     /// extension or transport header cut short): the kernel would discard
     /// it too.
     pub const DROPPED_MALFORMED: u32 = 9;
+    /// Veth hook: a new connection into a container the daemon has not
+    /// reviewed yet (its veth has no `VETHS` entry): closed, not open.
+    pub const DROPPED_UNREVIEWED: u32 = 10;
+    /// Veth hook: a rule matched, but the packet came from another container
+    /// and the rule does not judge container-to-container traffic.
+    pub const PASSED_FROM_CONTAINER: u32 = 11;
     /// Outcomes in use.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 12;
     /// Slots per hook in `HOOK_STATS`: room for outcomes a later release
     /// adds without changing the pinned map's size.
     pub const SLOTS: u32 = 16;
@@ -497,11 +528,13 @@ pub mod outcome {
         "passed_host",
         "dropped_evasive",
         "dropped_malformed",
+        "dropped_unreviewed",
+        "passed_from_container",
     ];
 
     /// Whether the packet was dropped.
     pub const fn is_drop(outcome: u32) -> bool {
-        matches!(outcome, DROPPED | DROPPED_EVASIVE | DROPPED_MALFORMED)
+        matches!(outcome, DROPPED | DROPPED_EVASIVE | DROPPED_MALFORMED | DROPPED_UNREVIEWED)
     }
 }
 
@@ -512,6 +545,91 @@ pub const HOOK_STATS_LEN: u32 = hook::COUNT * outcome::SLOTS;
 #[inline(always)]
 pub const fn hook_stats_index(hook: u32, outcome: u32) -> u32 {
     hook * outcome::SLOTS + outcome
+}
+
+/// The value of a `VETHS` entry: a container's host-side veth, reviewed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VethState {
+    /// [`veth_flag`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// The container's id (the 64 hex digits, as 32 bytes), so that any
+    /// process can tell which container a veth leads to.
+    pub container: [u8; 32],
+}
+
+pub mod veth_flag {
+    /// The daemon has reviewed the veth: its rules are in `VETH_RULES`.
+    pub const REVIEWED: u32 = 1;
+    /// Some `VETH_RULES` entry names a single port of this veth.
+    pub const HAS_PORTS: u32 = 2;
+    /// A `VETH_RULES` entry with port [`crate::VETH_ANY_PORT`] exists.
+    pub const HAS_WILDCARD: u32 = 4;
+}
+
+/// Key of `VETH_RULES`: a container port behind one host-side veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VethRuleKey {
+    /// The host-side veth (the packet's `skb->ifindex` at its egress).
+    pub ifindex: u32,
+    /// One of [`proto`].
+    pub proto: u32,
+    /// The container port, or [`VETH_ANY_PORT`] for every port.
+    pub port: u32,
+}
+
+/// `VethRuleKey::port` of an entry that covers every port of its protocol.
+pub const VETH_ANY_PORT: u32 = 0;
+
+/// Bytes of [`RuleTarget::text`].
+pub const RULE_TARGET_TEXT: usize = 240;
+
+/// The value of a `RULE_TARGETS` entry. `text` holds `len` bytes of UTF-8:
+/// the container name, `key=value` (or `key`) of a label, `project` or
+/// `project/service` of a compose selector, the container id of
+/// `OWN_LABELS`; empty for the others.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleTarget {
+    /// One of [`target_kind`].
+    pub kind: u32,
+    /// One of [`target_action`].
+    pub action: u32,
+    /// `DERIVED`: the id of the rule this one was derived from.
+    pub parent: u32,
+    pub len: u32,
+    pub text: [u8; RULE_TARGET_TEXT],
+}
+
+impl Default for RuleTarget {
+    fn default() -> Self {
+        Self { kind: 0, action: 0, parent: 0, len: 0, text: [0; RULE_TARGET_TEXT] }
+    }
+}
+
+pub mod target_kind {
+    /// A container, by name.
+    pub const CONTAINER: u32 = 1;
+    /// Every container with a label (`key=value`, or just `key`).
+    pub const LABEL: u32 = 2;
+    /// A compose project, or one service of it.
+    pub const COMPOSE: u32 = 3;
+    /// What a container's own `dockblock.*` labels ask for (made and removed
+    /// by the daemon, never by a CLI verb).
+    pub const OWN_LABELS: u32 = 4;
+    /// `policy published deny`: every port Docker publishes.
+    pub const PUBLISHED_POLICY: u32 = 5;
+    /// A dialed-port entry the daemon derived from rule `parent` (a host
+    /// port that leads to a container the parent covers).
+    pub const DERIVED: u32 = 6;
+}
+
+pub mod target_action {
+    pub const BLOCK: u32 = 0;
+    /// Opens what the published-ports policy would close.
+    pub const ALLOW: u32 = 1;
 }
 
 /// Default capacities (all can be set at attach).
@@ -528,6 +646,11 @@ pub const DEFAULT_FLOW_TIMEOUT_SECS: u32 = 30;
 /// reserved for "no rule", so ids run from 1 to `DEFAULT_MAX_RULES - 1`.
 pub const DEFAULT_MAX_RULES: u32 = 4096;
 
+/// Default capacity of `VETHS` (container veths, one per container and network).
+pub const DEFAULT_MAX_VETHS: u32 = 4096;
+/// Default capacity of `VETH_RULES` (container ports judged, over all veths).
+pub const DEFAULT_MAX_VETH_RULES: u32 = 65536;
+
 // The layouts are part of the kernel/user contract: no implicit padding.
 const _: () = assert!(size_of::<PortRule>() == 8);
 const _: () = assert!(size_of::<RuleDef>() == 16);
@@ -542,6 +665,9 @@ const _: () = assert!(core::mem::align_of::<FragKey>() == 4);
 const _: () = assert!(size_of::<FragSlot>() == 44);
 const _: () = assert!(size_of::<Event>() == 72);
 const _: () = assert!(size_of::<LogBudget>() == 24);
+const _: () = assert!(size_of::<VethState>() == 40);
+const _: () = assert!(size_of::<VethRuleKey>() == 12);
+const _: () = assert!(size_of::<RuleTarget>() == 16 + RULE_TARGET_TEXT);
 const _: () = assert!(port_index(1, scope::CONTAINER, proto::UDP, 65535) == PORT_RULES_LEN - 1);
 const _: () = assert!(DEFAULT_MAX_FRAGS.is_power_of_two());
 
@@ -561,6 +687,9 @@ mod pod {
     unsafe impl aya::Pod for super::FragSlot {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::LogBudget {}
+    unsafe impl aya::Pod for super::VethState {}
+    unsafe impl aya::Pod for super::VethRuleKey {}
+    unsafe impl aya::Pod for super::RuleTarget {}
 }
 
 #[cfg(test)]

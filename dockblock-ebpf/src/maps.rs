@@ -8,8 +8,9 @@ use aya_ebpf::{
 };
 use dockblock_common::{
     seen, AllowEntry, AllowKey, Config, Counter, FlowKey, FragSlot, LogBudget, PortRule, RuleDef, RuleStats,
-    DEFAULT_EVENTS_BYTES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FRAGS, DEFAULT_MAX_RULES,
-    HOOK_STATS_LEN, PORT_RULES_LEN,
+    RuleTarget, VethRuleKey, VethState, DEFAULT_EVENTS_BYTES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_FRAGS, DEFAULT_MAX_RULES, DEFAULT_MAX_VETHS, DEFAULT_MAX_VETH_RULES, HOOK_STATS_LEN,
+    PORT_RULES_LEN,
 };
 
 #[map]
@@ -54,6 +55,16 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES, 0);
 
 #[map]
 pub static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static VETHS: HashMap<u32, VethState> = HashMap::with_max_entries(DEFAULT_MAX_VETHS, 0);
+
+#[map]
+pub static VETH_RULES: HashMap<VethRuleKey, PortRule> = HashMap::with_max_entries(DEFAULT_MAX_VETH_RULES, 0);
+
+/// Read only by the agent, like RULES.
+#[map]
+pub static RULE_TARGETS: HashMap<u32, RuleTarget> = HashMap::with_max_entries(DEFAULT_MAX_RULES, 0);
 
 /// Whether the table behind `slot` of `SEEN` ever got an entry.
 #[inline(always)]
