@@ -10,7 +10,6 @@ fn main() -> std::process::ExitCode {
     // Unix tools do, instead of panicking on the next print.
     // SAFETY: resetting a signal disposition before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -19,6 +18,7 @@ fn main() -> std::process::ExitCode {
             return code.into();
         }
     };
+    init_tracing(&LogConfig { default_level: cli.default_log_level(), format: LogFormat::Text });
     match cli::run(cli) {
         Ok(()) => ExitCode::Ok.into(),
         Err(err) => {
@@ -26,6 +26,31 @@ fn main() -> std::process::ExitCode {
             err.exit_code().into()
         }
     }
+}
+
+/// How logs are written. Issue 10 fills it from the config file and flags
+/// (JSON lines for journald/Loki); `RUST_LOG` overrides the level.
+struct LogConfig {
+    default_level: &'static str,
+    format: LogFormat,
+}
+
+#[allow(dead_code)] // Json: issue 10's config file selects it.
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One subscriber for `tracing` events and `log` records (through
+/// tracing-log), to stderr: stdout is the commands' output.
+fn init_tracing(config: &LogConfig) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config.default_level));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// The error and every cause below it that adds something, on one line.

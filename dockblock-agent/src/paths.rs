@@ -176,6 +176,12 @@ impl PinDir {
         Path::new(JOURNAL_DIR).join(format!("{name}.json"))
     }
 
+    /// The daemon's state file (`run` writes it, `status` reads it), next
+    /// to the journal: `/run/dockblock/<pin folder, '/' as '_'>.daemon.json`.
+    pub fn daemon_state(&self) -> PathBuf {
+        self.journal().with_extension("daemon.json")
+    }
+
     /// Gives the pin folder, its subfolders and every pin in them to root
     /// with modes 0700 and 0600, so no other user can open a map or a link.
     /// Returns the paths it had to fix.

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::{
     bpffs,
+    daemon::state::DaemonStatus,
     error::Result,
     journal, link_info,
     lock::PinLock,
@@ -27,6 +28,8 @@ pub struct Status {
     /// A changing command holds the pin folder lock right now (journal
     /// checks are skipped: its journal is live, not left behind).
     pub busy: bool,
+    /// `dockblock-agent run` of this pin folder, from its state file.
+    pub daemon: DaemonStatus,
 }
 
 /// Something wrong with the pinned state, and what to run about it.
@@ -125,6 +128,17 @@ pub fn status(pins: &PinDir) -> Result<Status> {
                 .into(),
         });
     }
+    let (daemon, last_state) = DaemonStatus::read(pins)?;
+    if let Some(state) = last_state.filter(|s| attached && !daemon.running && s.stopped.is_none()) {
+        problems.push(Problem {
+            what: format!(
+                "the daemon (pid {}) is gone without stopping: new containers are not reviewed, \
+                 rules of running ones stay",
+                state.pid
+            ),
+            run: "dockblock-agent run (with the uplinks it had)".into(),
+        });
+    }
     let insecure = pins.insecure();
     if !insecure.is_empty() {
         let paths: Vec<String> = insecure.iter().map(|p| p.display().to_string()).collect();
@@ -172,6 +186,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         health: if problems.is_empty() { "healthy" } else { "unhealthy" },
         problems,
         busy,
+        daemon,
     })
 }
 

@@ -6,6 +6,7 @@
 //! - [`docker`]: the busybox image (imported, nothing can be pulled here),
 //!   Docker networks and containers;
 //! - [`agent`]: the agent CLI as a subprocess with its own pin folder;
+//! - [`daemon`]: the daemon (`run`) as a subprocess, stopped on drop;
 //! - [`packet`]: the frame builder (its own crate, re-exported).
 //!
 //! Every guard cleans up on drop (also after a panic) and removes what a
@@ -15,6 +16,7 @@
 
 pub mod agent;
 pub mod cmd;
+pub mod daemon;
 pub mod docker;
 pub mod netns;
 

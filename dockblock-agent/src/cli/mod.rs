@@ -11,6 +11,7 @@ mod export;
 mod list;
 mod output;
 mod repair;
+mod run;
 mod stats;
 mod status;
 mod unblock;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use dockblock_agent::{
-    loader::XdpModeChoice,
+    loader::{Capacities, Settings, XdpModeChoice},
     paths::{PinDir, DEFAULT_PIN_DIR, PIN_DIR_ENV},
     ports::PortSpec,
     rules::Scope,
@@ -73,6 +74,21 @@ enum Command {
     /// Show what the loaded programs do with one packet (run on a private
     /// copy of their counters: nothing moves), and the reference model's verdict.
     Explain(ExplainArgs),
+    /// The daemon, in the foreground: attach (XDP on UPLINKS, TC on every
+    /// Docker bridge, a hook on every container veth), then follow the
+    /// engine and the links. Stopping it leaves everything enforced.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Uplink interface(s) where clients' packets arrive (XDP).
+    interfaces: Vec<String>,
+    /// XDP mode on the uplinks.
+    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
+    xdp_mode: XdpModeChoice,
+    #[command(flatten)]
+    tuning: TuningArgs,
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +136,13 @@ struct AttachArgs {
     /// XDP mode on the uplinks.
     #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
     xdp_mode: XdpModeChoice,
+    #[command(flatten)]
+    tuning: TuningArgs,
+}
+
+/// Capacities and settings, as `attach` and `run` take them.
+#[derive(Debug, Args)]
+struct TuningArgs {
     /// Rule capacity (default 4095), fixed when the maps are first created.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_rules: Option<u32>,
@@ -147,6 +170,26 @@ struct AttachArgs {
     /// Seconds a UDP flow opened by the host or a container lets replies in (default 30).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=86_400))]
     flow_timeout: Option<u32>,
+}
+
+impl TuningArgs {
+    fn capacities(&self) -> Capacities {
+        Capacities {
+            max_rules: self.max_rules,
+            max_allow: self.max_allow,
+            max_flows: self.max_flows,
+            max_frags: self.max_frags,
+            events_bytes: self.events_bytes,
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            judge_host_traffic: self.judge_host_traffic,
+            log_rate: self.log_rate,
+            flow_timeout_secs: self.flow_timeout,
+        }
+    }
 }
 
 fn parse_yes_no(value: &str) -> Result<bool, String> {
@@ -228,6 +271,18 @@ struct JsonArg {
     json: bool,
 }
 
+impl Cli {
+    /// The log level when `RUST_LOG` says none: the daemon tells what it
+    /// changes, one-shot commands only warn.
+    pub fn default_log_level(&self) -> &'static str {
+        if matches!(self.command, Command::Run(_)) {
+            "info"
+        } else {
+            "warn"
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     let pins = PinDir::new(cli.pin_dir);
     match cli.command {
@@ -243,5 +298,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Detach { interfaces } => detach::run(&pins, &interfaces),
         Command::Repair => repair::run(&pins),
         Command::Explain(args) => explain::run(&pins, args),
+        Command::Run(args) => run::run(&pins, args),
     }
 }

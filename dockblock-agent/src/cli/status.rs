@@ -28,6 +28,18 @@ pub fn run(pins: &PinDir, json: bool) -> Result<()> {
         );
         println!("allow-list entries: {} of {}", fill.allow_entries, fill.allow_capacity);
     }
+    let d = &status.daemon;
+    match (&d.pid, &d.engine) {
+        (Some(pid), Some(engine)) if d.running => {
+            let synced = d.last_sync.as_deref().unwrap_or("not yet");
+            let since = d.since.as_deref().unwrap_or("?");
+            println!("daemon: running (pid {pid}, since {since}), engine {engine}, last sync {synced}");
+            for p in &d.problems {
+                println!("  daemon problem: {p}");
+            }
+        }
+        _ => println!("daemon: not running"),
+    }
     let busy = if status.busy { " (a changing command is running)" } else { "" };
     println!("health: {}{busy}", status.health);
     for p in &status.problems {

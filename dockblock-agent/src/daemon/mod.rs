@@ -1,0 +1,250 @@
+//! `dockblock-agent run`: the loop that follows the engine and the links
+//! and takes the kernel to what the catalog and the engine's state ask for,
+//! through the same `reconcile` the CLI verbs call. What it leaves in the
+//! kernel keeps working when it stops.
+//!
+//! - [`hooks`]: the fast path: a veth enslaved to a Docker bridge gets its
+//!   hooks in the netlink event handler (unreviewed, i.e. closed, from its
+//!   first packet), never behind a reconcile;
+//! - [`follow`]: the engine connection (backoff, reconnect, events);
+//! - [`sync`]: one reconcile at a time, coalesced, from a refreshed snapshot;
+//! - [`state`]: the state file `status` reads.
+
+mod follow;
+mod hooks;
+mod kernel;
+pub mod state;
+mod sync;
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::Notify,
+};
+
+use crate::{
+    docker::{engine::Engine, links},
+    error::{Error, Result},
+    loader::{self, AttachRequest, Capacities, Settings, XdpModeChoice},
+    paths::{PinDir, JOURNAL_DIR},
+};
+
+/// What `run` was given: `attach`'s uplink options.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub uplinks: Vec<String>,
+    pub xdp_mode: XdpModeChoice,
+    pub capacities: Capacities,
+    pub settings: Settings,
+}
+
+/// How often the catalog's journal folder is looked at for changes made by
+/// the CLI (a `stat`; the CLI reconciles its own changes itself, this only
+/// makes the daemon's next view include them at once).
+const CATALOG_POLL: Duration = Duration::from_millis(500);
+/// A full snapshot this often even without events: an audit of what the
+/// events may have missed.
+const AUDIT: Duration = Duration::from_secs(300);
+
+/// Runs the daemon until SIGTERM or SIGINT; then returns `Ok` and leaves
+/// rules and hooks in the kernel.
+pub fn run(pins: &PinDir, opts: RunOptions) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::bpf("start the async runtime", e))?;
+    let result = rt.block_on(main(pins.clone(), opts));
+    // A reconcile in flight finishes its commit (the journal would roll it
+    // forward anyway); nothing else is waited for.
+    rt.shutdown_timeout(Duration::from_secs(10));
+    result
+}
+
+async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::bpf("watch SIGTERM", e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::bpf("watch SIGINT", e))?;
+    let since = state::now_rfc3339();
+    let req = AttachRequest {
+        uplinks: opts.uplinks.clone(),
+        bridges: vec![],
+        xdp_mode: opts.xdp_mode,
+        capacities: opts.capacities,
+        settings: opts.settings,
+    };
+    let p = pins.clone();
+    for a in tokio::task::spawn_blocking(move || loader::attach(&p, &req)).await.expect("attach panicked")? {
+        tracing::info!(interface = %a.interface, kind = a.kind.label(), replaced = a.replaced, "hook attached");
+    }
+    let hooks = kernel::Hooks::load(&pins)?;
+    // Subscribed before the dump and the first snapshot: no veth created
+    // in between is missed.
+    let mut link_events = links::watch()?;
+    let dump = links::dump().await?;
+    let daemon = Arc::new(Daemon::new(pins, hooks, since));
+    daemon.links_reset(dump);
+    daemon.write_state();
+    tracing::info!(pid = std::process::id(), uplinks = ?opts.uplinks, "daemon started");
+
+    tokio::spawn(follow::follow(daemon.clone()));
+    tokio::spawn(watch_catalog(daemon.clone()));
+    // Not spawned: the engine's snapshot and the netns reader hold futures
+    // that are not Send (borrowing closures in streams). Polled here, next
+    // to the link events, it never delays them: a link event is handled
+    // whenever the sync waits.
+    let sync = sync::sync_loop(daemon.clone());
+    tokio::pin!(sync);
+    use futures_util::StreamExt as _;
+    loop {
+        tokio::select! {
+            _ = &mut sync => unreachable!("the sync loop never ends"),
+            ev = link_events.next() => match ev {
+                Some(ev) => daemon.on_link(ev).await,
+                None => {
+                    // The netlink socket failed: a new one, and a dump to
+                    // catch up with what happened meanwhile.
+                    tracing::warn!("netlink link events ended: subscribing again");
+                    link_events = links::watch()?;
+                    daemon.on_link(links::LinkEvent::Lost).await;
+                }
+            },
+            _ = term.recv() => { tracing::info!("SIGTERM: exiting, rules and hooks stay in the kernel"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: exiting, rules and hooks stay in the kernel"); break }
+        }
+    }
+    daemon.update_state(|s| s.stopped = Some(state::now_rfc3339()));
+    Ok(())
+}
+
+/// What the engine asked to refresh since the last sync.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Re-read everything (start, reconnect, a network came or went, audit).
+    full: bool,
+    /// Containers to inspect again.
+    containers: BTreeSet<String>,
+}
+
+/// State shared by the tasks. Locks are std mutexes held for short,
+/// non-awaiting sections only.
+struct Daemon {
+    pins: PinDir,
+    hooks: Mutex<hooks::Links>,
+    kernel_hooks: kernel::Hooks,
+    /// Names of the Docker bridges in the last snapshot.
+    bridges: Mutex<BTreeSet<String>>,
+    pending: Mutex<Pending>,
+    dirty: Notify,
+    engine: Mutex<Option<Engine>>,
+    state: Mutex<state::DaemonState>,
+    /// Problems of the fast path (a veth that could not be hooked), by
+    /// interface, kept until it is hooked or gone.
+    hook_problems: Mutex<std::collections::BTreeMap<String, String>>,
+    /// The journal folder's mtime after our own last write.
+    catalog_seen: Mutex<Option<std::time::SystemTime>>,
+    /// A sync runs (its own commit changes the journal folder).
+    syncing: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Daemon {
+    fn new(pins: PinDir, kernel_hooks: kernel::Hooks, since: String) -> Daemon {
+        let state = state::DaemonState {
+            pid: std::process::id(),
+            since,
+            last_sync: None,
+            engine: "down".into(),
+            problems: vec![],
+            stopped: None,
+        };
+        Daemon {
+            pins,
+            hooks: Mutex::new(hooks::Links::default()),
+            kernel_hooks,
+            bridges: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(Pending { full: true, ..Default::default() }),
+            dirty: Notify::new(),
+            engine: Mutex::new(None),
+            state: Mutex::new(state),
+            hook_problems: Mutex::new(Default::default()),
+            catalog_seen: Mutex::new(None),
+            syncing: AtomicBool::new(false),
+        }
+    }
+
+    /// Asks for a sync; calls while one runs coalesce into one more.
+    fn mark_dirty(&self, full: bool) {
+        if full {
+            lock(&self.pending).full = true;
+        }
+        self.dirty.notify_one();
+    }
+
+    fn mark_container(&self, id: &str) {
+        lock(&self.pending).containers.insert(id.to_string());
+        self.dirty.notify_one();
+    }
+
+    fn engine(&self) -> Option<Engine> {
+        lock(&self.engine).clone()
+    }
+
+    fn update_state(&self, f: impl FnOnce(&mut state::DaemonState)) {
+        let mut s = lock(&self.state);
+        f(&mut s);
+        if let Err(e) = state::write(&self.pins, &s) {
+            tracing::warn!("cannot write the daemon state file: {e}");
+        }
+        *lock(&self.catalog_seen) = journal_dir_mtime();
+    }
+
+    fn write_state(&self) {
+        self.update_state(|_| {});
+    }
+}
+
+fn journal_dir_mtime() -> Option<std::time::SystemTime> {
+    std::fs::metadata(Path::new(JOURNAL_DIR)).and_then(|m| m.modified()).ok()
+}
+
+/// A CLI change (`block`, `apply`, ...) journals into the journal folder,
+/// which changes its mtime: then sync, so the daemon's view includes it.
+/// Our own writes there are recorded after each (`update_state`).
+async fn watch_catalog(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(CATALOG_POLL);
+    let mut audit = tokio::time::interval(AUDIT);
+    audit.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if daemon.syncing.load(Ordering::Acquire) {
+                    continue;
+                }
+                let now = journal_dir_mtime();
+                let changed = {
+                    let mut seen = lock(&daemon.catalog_seen);
+                    let changed = now.is_some() && *seen != now;
+                    *seen = now;
+                    changed
+                };
+                if changed {
+                    tracing::debug!("catalog folder changed: sync");
+                    daemon.mark_dirty(false);
+                }
+            }
+            _ = audit.tick() => daemon.mark_dirty(true),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! One sync at a time: refresh the snapshot (a full one after a connect, a
+//! network change or the audit; otherwise an inspect of each container an
+//! event named), hook what the snapshot shows to be Docker's, find the
+//! containers' veths, reconcile, unpin links of interfaces gone, write the
+//! state file. Marks made while it runs coalesce into one more sync.
+
+use std::{
+    collections::BTreeSet,
+    sync::{atomic::Ordering, Arc},
+    time::Instant,
+};
+
+use super::{kernel, lock, state, Daemon};
+use crate::{
+    docker::{engine::Engine, netns, snapshot::Snapshot},
+    error::Result,
+};
+
+pub(super) async fn sync_loop(daemon: Arc<Daemon>) {
+    let mut snapshot: Option<Snapshot> = None;
+    loop {
+        daemon.dirty.notified().await;
+        daemon.syncing.store(true, Ordering::Release);
+        let result = daemon.sync_once(&mut snapshot).await;
+        daemon.syncing.store(false, Ordering::Release);
+        let hook_problems: Vec<String> = lock(&daemon.hook_problems).values().cloned().collect();
+        match result {
+            Ok(Some(mut problems)) => {
+                problems.extend(hook_problems);
+                daemon.update_state(|s| {
+                    s.last_sync = Some(state::now_rfc3339());
+                    s.problems = problems;
+                });
+            }
+            // Engine down: nothing to compare with; the kernel keeps what it has.
+            Ok(None) => daemon.update_state(|s| {
+                s.problems = hook_problems;
+                s.problems.push("engine down: following nothing until it is back".into());
+            }),
+            Err(e) => {
+                tracing::warn!("sync failed: {e}");
+                lock(&daemon.pending).full = true;
+                daemon.update_state(|s| {
+                    s.problems = hook_problems;
+                    s.problems.push(format!("last sync failed: {e}"));
+                });
+            }
+        }
+    }
+}
+
+/// The bridge interfaces of the snapshot's bridge networks.
+fn bridge_names(s: &Snapshot) -> BTreeSet<String> {
+    s.networks.iter().filter_map(|n| n.bridge.clone()).collect()
+}
+
+/// Brings `snap` up to date: all of it, or the containers in `ids`.
+async fn refresh(
+    engine: &Engine,
+    snap: &mut Option<Snapshot>,
+    full: bool,
+    ids: &BTreeSet<String>,
+) -> Result<()> {
+    let current = match snap {
+        Some(s) if !full => s,
+        _ => {
+            *snap = Some(engine.snapshot().await?);
+            return Ok(());
+        }
+    };
+    for id in ids {
+        let fresh = engine.container(id).await?;
+        current.containers.retain(|c| &c.id != id);
+        current.containers.extend(fresh);
+    }
+    current.containers.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(())
+}
+
+impl Daemon {
+    /// `Ok(None)` when the engine is down (nothing done); otherwise the
+    /// problems this sync found (bad labels, ...).
+    async fn sync_once(&self, snap: &mut Option<Snapshot>) -> Result<Option<Vec<String>>> {
+        let Some(engine) = self.engine() else { return Ok(None) };
+        let (full, ids) = {
+            let mut p = lock(&self.pending);
+            (std::mem::take(&mut p.full) || snap.is_none(), std::mem::take(&mut p.containers))
+        };
+        let start = Instant::now();
+        refresh(&engine, snap, full, &ids).await?;
+        let snapshot = snap.as_ref().expect("refreshed");
+        let refreshed = start.elapsed();
+        let bridges = bridge_names(snapshot);
+        *lock(&self.bridges) = bridges.clone();
+        self.hook_docker_veths();
+        let live = lock(&self.hooks).live();
+        let veths = netns::veth_owners(snapshot, &live).await;
+        let owned = start.elapsed();
+        let present: Vec<String> =
+            bridges.iter().filter(|b| live.iter().any(|l| &l.name == *b)).cloned().collect();
+        let pins = self.pins.clone();
+        let snapshot = snapshot.clone();
+        let problems = tokio::task::spawn_blocking(move || kernel::sync(&pins, &present, snapshot, veths))
+            .await
+            .expect("sync panicked")?;
+        {
+            // Under the link table's lock: a veth hooked meanwhile is in
+            // `live`, so its fresh pins are not taken for leftovers.
+            let l = lock(&self.hooks);
+            kernel::gc(&self.pins, &l.live())?;
+        }
+        tracing::debug!(
+            full,
+            inspected = ids.len(),
+            snapshot_ms = refreshed.as_secs_f64() * 1e3,
+            netns_ms = (owned - refreshed).as_secs_f64() * 1e3,
+            total_ms = start.elapsed().as_secs_f64() * 1e3,
+            "synced"
+        );
+        Ok(Some(problems))
+    }
+}
