@@ -1,23 +1,27 @@
-//! The end-to-end rig shared by `e2e.rs` and `e2e_rules.rs`: an outside
-//! namespace on a veth uplink, a published busybox web container behind
-//! docker0, and an agent with its own pin folder; plus small readers of the
-//! CLI's JSON.
+//! The end-to-end rigs: an outside namespace on a veth uplink, a published
+//! busybox web container behind docker0, and an agent with its own pin
+//! folder (`Rig`); the probes the tests dial with; small readers of the
+//! CLI's JSON. The Docker-aware topology of issue 9 is in [`topology`].
+
+pub mod topology;
+
+use std::process::Command;
 
 use serde_json::Value;
 
 use crate::agent::Agent;
-use crate::docker::{self, Container, MARKER};
+use crate::docker::{Container, MARKER};
 use crate::is_root;
-use crate::netns::Outside;
+use crate::netns::{Background, Outside};
 
 /// Fails loudly rather than passing when the machine cannot run these tests.
 pub fn require_env() {
     assert!(is_root(), "e2e tests need root (netns, veth, BPF)");
     assert!(
-        docker::docker_available(),
+        crate::docker::docker_available(),
         "e2e tests need a running Docker daemon (`cargo xtask setup` starts one)"
     );
-    docker::ensure_image();
+    crate::docker::ensure_image();
 }
 
 /// One published web container, the outside namespace and an agent with its
@@ -75,4 +79,32 @@ pub fn links(agent: &Agent, iface: &str, hook: Option<&str>) -> Vec<Value> {
     let status = agent.json(&["status"]);
     let links = status["links"].as_array().unwrap_or_else(|| panic!("status --json: {status}"));
     links.iter().filter(|l| l["interface"] == iface && hook.is_none_or(|h| l["hook"] == h)).cloned().collect()
+}
+
+/// A TCP service on the host bound to `addr` (IPv4 or IPv6), answering
+/// `hello`, for at most `secs`.
+pub fn host_service(addr: &str, port: u16, secs: u32) -> Background {
+    let listen = if addr.contains(':') {
+        format!("TCP6-LISTEN:{port},bind=[{addr}],reuseaddr,fork")
+    } else {
+        format!("TCP-LISTEN:{port},bind={addr},reuseaddr,fork")
+    };
+    let secs = secs.to_string();
+    Background::spawn(
+        Command::new("timeout").args([secs.as_str(), "socat", &listen, "SYSTEM:echo hello"]),
+        port,
+        None,
+    )
+}
+
+/// Whether the outside namespace gets `hello` (a [`host_service`]) from TCP
+/// `addr:port` (IPv4 or IPv6) within a 2 s connect timeout.
+pub fn connects(out: &Outside, addr: &str, port: u16) -> bool {
+    let target = if addr.contains(':') {
+        format!("TCP6:[{addr}]:{port},connect-timeout=2")
+    } else {
+        format!("TCP:{addr}:{port},connect-timeout=2")
+    };
+    let o = out.exec("timeout", &["5", "socat", "-", &target]);
+    o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hello")
 }

@@ -6,27 +6,15 @@ use std::process::Command;
 use dockblock_tests::{
     agent::Agent,
     describe,
-    netns::{Background, Outside},
+    netns::Outside,
+    rig::{connects, host_service},
     run_ok,
 };
-
-/// A TCP service on the host end of the uplink, answering `hello`.
-fn host_service(ip: &str, port: u16) -> Background {
-    let listen = format!("TCP-LISTEN:{port},bind={ip},reuseaddr,fork");
-    Background::spawn(Command::new("timeout").args(["30", "socat", &listen, "SYSTEM:echo hello"]), port, None)
-}
 
 /// The XDP links in `status --json`.
 fn xdp_links(agent: &Agent) -> Vec<serde_json::Value> {
     let status = agent.json(&["status"]);
     status["links"].as_array().unwrap().iter().filter(|l| l["hook"] == "xdp").cloned().collect()
-}
-
-/// Whether the outside namespace can open a TCP connection to `ip:port`.
-fn connects(outside: &Outside, ip: &str, port: u16) -> bool {
-    let target = format!("TCP:{ip}:{port},connect-timeout=2");
-    let out = outside.exec("timeout", &["5", "socat", "-", &target]);
-    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("hello")
 }
 
 #[test]
@@ -123,8 +111,8 @@ fn an_interface_that_disappears_goes_defunct_and_attach_replaces_it() {
     }
 
     let outside = Outside::new("gone", 43);
-    let _service = host_service(outside.host_ip(), 7000);
-    let _open = host_service(outside.host_ip(), 7001);
+    let _service = host_service(outside.host_ip(), 7000, 30);
+    let _open = host_service(outside.host_ip(), 7001, 30);
     assert!(connects(&outside, outside.host_ip(), 7001), "service reachable");
     assert!(
         connects(&outside, outside.host_ip(), 7000),
@@ -150,8 +138,8 @@ fn detaching_one_interface_keeps_the_rules_for_the_others() {
     let agent = Agent::new("detach1");
     agent.ok(&["attach", a.host_if(), b.host_if(), "--no-bridge"]);
     agent.ok(&["block", "7100/tcp"]);
-    let _sa = host_service(a.host_ip(), 7100);
-    let _sb = host_service(b.host_ip(), 7100);
+    let _sa = host_service(a.host_ip(), 7100, 30);
+    let _sb = host_service(b.host_ip(), 7100, 30);
     assert!(!connects(&a, a.host_ip(), 7100));
     assert!(!connects(&b, b.host_ip(), 7100));
     agent.ok(&["detach", a.host_if()]);

@@ -16,7 +16,7 @@ use std::time::Duration;
 use dockblock_tests::agent::Agent;
 use dockblock_tests::docker::{self, Container, MARKER};
 use dockblock_tests::netns::{Background, Capture, Outside};
-use dockblock_tests::rig::{dropped_packets, require_env, rule, Rig};
+use dockblock_tests::rig::{connects, dropped_packets, host_service, require_env, rule, Rig};
 use dockblock_tests::{describe, quiet, run, run_for, run_ok};
 use serde_json::Value;
 
@@ -41,28 +41,6 @@ fn udp_exchange(enter: &[String], payload: &str, target: &str) -> String {
     let args: Vec<&str> = enter.iter().map(String::as_str).chain(["sh", "-c", script.as_str()]).collect();
     let out = run_for(Duration::from_secs(10), args[0], &args[1..]);
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A TCP service on the host, bound to `addr` (IPv4 or IPv6), answering
-/// `hello` for at most 60 s.
-fn host_service(addr: &str, port: u16) -> Background {
-    let listen = if addr.contains(':') {
-        format!("TCP6-LISTEN:{port},bind=[{addr}],reuseaddr,fork")
-    } else {
-        format!("TCP-LISTEN:{port},bind={addr},reuseaddr,fork")
-    };
-    Background::spawn(Command::new("timeout").args(["60", "socat", &listen, "SYSTEM:echo hello"]), port, None)
-}
-
-/// Whether the outside namespace gets `hello` from `addr:port` (IPv4 or IPv6).
-fn connects(out: &Outside, addr: &str, port: u16) -> bool {
-    let target = if addr.contains(':') {
-        format!("TCP6:[{addr}]:{port},connect-timeout=2")
-    } else {
-        format!("TCP:{addr}:{port},connect-timeout=2")
-    };
-    let o = out.exec("timeout", &["5", "socat", "-", &target]);
-    o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hello")
 }
 
 /// A file in the temp folder, removed on drop.
@@ -141,7 +119,7 @@ fn ipv6() {
     let (host6, ns6) = ("2001:2:0:61::1", "2001:2:0:61::2");
     out.add_ipv6(host6, ns6);
     let agent = Agent::new("ip6");
-    let _service = host_service(host6, PORT);
+    let _service = host_service(host6, PORT, 60);
     assert!(connects(&out, host6, PORT), "rig broken: no v6 connection to [{host6}]:{PORT}");
     agent.ok(&["attach", out.host_if(), "--no-bridge"]);
     assert!(connects(&out, host6, PORT), "attached without rules must pass v6 traffic");
@@ -235,7 +213,7 @@ fn apply_export() {
     const SERVICE: u16 = 18146;
     let rig = Rig::with_container_port("apl", 64, 18140, 18141);
     let host_ip = rig.out.host_ip().to_string();
-    let _service = host_service(&host_ip, SERVICE);
+    let _service = host_service(&host_ip, SERVICE, 60);
     let service_open = || connects(&rig.out, &host_ip, SERVICE);
     assert!(service_open(), "rig broken: host service {SERVICE} unreachable");
     rig.attach();

@@ -24,7 +24,8 @@ use dockblock_common::{map_names, port_index, proto, Config, PortRule};
 use dockblock_tests::{
     agent::Agent,
     describe,
-    netns::{Background, Outside},
+    netns::Outside,
+    rig::{connects, host_service},
     run, run_ok,
 };
 
@@ -34,24 +35,6 @@ const PAUSE_ENV: &str = "DOCKBLOCK_TEST_PAUSE_AFTER";
 const GUARDED: u16 = 7700;
 /// Never blocked: proves the probe can connect at all.
 const CONTROL: u16 = 7701;
-
-/// A TCP service on the host end of the uplink, for `secs` at most.
-fn host_service(ip: &str, port: u16, secs: u32) -> Background {
-    let listen = format!("TCP-LISTEN:{port},bind={ip},reuseaddr,fork");
-    let secs = secs.to_string();
-    Background::spawn(
-        Command::new("timeout").args([secs.as_str(), "socat", &listen, "SYSTEM:echo hello"]),
-        port,
-        None,
-    )
-}
-
-/// Whether the outside namespace can open a TCP connection to `ip:port`.
-fn connects(outside: &Outside, ip: &str, port: u16) -> bool {
-    let target = format!("TCP:{ip}:{port},connect-timeout=1");
-    let out = outside.exec("timeout", &["4", "socat", "-", &target]);
-    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("hello")
-}
 
 /// Dials GUARDED and CONTROL from the outside namespace every few ms (50 ms
 /// connect timeout) until stopped; counts the connections that got through.
