@@ -12,14 +12,13 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, MapData};
 use dockblock_common::{map_names, veth_flag, VethState};
+use dockblock_testkit::daemon::Daemon;
 use serde_json::Value;
 
 use crate::agent::Agent;
 use crate::docker::{remove_container, remove_network, IMAGE, MARKER};
 use crate::netns::Outside;
 use crate::{describe, quiet, run, run_ok};
-
-use daemon_guard::Daemon;
 
 /// Every Docker subnet the tests use: docker0's 172.17.0.0/16 and the
 /// user-defined networks they create (172.2x.0.0/16).
@@ -64,9 +63,8 @@ impl Topology {
     /// `dockblock-agent run <xdp uplink>`; returns once it has synced.
     pub fn start_daemon(&mut self) {
         assert!(self.daemon.is_none(), "a daemon runs already");
-        let d = Daemon::start(self.agent.bin(), self.agent.pin_dir(), &[self.xdp.host_if()])
-            .unwrap_or_else(|e| panic!("daemon: {e}"));
-        self.daemon = Some(d);
+        let bin = std::path::Path::new(self.agent.bin());
+        self.daemon = Some(Daemon::started(bin, self.agent.pin_dir(), &[self.xdp.host_if()]));
     }
 
     pub fn daemon(&self) -> &Daemon {
@@ -75,15 +73,16 @@ impl Topology {
 
     /// SIGKILL: nothing runs on exit, as after a crash or the OOM killer.
     pub fn kill_daemon(&mut self) {
-        self.daemon.take().expect("no daemon runs").kill();
+        let mut d = self.daemon.take().expect("no daemon runs");
+        d.kill();
     }
 
     /// SIGTERM; the daemon must exit 0. Returns its log.
     pub fn stop_daemon(&mut self) -> String {
-        let d = self.daemon.take().expect("no daemon runs");
+        let mut d = self.daemon.take().expect("no daemon runs");
+        let status = d.stop();
         let log = d.log();
-        let status = d.stop().unwrap_or_else(|e| panic!("daemon stop: {e}"));
-        assert!(status.success(), "daemon exited {status} on SIGTERM; log:\n{log}");
+        assert!(status.is_some_and(|s| s.success()), "daemon exited {status:?} on SIGTERM; log:\n{log}");
         log
     }
 
@@ -480,106 +479,3 @@ impl Drop for ProbeLoop {
     }
 }
 
-/// Stand-in for the testkit's daemon guard until it lands: the same calls.
-mod daemon_guard {
-    use std::fs::File;
-    use std::os::unix::process::CommandExt as _;
-    use std::path::PathBuf;
-    use std::process::{Child, Command, ExitStatus, Stdio};
-    use std::time::{Duration, Instant};
-
-    pub struct Daemon {
-        child: Option<Child>,
-        log: PathBuf,
-        bin: String,
-        pin_dir: String,
-    }
-
-    impl Daemon {
-        /// `bin --pin-dir <pin_dir> run <uplinks>`, stderr to a log file;
-        /// returns once `status --json` says it runs and has synced.
-        pub fn start(bin: &str, pin_dir: &str, uplinks: &[&str]) -> Result<Daemon, String> {
-            let name = pin_dir.rsplit('/').next().unwrap_or("daemon");
-            let log = std::env::temp_dir().join(format!("{name}.daemon.log"));
-            let file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-            let mut cmd = Command::new(bin);
-            cmd.args(["--pin-dir", pin_dir, "run"]).args(uplinks);
-            cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
-            // SAFETY: prctl only, between fork and exec: the daemon dies with us.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    Ok(())
-                })
-            };
-            let child = cmd.spawn().map_err(|e| format!("cannot start {bin} run: {e}"))?;
-            let mut d = Daemon { child: Some(child), log, bin: bin.into(), pin_dir: pin_dir.into() };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(30) {
-                if let Some(status) = d.child.as_mut().unwrap().try_wait().ok().flatten() {
-                    return Err(format!("daemon exited {status} at start:\n{}", d.log()));
-                }
-                if d.synced() {
-                    return Ok(d);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(format!("daemon not synced within 30 s:\n{}", d.log()))
-        }
-
-        fn synced(&self) -> bool {
-            let out = Command::new(&self.bin).args(["--pin-dir", &self.pin_dir, "status", "--json"]).output();
-            let Ok(out) = out else { return false };
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            v["daemon"]["running"] == true && !v["daemon"]["last_sync"].is_null()
-        }
-
-        pub fn pid(&self) -> u32 {
-            self.child.as_ref().expect("running").id()
-        }
-
-        pub fn log(&self) -> String {
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        }
-
-        pub fn kill(mut self) {
-            let mut child = self.child.take().expect("running");
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-
-        pub fn stop(mut self) -> Result<ExitStatus, String> {
-            let mut child = self.child.take().expect("running");
-            // SAFETY: our own child, not reaped yet.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
-                    return Ok(s);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            Err("daemon still running 10 s after SIGTERM".into())
-        }
-    }
-
-    impl Drop for Daemon {
-        fn drop(&mut self) {
-            if let Some(mut child) = self.child.take() {
-                // SAFETY: our own child, not reaped yet.
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-                let start = Instant::now();
-                while start.elapsed() < Duration::from_secs(10) {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
