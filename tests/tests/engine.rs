@@ -120,8 +120,10 @@ fn engine_follows_a_container_life() {
     let rt = runtime();
     let engine = rt.block_on(Engine::connect()).expect("connect to the engine");
 
-    // Subscribed before anything happens, as the daemon does.
-    let events = record(&rt, rt.block_on(engine.events()));
+    // The event stream is taken first, as the daemon does, but polled only
+    // after the network and the container exist: the engine replays what
+    // happened since the call.
+    let event_stream = rt.block_on(engine.events());
     let link_events = {
         let _in_rt = rt.enter();
         record(&rt, links::watch().expect("watch links"))
@@ -151,6 +153,7 @@ fn engine_follows_a_container_life() {
     );
     run_ok("docker", &["network", "connect", &net, &name]);
     let id = inspect(&name, "{{.Id}}");
+    let events = record(&rt, event_stream);
 
     // Created: labels and the bindings asked for (53/udp's host port is
     // chosen at start: 0), no process, no veth.
@@ -298,6 +301,10 @@ fn engine_follows_a_container_life() {
             matches!(e, Ok(EngineEvent::Network { id: n, action: a, container: Some(c) }) if a == action && *n == network && *c == id)
         })
     };
+    assert!(
+        log.iter().any(|(_, e)| matches!(e, Ok(EngineEvent::Network { id: n, action, container: None }) if *n == net_id && action == "create")),
+        "network create not replayed: {log:?}"
+    );
     let bridge_id = inspect("bridge", "{{.Id}}");
     assert!(on_net("connect", &bridge_id) && on_net("connect", &net_id), "connect events: {log:?}");
     assert!(on_net("disconnect", &net_id) && on_net("disconnect", &bridge_id), "disconnect events: {log:?}");
@@ -307,6 +314,54 @@ fn engine_follows_a_container_life() {
     for (ifindex, ifname, _) in &want {
         let gone = |e: &LinkEvent| matches!(e, LinkEvent::Del { ifindex: i, .. } if i == ifindex);
         assert!(wait_for(&link_events, Duration::from_secs(5), gone).is_some(), "no DELLINK of {ifname}");
+    }
+}
+
+/// `--network container:X` owns no veth (X's veths are X's), nor does
+/// `--network host` (the host's veths are nobody's); each of N containers
+/// gets exactly its own veth; and how long `veth_owners` takes for them.
+#[test]
+fn veth_owners_of_many_and_shared_namespaces() {
+    require_env();
+    const N: usize = 10;
+    let tag = std::process::id();
+    let names: Vec<String> = (0..N).map(|i| format!("dbe-m{i}-{tag}")).collect();
+    let (sharer, hostnet) = (format!("dbe-share-{tag}"), format!("dbe-host-{tag}"));
+    let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
+    all.extend([sharer.as_str(), hostnet.as_str()]);
+    let _cleanup = Cleanup::new(&all, &[]);
+    for n in &names {
+        run_ok("docker", &["run", "-d", "--name", n, IMAGE, "sleep", "600"]);
+    }
+    let share = format!("container:{}", names[0]);
+    run_ok("docker", &["run", "-d", "--name", &sharer, "--network", &share, IMAGE, "sleep", "600"]);
+    run_ok("docker", &["run", "-d", "--name", &hostnet, "--network", "host", IMAGE, "sleep", "600"]);
+
+    let rt = runtime();
+    let engine = rt.block_on(Engine::connect()).unwrap();
+    let s = rt.block_on(engine.snapshot()).unwrap();
+    let dump = rt.block_on(links::dump()).unwrap();
+    let running = s.containers.iter().filter(|c| c.running).count();
+    let t = Instant::now();
+    let owners = rt.block_on(netns::veth_owners(&s, &dump));
+    let took = t.elapsed();
+    eprintln!("veth_owners: {running} running containers in {took:?} ({:?} each)", took / running as u32);
+
+    let ifindexes: BTreeSet<u32> = owners.iter().map(|o| o.ifindex).collect();
+    assert_eq!(ifindexes.len(), owners.len(), "a veth owned twice: {owners:?}");
+    for n in &names {
+        let id = inspect(n, "{{.Id}}");
+        let mine: Vec<_> = owners.iter().filter(|o| o.container == id).collect();
+        let pid = inspect(n, "{{.State.Pid}}");
+        let inside = ip_links(&["nsenter", "-t", &pid, "-n"]);
+        let eth0 = inside.iter().find(|l| l["ifname"] == "eth0").expect("eth0");
+        assert_eq!(mine.len(), 1, "{n}: {mine:?}");
+        assert_eq!(Some(u64::from(mine[0].ifindex)), eth0["link_index"].as_u64(), "{n}");
+        assert_eq!(mine[0].bridge.as_deref(), Some("docker0"));
+    }
+    for n in [&sharer, &hostnet] {
+        let id = inspect(n, "{{.Id}}");
+        assert!(owners.iter().all(|o| o.container != id), "{n} owns a veth: {owners:?}");
     }
 }
 

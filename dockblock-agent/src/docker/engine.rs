@@ -3,7 +3,11 @@
 //! 20.10 speaks 1.41, bollard 1.53). Everything dockblock reads of the engine
 //! is turned into a [`Snapshot`] here, in one place.
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
 
 use bollard::{
     errors::Error as BollardError,
@@ -145,12 +149,15 @@ impl Engine {
         }
     }
 
-    /// The engine's container and network events from now on. Subscribe
-    /// before taking a snapshot, so nothing falls between the two. The
-    /// stream ends (or yields an error) when the engine goes away.
+    /// The engine's container and network events from the moment of this
+    /// call on, even if the request reaches the engine later (it is sent
+    /// when the stream is first polled; the engine replays what it recorded
+    /// since the call). So: call this, then take the snapshot, and nothing
+    /// falls between the two. The stream ends (or yields an error) when the
+    /// engine goes away.
     pub async fn events(&self) -> impl Stream<Item = Result<EngineEvent>> + Send + Unpin + 'static {
         self.docker
-            .events(Some(events::options()))
+            .events(Some(events::options(SystemTime::now())))
             .filter_map(|m| {
                 std::future::ready(match m {
                     Ok(m) => events::from_message(m).map(Ok),

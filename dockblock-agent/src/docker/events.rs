@@ -3,7 +3,10 @@
 //! attachments. Events can repeat (Docker 20.10 sends `disconnect` twice):
 //! consumers react level-triggered, by re-reading the state.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use bollard::{
     models::{EventMessage, EventMessageTypeEnum},
@@ -42,8 +45,11 @@ impl EngineEvent {
 }
 
 /// The `/events` query: container and network events of [`CONTAINER_ACTIONS`]
-/// and [`NETWORK_ACTIONS`] (filters of different keys are ANDed by the engine).
-pub(crate) fn options() -> EventsOptions {
+/// and [`NETWORK_ACTIONS`] (filters of different keys are ANDed by the
+/// engine), from `since` on: the engine replays what it recorded since then
+/// from its buffer (the last 256 events), so a subscription that reaches it
+/// late misses nothing.
+pub(crate) fn options(since: SystemTime) -> EventsOptions {
     let mut actions: Vec<String> =
         CONTAINER_ACTIONS.iter().chain(NETWORK_ACTIONS).map(|a| a.to_string()).collect();
     actions.sort();
@@ -52,7 +58,10 @@ pub(crate) fn options() -> EventsOptions {
         ("type".to_string(), vec!["container".to_string(), "network".to_string()]),
         ("event".to_string(), actions),
     ]);
-    EventsOptions { filters: Some(filters), ..Default::default() }
+    let since = since.duration_since(UNIX_EPOCH).unwrap_or_default();
+    // Docker's `seconds.nanoseconds` timestamp form.
+    let since = format!("{}.{:09}", since.as_secs(), since.subsec_nanos());
+    EventsOptions { filters: Some(filters), since: Some(since), ..Default::default() }
 }
 
 /// `None` for events of other types or actions (a container `update` of a

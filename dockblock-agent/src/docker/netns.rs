@@ -69,14 +69,17 @@ fn peers_inside(ns: &File) -> Result<Vec<u32>, String> {
         .collect())
 }
 
-/// The host veths of every running container of `snapshot`, named and with
-/// their bridge from `links` (a dump of the host's links). A container whose
-/// netns cannot be read is left out with a warning: its veths stay
-/// unreviewed, i.e. closed. A peer missing from `links` (created after the
-/// dump) is left out too, until the next dump.
+/// The host veths of every running container of `snapshot` that has a
+/// network of its own, named and with their bridge from `links` (a dump of
+/// the host's links). A container whose netns cannot be read is left out
+/// with a warning: its veths stay unreviewed, i.e. closed. A peer missing
+/// from `links` (created after the dump) is left out too, until the next
+/// dump.
 pub async fn veth_owners(snapshot: &Snapshot, links: &[LinkInfo]) -> Vec<VethOwner> {
     let by_index: HashMap<u32, &LinkInfo> = links.iter().map(|l| (l.ifindex, l)).collect();
-    let running = snapshot.containers.iter().filter(|c| c.running && c.pid != 0);
+    // No endpoint: `--network container:X`, X's netns and veths (X owns
+    // them); `--network host` has an endpoint and is told by host_peers.
+    let running = snapshot.containers.iter().filter(|c| c.running && c.pid != 0 && !c.networks.is_empty());
     let peers: Vec<_> = futures_util::stream::iter(running)
         .map(|c| {
             let pid = c.pid;
