@@ -51,6 +51,11 @@ pub enum Error {
     #[error("allow-list table full ({capacity} entries in all rules); re-attach with a larger --max-allow after detach")]
     AllowFull { capacity: u32 },
 
+    /// A veth table (`VETHS`, `VETH_RULES`) cannot hold what the
+    /// containers' rules need; nothing was written.
+    #[error("{map} full: the containers' rules need {needed} entries, it holds {capacity}; run `dockblock-agent detach`, then attach with a larger {flag}")]
+    VethTableFull { map: &'static str, needed: usize, capacity: u32, flag: &'static str },
+
     /// A rules file that does not parse or names bad values.
     #[error("{path}:{line}: {why}")]
     RulesFile { path: String, line: usize, why: String },

@@ -5,6 +5,11 @@
 //! programs stay attached after the process exits. Re-attaching an interface
 //! that already has a live link swaps the program inside that link
 //! (`bpf_link_update`): there is no moment without a filter.
+//!
+//! [`hooks`]: the hooks the daemon adds and removes as Docker's interfaces
+//! come and go (container veths, bridges of user-defined networks).
+
+mod hooks;
 
 use std::path::Path;
 
@@ -30,6 +35,8 @@ use crate::{
     store::{self, RuleStore},
     teardown, EBPF_OBJECT,
 };
+
+pub use hooks::{attach_bridge, detach_bridge, detach_veth, gc_links, VethHooks};
 
 /// How to attach XDP on an uplink.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +67,10 @@ pub struct Capacities {
     pub max_frags: Option<u32>,
     /// Bytes of the events ring buffer (a power of two, >= page size).
     pub events_bytes: Option<u32>,
+    /// Container veths the daemon can review (`VETHS`).
+    pub max_veths: Option<u32>,
+    /// Container ports judged at the veths, over all veths (`VETH_RULES`).
+    pub max_veth_rules: Option<u32>,
 }
 
 /// Runtime settings in `CONFIG`; `None` keeps the current value.
@@ -93,15 +104,7 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
     let maps_dir = pins.maps_dir();
     std::fs::create_dir_all(&maps_dir).map_err(|e| Error::io("create", &maps_dir, e))?;
     check_pinned_layouts(pins)?;
-    let map_paths: Vec<_> = map_names::ALL.iter().map(|name| (*name, pins.map(name))).collect();
-    let mut loader = EbpfLoader::new();
-    for (name, path) in &map_paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    for (name, size) in map_sizes(caps) {
-        loader.map_max_entries(name, size);
-    }
-    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("load the eBPF object", e))?;
+    let mut ebpf = open_object(pins, caps)?;
     crate::testhook::step(); // maps created and pinned
     xdp_program(&mut ebpf)?.load().map_err(|e| Error::bpf("load XDP program (verifier)", e))?;
     for name in TC_PROGRAMS {
@@ -125,6 +128,19 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
         store.set_config(config)?;
     }
     Ok(ebpf)
+}
+
+/// The object with every map pinned under `pins`: pinned maps are opened,
+/// missing ones created (with `caps`) and pinned. No program is loaded yet.
+fn open_object(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for name in map_names::ALL {
+        loader.map_pin_path(name, pins.map(name));
+    }
+    for (name, size) in map_sizes(caps) {
+        loader.map_max_entries(name, size);
+    }
+    loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("load the eBPF object", e))
 }
 
 /// Pinned maps are reused as they are (aya opens a pin by name and never
@@ -172,6 +188,12 @@ fn map_sizes(caps: &Capacities) -> Vec<(&'static str, u32)> {
     }
     if let Some(n) = caps.events_bytes {
         sizes.push((map_names::EVENTS, n));
+    }
+    if let Some(n) = caps.max_veths {
+        sizes.push((map_names::VETHS, n));
+    }
+    if let Some(n) = caps.max_veth_rules {
+        sizes.push((map_names::VETH_RULES, n));
     }
     sizes
 }
@@ -353,21 +375,45 @@ fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, interface: &str, choice: XdpModeCh
     Err(last_err.expect("at least one mode was tried"))
 }
 
-/// Attaches one of the TCX programs; `kind` says which and where.
-fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, interface: &str, kind: LinkKind) -> Result<Attached> {
-    let name = match kind {
+/// The TC program a TCX link of `kind` runs.
+fn tc_program_name(kind: LinkKind) -> &'static str {
+    match kind {
         LinkKind::TcEgress => program_names::BRIDGE_TC,
         LinkKind::TrackUplink => program_names::UPLINK_TRACK,
         LinkKind::TrackBridge => program_names::BRIDGE_TRACK,
+        LinkKind::VethJudge => program_names::VETH_TC,
+        LinkKind::VethTrack => program_names::VETH_TRACK,
         LinkKind::XdpNative | LinkKind::XdpSkb => unreachable!("XDP goes through attach_xdp"),
-    };
-    let attach_type = if kind.is_egress() { TcAttachType::Egress } else { TcAttachType::Ingress };
-    let prog = tc_program(ebpf, name)?;
+    }
+}
+
+/// Attaches one of the TCX programs; `kind` says which and where.
+fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, interface: &str, kind: LinkKind) -> Result<Attached> {
+    let prog = tc_program(ebpf, tc_program_name(kind))?;
     if let Some((_, link)) = live_link(pins, interface, &[kind])? {
-        let link = SchedClassifierLink::try_from(link).map_err(|e| Error::bpf("TCX link", e))?;
-        prog.attach_to_link(link).map_err(|e| Error::bpf(format!("replace {name} on {interface}"), e))?;
+        replace_tc(prog, link, interface, kind)?;
         return Ok(Attached { interface: interface.into(), kind, replaced: true });
     }
+    new_tc_link(prog, pins, interface, kind)?;
+    Ok(Attached { interface: interface.into(), kind, replaced: false })
+}
+
+/// Puts `prog` into the live TCX `link` in place (`bpf_link_update`).
+fn replace_tc(prog: &mut SchedClassifier, link: FdLink, interface: &str, kind: LinkKind) -> Result<()> {
+    let name = tc_program_name(kind);
+    let link = SchedClassifierLink::try_from(link).map_err(|e| Error::bpf("TCX link", e))?;
+    let id =
+        prog.attach_to_link(link).map_err(|e| Error::bpf(format!("replace {name} on {interface}"), e))?;
+    // The program keeps the link's fd until it is taken back; the pin holds
+    // the link, so a long-lived process (the daemon) must not collect them.
+    drop(prog.take_link(id).map_err(|e| Error::bpf("take TC link", e))?);
+    Ok(())
+}
+
+/// A new TCX link of `prog` on `interface`, pinned as `kind`.
+fn new_tc_link(prog: &mut SchedClassifier, pins: &PinDir, interface: &str, kind: LinkKind) -> Result<()> {
+    let name = tc_program_name(kind);
+    let attach_type = if kind.is_egress() { TcAttachType::Egress } else { TcAttachType::Ingress };
     // First in the TCX chain: a drop verdict should not depend on what other
     // programs on the bridge do before us.
     let options = TcAttachOptions::TcxOrder(LinkOrder::first());
@@ -376,8 +422,7 @@ fn attach_tc(ebpf: &mut Ebpf, pins: &PinDir, interface: &str, kind: LinkKind) ->
         .map_err(|e| attach_error(format!("attach {name} to {interface}"), e))?;
     let link = prog.take_link(id).map_err(|e| Error::bpf("take TC link", e))?;
     let link = FdLink::try_from(link).map_err(|e| Error::bpf("TC link is not a bpf_link", e))?;
-    pin_link(link, &pins.link(kind, interface))?;
-    Ok(Attached { interface: interface.into(), kind, replaced: false })
+    pin_link(link, &pins.link(kind, interface))
 }
 
 /// Names the common cause of a refused attach: another XDP program (from

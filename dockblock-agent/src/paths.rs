@@ -5,6 +5,7 @@
 //!   maps/PORT_RULES ...           one pin per map in dockblock_common::map_names
 //!   links/xdpskb_eth1             one pin per link: <kind>_<interface>
 //!   links/tc_docker0
+//!   links/veth_vethd846a2f        a container's host veth (judge; vetht_: tracker)
 //! ```
 //!
 //! bpffs refuses names with a dot (reserved for its own files), and VLAN
@@ -44,15 +45,23 @@ pub enum LinkKind {
     TrackUplink,
     /// TCX ingress on a bridge: records UDP flows containers open.
     TrackBridge,
+    /// TCX egress on a container's host-side veth: judges what enters the
+    /// container (`VETH_RULES`, closed while unreviewed).
+    VethJudge,
+    /// TCX ingress on a container's host-side veth: records UDP flows the
+    /// container opens.
+    VethTrack,
 }
 
 impl LinkKind {
-    const ALL: [LinkKind; 5] = [
+    const ALL: [LinkKind; 7] = [
         LinkKind::XdpNative,
         LinkKind::XdpSkb,
         LinkKind::TcEgress,
         LinkKind::TrackUplink,
         LinkKind::TrackBridge,
+        LinkKind::VethJudge,
+        LinkKind::VethTrack,
     ];
     /// The kinds that can judge an uplink (one at a time).
     pub const XDP: [LinkKind; 2] = [LinkKind::XdpNative, LinkKind::XdpSkb];
@@ -64,6 +73,8 @@ impl LinkKind {
             LinkKind::TcEgress => "tc",
             LinkKind::TrackUplink => "trackup",
             LinkKind::TrackBridge => "trackbr",
+            LinkKind::VethJudge => "veth",
+            LinkKind::VethTrack => "vetht",
         }
     }
 
@@ -75,6 +86,8 @@ impl LinkKind {
             LinkKind::TcEgress => "TC (tcx egress)",
             LinkKind::TrackUplink => "UDP flow tracking (tcx egress)",
             LinkKind::TrackBridge => "UDP flow tracking (tcx ingress)",
+            LinkKind::VethJudge => "container veth TC (tcx egress)",
+            LinkKind::VethTrack => "container veth UDP flow tracking (tcx ingress)",
         }
     }
 
@@ -84,12 +97,18 @@ impl LinkKind {
 
     /// Whether the program sees packets leaving the interface (TCX egress).
     pub fn is_egress(self) -> bool {
-        matches!(self, LinkKind::TcEgress | LinkKind::TrackUplink)
+        matches!(self, LinkKind::TcEgress | LinkKind::TrackUplink | LinkKind::VethJudge)
     }
 
     /// Whether the program only records UDP flows (and never drops).
     pub fn is_tracking(self) -> bool {
-        matches!(self, LinkKind::TrackUplink | LinkKind::TrackBridge)
+        matches!(self, LinkKind::TrackUplink | LinkKind::TrackBridge | LinkKind::VethTrack)
+    }
+
+    /// The hooks of a container's host-side veth, which the daemon makes
+    /// and removes as containers come and go.
+    pub fn is_veth(self) -> bool {
+        matches!(self, LinkKind::VethJudge | LinkKind::VethTrack)
     }
 
     /// "xdp" or "tc", for status.
@@ -254,9 +273,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dockblock-paths-{}", std::process::id()));
         let pins = PinDir::new(&dir);
         std::fs::create_dir_all(pins.links_dir()).unwrap();
-        for (kind, iface) in
-            [(LinkKind::XdpSkb, "eth0.100"), (LinkKind::TcEgress, "br-1a2b"), (LinkKind::XdpNative, "en_s3")]
-        {
+        for (kind, iface) in [
+            (LinkKind::XdpSkb, "eth0.100"),
+            (LinkKind::TcEgress, "br-1a2b"),
+            (LinkKind::XdpNative, "en_s3"),
+            (LinkKind::VethJudge, "veth1a2b3c"),
+            (LinkKind::VethTrack, "veth1a2b3c"),
+        ] {
             std::fs::write(pins.link(kind, iface), b"").unwrap();
         }
         std::fs::write(pins.links_dir().join("stray"), b"").unwrap();
@@ -275,6 +298,8 @@ mod tests {
             found,
             vec![
                 (LinkKind::TcEgress, "br-1a2b".to_string()),
+                (LinkKind::VethJudge, "veth1a2b3c".to_string()),
+                (LinkKind::VethTrack, "veth1a2b3c".to_string()),
                 (LinkKind::XdpNative, "en_s3".to_string()),
                 (LinkKind::XdpSkb, "eth0.100".to_string()),
             ]

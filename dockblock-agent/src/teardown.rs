@@ -123,15 +123,10 @@ fn finish_detach(pins: &PinDir, interfaces: &[String]) -> Result<Vec<LinkPin>> {
             store.switch_to_empty()?;
         }
     }
-    let mut chosen: Vec<LinkPin> =
-        pins.links().into_iter().filter(|l| everything || interfaces.contains(&l.interface)).collect();
-    // Judging links go first: once they are gone the interface is open,
-    // whatever happens to the tracking links after.
-    chosen.sort_by_key(|l| l.kind.is_tracking());
-    // Removing the last reference (the pin) destroys the link.
-    for link in &chosen {
-        remove_pin(&link.path)?;
-    }
+    // Veth links included: a full detach leaves no container hook behind.
+    let chosen = unpin_links(
+        pins.links().into_iter().filter(|l| everything || interfaces.contains(&l.interface)).collect(),
+    )?;
     if !everything {
         journal::set_change(pins, None)?;
         return Ok(chosen);
@@ -167,6 +162,17 @@ pub fn adopt_renamed(pins: &PinDir) -> Result<Vec<(String, String)>> {
         renamed.push((pin.interface, now));
     }
     Ok(renamed)
+}
+
+/// Unpins `links` (removing the last reference destroys a link), judging
+/// links first: once they are gone the interface is open, whatever happens
+/// to the tracking links after. Returns them in that order.
+pub(crate) fn unpin_links(mut links: Vec<LinkPin>) -> Result<Vec<LinkPin>> {
+    links.sort_by_key(|l| l.kind.is_tracking());
+    for link in &links {
+        remove_pin(&link.path)?;
+    }
+    Ok(links)
 }
 
 fn remove_pin(path: &std::path::Path) -> Result<()> {

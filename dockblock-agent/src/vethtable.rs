@@ -1,1 +1,216 @@
-//! (being written: see spec/daemon.md)
+//! The veth table: what the veth hooks judge (`VETHS`: which veths are
+//! reviewed, and with which kinds of entries; `VETH_RULES`: their ports),
+//! written from the translation's plans.
+//!
+//! Not generational: each key changes atomically, and the write order keeps
+//! every moment safe. A veth not planned any more loses its state first
+//! (unreviewed: closed), then its entries. A planned veth gets its new
+//! entries, then its state (so it is marked reviewed, or told to look up a
+//! new kind of entry, only once they are in), then loses its stale entries.
+//! Capacities are checked before anything is written.
+
+use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
+
+use aya::maps::{HashMap, MapData};
+use dockblock_common::{map_names, PortRule, VethRuleKey, VethState};
+use serde::Serialize;
+
+use crate::{
+    error::{Error, Result},
+    paths::PinDir,
+    store::{self, Access},
+};
+
+/// What one container's host-side veth should hold (`translate` makes them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VethPlan {
+    pub ifindex: u32,
+    pub state: VethState,
+    /// Keys with this plan's `ifindex`; the first of a key twice counts.
+    pub entries: Vec<(VethRuleKey, PortRule)>,
+}
+
+/// What [`sync`] changed, for the log line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VethSync {
+    /// States and entries written (new or changed).
+    pub written: usize,
+    /// States and entries removed.
+    pub removed: usize,
+}
+
+impl VethSync {
+    pub fn is_empty(&self) -> bool {
+        *self == VethSync::default()
+    }
+}
+
+type States = HashMap<MapData, u32, VethState>;
+type Rules = HashMap<MapData, VethRuleKey, PortRule>;
+
+/// Takes `VETHS` and `VETH_RULES` to exactly `plans` (see the module doc
+/// for the order). Run under the pin folder lock (reconcile holds it).
+pub fn sync(pins: &PinDir, plans: &[VethPlan]) -> Result<VethSync> {
+    let mut states: States = store::open_pinned(pins, map_names::VETHS)?;
+    let mut rules: Rules = store::open_pinned(pins, map_names::VETH_RULES)?;
+    let have_states = read_map(&states, map_names::VETHS)?;
+    let have_rules = read_map(&rules, map_names::VETH_RULES)?;
+    let plans = dedup(plans);
+    check_capacity(pins, &plans, &have_rules)?;
+
+    let mut done = VethSync::default();
+    let planned: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
+    for ifindex in have_states.keys().filter(|i| !planned.contains(i)) {
+        remove(&mut states, ifindex, map_names::VETHS)?;
+        done.removed += 1;
+    }
+    for key in have_rules.keys().filter(|k| !planned.contains(&k.ifindex)) {
+        remove(&mut rules, key, map_names::VETH_RULES)?;
+        done.removed += 1;
+    }
+    let mut by_veth: StdHashMap<u32, Vec<VethRuleKey>> = StdHashMap::new();
+    for key in have_rules.keys().filter(|k| planned.contains(&k.ifindex)) {
+        by_veth.entry(key.ifindex).or_default().push(*key);
+    }
+    for plan in &plans {
+        for (key, rule) in &plan.entries {
+            if have_rules.get(key) != Some(rule) {
+                insert(&mut rules, key, rule, map_names::VETH_RULES)?;
+                done.written += 1;
+            }
+        }
+        if have_states.get(&plan.ifindex) != Some(&plan.state) {
+            insert(&mut states, &plan.ifindex, &plan.state, map_names::VETHS)?;
+            done.written += 1;
+        }
+        let wanted: HashSet<&VethRuleKey> = plan.entries.iter().map(|(k, _)| k).collect();
+        for key in by_veth.get(&plan.ifindex).into_iter().flatten().filter(|k| !wanted.contains(k)) {
+            remove(&mut rules, key, map_names::VETH_RULES)?;
+            done.removed += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// Every reviewed veth and every veth rule, sorted; maps opened read-only
+/// (for `list`, `ports`, `status`).
+#[allow(clippy::type_complexity)]
+pub fn read(pins: &PinDir) -> Result<(Vec<(u32, VethState)>, Vec<(VethRuleKey, PortRule)>)> {
+    let states: States = store::open_pinned_as(pins, map_names::VETHS, Access::ReadOnly)?;
+    let rules: Rules = store::open_pinned_as(pins, map_names::VETH_RULES, Access::ReadOnly)?;
+    let states: BTreeMap<u32, VethState> = read_map(&states, map_names::VETHS)?.into_iter().collect();
+    let mut rules: Vec<(VethRuleKey, PortRule)> =
+        read_map(&rules, map_names::VETH_RULES)?.into_iter().collect();
+    rules.sort_by_key(|(k, _)| (k.ifindex, k.proto, k.port));
+    Ok((states.into_iter().collect(), rules))
+}
+
+/// One plan per veth (the first), each entry key once (the first), keys
+/// of another veth dropped (a bug in the caller: logged).
+fn dedup(plans: &[VethPlan]) -> Vec<VethPlan> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(plans.len());
+    for plan in plans.iter().filter(|p| seen.insert(p.ifindex)) {
+        let mut keys = HashSet::new();
+        let entries = plan
+            .entries
+            .iter()
+            .filter(|(k, _)| {
+                if k.ifindex != plan.ifindex {
+                    log::warn!("veth plan {}: entry for veth {} ignored", plan.ifindex, k.ifindex);
+                    return false;
+                }
+                keys.insert(*k)
+            })
+            .copied()
+            .collect();
+        out.push(VethPlan { entries, ..plan.clone() });
+    }
+    out
+}
+
+/// Refuses plans the maps cannot hold, counting the most entries present
+/// at once in the write order of [`sync`] (a veth's new entries go in
+/// before its stale ones go out).
+fn check_capacity(
+    pins: &PinDir,
+    plans: &[VethPlan],
+    rules: &StdHashMap<VethRuleKey, PortRule>,
+) -> Result<()> {
+    let planned: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
+    let capacity = store::max_entries(pins, map_names::VETHS)?;
+    if plans.len() > capacity as usize {
+        return Err(full(map_names::VETHS, plans.len(), capacity, "--max-veths"));
+    }
+    let mut count = rules.keys().filter(|k| planned.contains(&k.ifindex)).count();
+    let mut peak = count;
+    for plan in plans {
+        let added = plan.entries.iter().filter(|(k, _)| !rules.contains_key(k)).count();
+        peak = peak.max(count + added);
+        let kept = plan.entries.len() - added;
+        let before = rules.keys().filter(|k| k.ifindex == plan.ifindex).count();
+        count = count + added - (before - kept);
+    }
+    let capacity = store::max_entries(pins, map_names::VETH_RULES)?;
+    if peak > capacity as usize {
+        return Err(full(map_names::VETH_RULES, peak, capacity, "--max-veth-rules"));
+    }
+    Ok(())
+}
+
+fn full(map: &'static str, needed: usize, capacity: u32, flag: &'static str) -> Error {
+    Error::VethTableFull { map, needed, capacity, flag }
+}
+
+fn read_map<K, V>(map: &HashMap<MapData, K, V>, name: &str) -> Result<StdHashMap<K, V>>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    map.iter().collect::<Result<_, _>>().map_err(|e| Error::bpf(format!("read {name}"), e))
+}
+
+fn insert<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    value: &V,
+    name: &str,
+) -> Result<()> {
+    map.insert(key, value, 0).map_err(|e| Error::bpf(format!("write {name}"), e))
+}
+
+fn remove<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, key: &K, name: &str) -> Result<()> {
+    match map.remove(key) {
+        Ok(()) => Ok(()),
+        // Gone already (a concurrent writer): what we wanted.
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(Error::bpf(format!("remove from {name}"), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ifindex: u32, port: u32) -> VethRuleKey {
+        VethRuleKey { ifindex, proto: 0, port }
+    }
+
+    fn plan(ifindex: u32, ports: &[u32]) -> VethPlan {
+        VethPlan {
+            ifindex,
+            state: VethState { flags: 1, ..Default::default() },
+            entries: ports.iter().map(|&p| (key(ifindex, p), PortRule { rule_id: p, flags: 0 })).collect(),
+        }
+    }
+
+    #[test]
+    fn dedup_keeps_the_first_plan_and_entry() {
+        let mut first = plan(7, &[80, 80, 443]);
+        first.entries.push((key(8, 22), PortRule::default()));
+        let out = dedup(&[first, plan(7, &[1]), plan(8, &[22])]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].entries.iter().map(|(k, _)| k.port).collect::<Vec<_>>(), [80, 443]);
+        assert_eq!(out[1].ifindex, 8);
+    }
+}

@@ -156,6 +156,13 @@ struct TuningArgs {
     /// a power of two; a newer datagram may evict an older one), fixed at creation.
     #[arg(long, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
     max_frags: Option<u32>,
+    /// Container veths the daemon can review (default 4096), fixed at creation.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_veths: Option<u32>,
+    /// Container ports judged at the veths, over all veths (default 65536),
+    /// fixed at creation.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_veth_rules: Option<u32>,
     /// Events ring buffer bytes (default 1 MiB; a power of two), fixed at creation.
     #[arg(long, value_parser = parse_ring_size)]
     events_bytes: Option<u32>,
@@ -180,6 +187,8 @@ impl TuningArgs {
             max_flows: self.max_flows,
             max_frags: self.max_frags,
             events_bytes: self.events_bytes,
+            max_veths: self.max_veths,
+            max_veth_rules: self.max_veth_rules,
         }
     }
 
