@@ -29,6 +29,16 @@ impl Daemon {
     /// options), ready within [`READY_WITHIN`]. The log level is
     /// `RUST_LOG` when set, else info with the daemon's debug lines.
     pub fn start(bin: &Path, pin_dir: &str, args: &[&str]) -> Result<Daemon, Error> {
+        Daemon::start_env(bin, pin_dir, args, &[])
+    }
+
+    /// `start` with extra environment variables (`DOCKER_HOST`, `RUST_LOG`).
+    pub fn start_env(
+        bin: &Path,
+        pin_dir: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, Error> {
         let log = std::env::temp_dir().join(format!(
             "dockblock-daemon-{}-{}.log",
             pin_dir.trim_matches('/').replace('/', "_"),
@@ -41,6 +51,7 @@ impl Daemon {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info,dockblock_agent=debug");
         }
+        command.envs(env.iter().copied());
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
         let child =
             command.spawn().map_err(|e| Error::Start { cmd: format!("{} run", bin.display()), source: e })?;
