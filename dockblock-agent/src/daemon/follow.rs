@@ -4,7 +4,7 @@
 //! to 5 s), then sync everything (level-triggered: containers gone while we
 //! were away lose their entries then).
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt as _;
 
@@ -13,9 +13,6 @@ use crate::docker::{engine::Engine, events::EngineEvent};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How long the new event stream is polled before the full sync starts, so
-/// the subscription is in place at the engine before the snapshot is taken.
-const SUBSCRIBE_GRACE: Duration = Duration::from_millis(100);
 
 pub(super) async fn follow(daemon: Arc<Daemon>) {
     let mut backoff = BACKOFF_FIRST;
@@ -23,10 +20,9 @@ pub(super) async fn follow(daemon: Arc<Daemon>) {
     loop {
         match Engine::connect().await {
             Ok(engine) => {
-                let events = engine.events().await;
-                let mut events = events.peekable();
-                // Sends the request; an event that comes meanwhile stays in the stream.
-                let _ = tokio::time::timeout(SUBSCRIBE_GRACE, Pin::new(&mut events).peek()).await;
+                // From now on (the engine replays events since this call),
+                // so nothing falls between it and the snapshot below.
+                let mut events = engine.events().await;
                 tracing::info!(host = engine.host(), "engine connected: full sync");
                 *lock(&daemon.engine) = Some(engine);
                 daemon.update_state(|s| {

@@ -133,15 +133,15 @@ impl Daemon {
     fn hook(&self, l: &mut Links, info: &LinkInfo) {
         let start = std::time::Instant::now();
         match self.kernel_hooks.attach(&info.name) {
-            Ok(()) => {
+            Ok(new) => {
                 l.hooked.insert(info.ifindex, info.name.clone());
                 lock(&self.hook_problems).remove(&info.name);
-                tracing::info!(
-                    veth = %info.name,
-                    ifindex = info.ifindex,
-                    elapsed_us = start.elapsed().as_micros() as u64,
-                    "veth hooks attached (unreviewed: closed until reviewed)"
-                );
+                let elapsed_us = start.elapsed().as_micros() as u64;
+                if new {
+                    tracing::info!(veth = %info.name, ifindex = info.ifindex, elapsed_us, "veth hooks attached");
+                } else {
+                    tracing::debug!(veth = %info.name, ifindex = info.ifindex, "veth hooks already live");
+                }
             }
             Err(e) => {
                 tracing::warn!(veth = %info.name, "cannot hook the veth: {e}");

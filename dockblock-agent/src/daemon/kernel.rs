@@ -1,44 +1,71 @@
 //! The daemon's calls into the kernel writers (loader, reconcile), in one
-//! place. (Interim: the veth hooks, bridge attach and reconcile are wired in
-//! as their parts land; see spec/daemon.md.)
+//! place, each logged as one line per change.
 
 use crate::{
-    docker::{
-        links::LinkInfo,
-        snapshot::{Snapshot, VethOwner},
-    },
+    docker::snapshot::{Snapshot, VethOwner},
     error::Result,
-    paths::PinDir,
+    link_info,
+    loader::{self, VethHooks},
+    paths::{LinkKind, PinDir},
 };
 
-pub(super) struct Hooks {}
+/// The veth programs, loaded once; attach/detach log what they did.
+pub(super) struct Hooks(VethHooks);
 
 impl Hooks {
-    pub fn load(_pins: &PinDir) -> Result<Hooks> {
-        Ok(Hooks {})
+    pub fn load(pins: &PinDir) -> Result<Hooks> {
+        VethHooks::load(pins).map(Hooks)
     }
 
-    pub fn attach(&self, _ifname: &str) -> Result<()> {
-        Err(crate::Error::Netlink { what: "veth hooks".into(), why: "not wired in yet".into() })
+    /// Both veth links on `ifname` (kept when live).
+    pub fn attach(&self, ifname: &str) -> Result<bool> {
+        Ok(self.0.attach(ifname)?.iter().any(|a| !a.replaced))
     }
 
-    pub fn detach(&self, _ifname: &str) -> Result<()> {
-        Ok(())
+    pub fn detach(&self, ifname: &str) -> Result<()> {
+        self.0.detach(ifname).map(drop)
     }
 }
 
-/// Bridge hooks on `bridges` (those without), then reconcile with the
-/// view; returns the problems to report.
+/// Whether `bridge` has a live judge link of ours.
+fn bridge_hooked(pins: &PinDir, bridge: &str) -> bool {
+    let Some(ifindex) = link_info::ifindex(bridge) else { return false };
+    pins.links().iter().any(|p| {
+        p.kind == LinkKind::TcEgress
+            && p.interface == bridge
+            && link_info::read(&p.path).is_ok_and(|i| i.ifindex == ifindex)
+    })
+}
+
+/// Bridge programs on each of `bridges` that lacks them, then reconcile
+/// with the view; returns the problems to report.
 pub(super) fn sync(
-    _pins: &PinDir,
-    _bridges: &[String],
+    pins: &PinDir,
+    bridges: &[String],
     _s: Snapshot,
     _veths: Vec<VethOwner>,
 ) -> Result<Vec<String>> {
-    Ok(vec![])
+    let mut problems = Vec::new();
+    for bridge in bridges.iter().filter(|b| !bridge_hooked(pins, b)) {
+        match loader::attach_bridge(pins, bridge) {
+            Ok(done) => {
+                for a in done {
+                    tracing::info!(bridge = %a.interface, kind = a.kind.label(), "bridge hook attached");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(bridge = %bridge, "cannot hook the bridge: {e}");
+                problems.push(format!("bridge {bridge}: not hooked: {e}"));
+            }
+        }
+    }
+    Ok(problems)
 }
 
-/// Unpins links whose interface is gone.
-pub(super) fn gc(_pins: &PinDir, _live: &[LinkInfo]) -> Result<()> {
+/// Unpins the veth and bridge links whose interface is gone.
+pub(super) fn gc(pins: &PinDir) -> Result<()> {
+    for pin in loader::gc_links(pins)? {
+        tracing::info!(interface = %pin.interface, kind = pin.kind.label(), "link of an interface gone unpinned");
+    }
     Ok(())
 }

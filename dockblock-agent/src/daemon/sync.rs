@@ -103,12 +103,8 @@ impl Daemon {
         let problems = tokio::task::spawn_blocking(move || kernel::sync(&pins, &present, snapshot, veths))
             .await
             .expect("sync panicked")?;
-        {
-            // Under the link table's lock: a veth hooked meanwhile is in
-            // `live`, so its fresh pins are not taken for leftovers.
-            let l = lock(&self.hooks);
-            kernel::gc(&self.pins, &l.live())?;
-        }
+        let pins = self.pins.clone();
+        tokio::task::spawn_blocking(move || kernel::gc(&pins)).await.expect("gc panicked")?;
         tracing::debug!(
             full,
             inspected = ids.len(),
