@@ -365,6 +365,87 @@ fn veth_owners_of_many_and_shared_namespaces() {
     }
 }
 
+/// A scratch netns with one end of a veth pair, a bridge in the host, and
+/// a process in the netns; all removed on drop.
+struct Scratch {
+    ns: String,
+    host_if: String,
+    bridge: String,
+    sleeper: Option<std::process::Child>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.sleeper.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        dockblock_tests::netns::remove(&self.ns, &self.host_if);
+        dockblock_tests::quiet("ip", &["link", "del", &self.bridge]);
+    }
+}
+
+/// Without Docker: host_peers finds the host end of a veth whose other end
+/// is in a scratch netns; nothing for a process in our own netns; an error
+/// for a pid that does not exist. links::watch reports the enslaving NEWLINK
+/// with master and kind, and the DELLINK.
+#[test]
+fn host_peers_in_a_scratch_namespace() {
+    assert!(dockblock_tests::is_root(), "needs root (netns, veth)");
+    let tag = std::process::id() % 100_000;
+    let mut scratch = Scratch {
+        ns: format!("dbe-ns-{tag}"),
+        host_if: format!("dbeh{tag}"),
+        bridge: format!("dbeb{tag}"),
+        sleeper: None,
+    };
+    let ns_if = format!("dben{tag}");
+    dockblock_tests::netns::remove(&scratch.ns, &scratch.host_if);
+    let rt = runtime();
+    let link_events = {
+        let _in_rt = rt.enter();
+        record(&rt, links::watch().expect("watch links"))
+    };
+    run_ok("ip", &["netns", "add", &scratch.ns]);
+    run_ok("ip", &["link", "add", &scratch.host_if, "type", "veth", "peer", "name", &ns_if]);
+    run_ok("ip", &["link", "set", &ns_if, "netns", &scratch.ns]);
+    run_ok("ip", &["link", "add", &scratch.bridge, "type", "bridge"]);
+    run_ok("ip", &["link", "set", &scratch.host_if, "master", &scratch.bridge]);
+    let sleeper = std::process::Command::new("ip")
+        .args(["netns", "exec", &scratch.ns, "sleep", "30"])
+        .spawn()
+        .expect("sleep in the netns");
+    let pid = sleeper.id();
+    scratch.sleeper = Some(sleeper);
+
+    let dump = rt.block_on(links::dump()).unwrap();
+    let host_end = by_name(&dump, &scratch.host_if).clone();
+    let bridge = by_name(&dump, &scratch.bridge).clone();
+    assert_eq!(host_end.kind.as_deref(), Some("veth"));
+    assert_eq!(host_end.master, Some(bridge.ifindex));
+    assert_eq!(bridge.kind.as_deref(), Some("bridge"));
+    // `ip netns exec` execs sleep once it has entered the netns.
+    let start = Instant::now();
+    let peers = loop {
+        let p = netns::host_peers(pid).expect("host_peers");
+        if !p.is_empty() || start.elapsed() > Duration::from_secs(5) {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(peers, vec![host_end.ifindex]);
+    assert_eq!(netns::host_peers(std::process::id()).unwrap(), Vec::<u32>::new(), "our own netns");
+    assert!(matches!(netns::host_peers(u32::MAX / 2), Err(Error::Netlink { .. })));
+    // The caller's thread is still in the host's netns.
+    assert!(rt.block_on(links::dump()).unwrap().iter().any(|l| l.name == scratch.host_if));
+
+    let enslaved = |e: &LinkEvent| matches!(e, LinkEvent::New(l) if l.ifindex == host_end.ifindex && l.master == Some(bridge.ifindex) && l.kind.as_deref() == Some("veth"));
+    assert!(wait_for(&link_events, Duration::from_secs(2), enslaved).is_some(), "no enslaving NEWLINK");
+    run_ok("ip", &["link", "del", &scratch.host_if]);
+    let gone = |e: &LinkEvent| matches!(e, LinkEvent::Del { ifindex, name } if *ifindex == host_end.ifindex && *name == scratch.host_if);
+    assert!(wait_for(&link_events, Duration::from_secs(2), gone).is_some(), "no DELLINK");
+}
+
 /// Sets DOCKER_HOST for the test's duration (tests run serially).
 struct DockerHost;
 
