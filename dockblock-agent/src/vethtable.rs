@@ -129,33 +129,42 @@ fn dedup(plans: &[VethPlan]) -> Vec<VethPlan> {
     out
 }
 
-/// Refuses plans the maps cannot hold, counting the most entries present
-/// at once in the write order of [`sync`] (a veth's new entries go in
-/// before its stale ones go out).
+/// Refuses plans the maps cannot hold (see [`peak_entries`]).
 fn check_capacity(
     pins: &PinDir,
     plans: &[VethPlan],
     rules: &StdHashMap<VethRuleKey, PortRule>,
 ) -> Result<()> {
-    let planned: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
     let capacity = store::max_entries(pins, map_names::VETHS)?;
     if plans.len() > capacity as usize {
         return Err(full(map_names::VETHS, plans.len(), capacity, "--max-veths"));
     }
-    let mut count = rules.keys().filter(|k| planned.contains(&k.ifindex)).count();
-    let mut peak = count;
-    for plan in plans {
-        let added = plan.entries.iter().filter(|(k, _)| !rules.contains_key(k)).count();
-        peak = peak.max(count + added);
-        let kept = plan.entries.len() - added;
-        let before = rules.keys().filter(|k| k.ifindex == plan.ifindex).count();
-        count = count + added - (before - kept);
-    }
+    let peak = peak_entries(plans, rules);
     let capacity = store::max_entries(pins, map_names::VETH_RULES)?;
     if peak > capacity as usize {
         return Err(full(map_names::VETH_RULES, peak, capacity, "--max-veth-rules"));
     }
     Ok(())
+}
+
+/// The most `VETH_RULES` entries present at once in the write order of
+/// [`sync`] from `rules` to `plans`: unplanned veths' entries out first,
+/// then each veth's new entries in before its stale ones go out.
+fn peak_entries(plans: &[VethPlan], rules: &StdHashMap<VethRuleKey, PortRule>) -> usize {
+    let planned: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
+    let mut per_veth: StdHashMap<u32, usize> = StdHashMap::new();
+    for key in rules.keys().filter(|k| planned.contains(&k.ifindex)) {
+        *per_veth.entry(key.ifindex).or_default() += 1;
+    }
+    let mut count: usize = per_veth.values().sum();
+    let mut peak = count;
+    for plan in plans {
+        let added = plan.entries.iter().filter(|(k, _)| !rules.contains_key(k)).count();
+        peak = peak.max(count + added);
+        let stale = per_veth.get(&plan.ifindex).copied().unwrap_or(0) - (plan.entries.len() - added);
+        count = count + added - stale;
+    }
+    peak
 }
 
 fn full(map: &'static str, needed: usize, capacity: u32, flag: &'static str) -> Error {
@@ -212,5 +221,20 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].entries.iter().map(|(k, _)| k.port).collect::<Vec<_>>(), [80, 443]);
         assert_eq!(out[1].ifindex, 8);
+    }
+
+    #[test]
+    fn the_peak_counts_new_entries_before_stale_ones_go() {
+        let table = |plans: &[VethPlan]| -> StdHashMap<VethRuleKey, PortRule> {
+            plans.iter().flat_map(|p| p.entries.iter().copied()).collect()
+        };
+        let now = table(&[plan(1, &[80, 443]), plan(2, &[22])]);
+        // Unplanned veth 2 goes first: 2 left, then veth 1's 3 new ones.
+        assert_eq!(peak_entries(&[plan(1, &[1, 2, 3])], &now), 5);
+        // Veth 1 shrinks first, then veth 3 grows into the room.
+        assert_eq!(peak_entries(&[plan(1, &[80]), plan(3, &[1, 2])], &now), 3);
+        // Unchanged: what is there.
+        assert_eq!(peak_entries(&[plan(1, &[80, 443]), plan(2, &[22])], &now), 3);
+        assert_eq!(peak_entries(&[], &now), 0);
     }
 }
