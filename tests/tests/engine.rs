@@ -339,7 +339,14 @@ fn veth_owners_of_many_and_shared_namespaces() {
 
     let rt = runtime();
     let engine = rt.block_on(Engine::connect()).unwrap();
+    let t = Instant::now();
     let s = rt.block_on(engine.snapshot()).unwrap();
+    eprintln!(
+        "snapshot: {} containers, {} networks in {:?}",
+        s.containers.len(),
+        s.networks.len(),
+        t.elapsed()
+    );
     let dump = rt.block_on(links::dump()).unwrap();
     let running = s.containers.iter().filter(|c| c.running).count();
     let t = Instant::now();
