@@ -393,8 +393,11 @@ impl Dockerd {
         g
     }
 
+    /// SIGHUP (reload daemon.json) to dockerd, by its pid.
     fn hup() {
-        quiet("pkill", &["-HUP", "-x", "dockerd"]);
+        if let Some(pid) = Dockerd::pid() {
+            quiet("kill", &["-HUP", &pid]);
+        }
     }
 
     fn pid() -> Option<String> {

@@ -368,14 +368,14 @@ pub struct ProbeLoop(Option<Child>);
 pub struct Tally {
     /// Handshakes completed: the service was reachable.
     pub ok: u64,
-    /// Reset: something answered, no service (e.g. nothing listened yet).
+    /// Refused (reset) or failed at once (no route): no service reached.
     pub refused: u64,
     /// No answer within 300 ms: dropped.
     pub silent: u64,
 }
 
 const PROBE_PY: &str = r#"
-import json, select, signal, socket, sys, time
+import errno, json, select, signal, socket, sys, time
 every, limit = float(sys.argv[1]), float(sys.argv[2])
 targets = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in sys.argv[3:]]
 stop = []
@@ -391,8 +391,12 @@ while True:
         for i, t in enumerate(targets):
             s = socket.socket()
             s.setblocking(False)
-            s.connect_ex(t)
-            pending.append([s, i, now + 0.3])
+            rc = s.connect_ex(t)
+            if rc in (0, errno.EINPROGRESS):
+                pending.append([s, i, now + 0.3])
+            else:  # unreachable at once: no route, no neighbour
+                tally[i][1] += 1
+                s.close()
         if first:
             print("ready", flush=True)
             first = False
