@@ -20,7 +20,7 @@ use std::{
     path::PathBuf,
 };
 
-use dockblock_common::RuleDef;
+use dockblock_common::{RuleDef, RuleTarget, RULE_TARGET_TEXT};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +67,39 @@ pub struct StoredRule {
     pub flags: u32,
     #[serde(default)]
     pub allow_from: Vec<IpNet>,
+    /// The `RULE_TARGETS` entry; absent for a plain rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<StoredTarget>,
+}
+
+/// A `RuleTarget` as the journal keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredTarget {
+    pub kind: u32,
+    pub action: u32,
+    #[serde(default)]
+    pub parent: u32,
+    #[serde(default)]
+    pub text: String,
+}
+
+impl StoredTarget {
+    /// The map entry; `None` when the text does not fit (a damaged journal).
+    pub fn to_raw(&self) -> Option<RuleTarget> {
+        let bytes = self.text.as_bytes();
+        if bytes.len() > RULE_TARGET_TEXT {
+            return None;
+        }
+        let mut raw = RuleTarget {
+            kind: self.kind,
+            action: self.action,
+            parent: self.parent,
+            len: bytes.len() as u32,
+            ..Default::default()
+        };
+        raw.text[..bytes.len()].copy_from_slice(bytes);
+        Some(raw)
+    }
 }
 
 impl From<&Rule> for StoredRule {
@@ -80,6 +113,14 @@ impl From<&Rule> for StoredRule {
             port_hi: def.port_hi,
             flags: def.flags,
             allow_from: r.options.allow_from.clone(),
+            // A rule in the catalog has a target that fits (checked when
+            // it was made); encode cannot fail for it.
+            target: r.target.encode().ok().flatten().map(|t| StoredTarget {
+                kind: t.kind,
+                action: t.action,
+                parent: t.parent,
+                text: String::from_utf8_lossy(&t.text[..t.len as usize]).into_owned(),
+            }),
         }
     }
 }
@@ -93,7 +134,11 @@ impl StoredRule {
             port_hi: self.port_hi,
             flags: self.flags,
         };
-        Rule::from_def(self.id, &def, self.allow_from.clone())
+        let target = match &self.target {
+            Some(t) => Some(t.to_raw()?),
+            None => None,
+        };
+        Rule::from_def(self.id, &def, self.allow_from.clone(), target.as_ref())
     }
 }
 

@@ -19,6 +19,9 @@ pub struct PortSpec {
 pub const ALL_PROTOS: u32 = proto::bit(proto::TCP) | proto::bit(proto::UDP);
 
 impl PortSpec {
+    /// Every port, TCP and UDP: "every published port" of a Docker rule.
+    pub const EVERY: PortSpec = PortSpec { lo: 1, hi: 65535, protos: ALL_PROTOS };
+
     pub fn parse(spec: &str) -> Result<Self> {
         let bad = |why: &str| Error::BadPortSpec { spec: spec.to_string(), why: why.to_string() };
         if spec.contains(',') {

@@ -127,7 +127,10 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<RuleSpec>> {
             let net = parse_net(value.get_ref()).map_err(|e| error(Some(value.span()), e.to_string()))?;
             allow.push(net);
         }
-        let spec = RuleSpec { scope, ports, options: RuleOptions::new(allow, rule.dry_run, rule.log) };
+        let spec = RuleSpec {
+            options: RuleOptions::new(allow, rule.dry_run, rule.log),
+            ..RuleSpec::plain(scope, ports)
+        };
         let same = seen.entry((scope.raw(), ports.lo, ports.hi)).or_default();
         if let Some(&i) = same.iter().find(|&&i| specs[i].0.ports.protos & ports.protos != 0) {
             let why =
@@ -173,7 +176,7 @@ mod tests {
     use super::*;
 
     fn rule(id: u32, spec: &str, scope: Scope, options: RuleOptions) -> Rule {
-        Rule { id, scope, ports: PortSpec::parse(spec).unwrap(), options }
+        Rule::from_spec(id, RuleSpec { options, ..RuleSpec::plain(scope, PortSpec::parse(spec).unwrap()) })
     }
 
     #[test]

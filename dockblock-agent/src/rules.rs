@@ -20,13 +20,14 @@
 
 use std::fmt;
 
-use dockblock_common::{proto, rule_flag, scope, RuleDef};
+use dockblock_common::{proto, rule_flag, scope, RuleDef, RuleTarget};
 use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
     error::{Error, Result},
     ports::PortSpec,
+    target::{Action, Selector, Target},
 };
 
 /// Where a rule is judged.
@@ -73,6 +74,9 @@ pub struct RuleOptions {
     pub dry_run: bool,
     /// Emit a rate-limited event per dropped packet.
     pub log: bool,
+    /// Judge connections from other containers too (veth hook); without
+    /// it they pass (`PASSED_FROM_CONTAINER`). Only veth entries read it.
+    pub from_containers: bool,
 }
 
 impl RuleOptions {
@@ -81,7 +85,11 @@ impl RuleOptions {
         let mut allow_from: Vec<IpNet> = allow_from.into_iter().map(|n| n.trunc()).collect();
         allow_from.sort();
         allow_from.dedup();
-        Self { allow_from, dry_run, log }
+        Self { allow_from, dry_run, log, from_containers: false }
+    }
+
+    pub fn with_from_containers(self, from_containers: bool) -> Self {
+        Self { from_containers, ..self }
     }
 
     pub fn flags(&self) -> u32 {
@@ -95,6 +103,9 @@ impl RuleOptions {
         if !self.allow_from.is_empty() {
             flags |= rule_flag::ALLOW_LIST;
         }
+        if self.from_containers {
+            flags |= rule_flag::FROM_CONTAINERS;
+        }
         flags
     }
 }
@@ -105,11 +116,12 @@ pub struct RuleSpec {
     pub scope: Scope,
     pub ports: PortSpec,
     pub options: RuleOptions,
+    pub target: Target,
 }
 
 impl RuleSpec {
     pub fn plain(scope: Scope, ports: PortSpec) -> Self {
-        Self { scope, ports, options: RuleOptions::default() }
+        Self { scope, ports, options: RuleOptions::default(), target: Target::default() }
     }
 }
 
@@ -120,11 +132,27 @@ pub struct Rule {
     pub scope: Scope,
     pub ports: PortSpec,
     pub options: RuleOptions,
+    pub target: Target,
 }
 
 impl Rule {
     pub fn spec(&self) -> RuleSpec {
-        RuleSpec { scope: self.scope, ports: self.ports, options: self.options.clone() }
+        RuleSpec {
+            scope: self.scope,
+            ports: self.ports,
+            options: self.options.clone(),
+            target: self.target.clone(),
+        }
+    }
+
+    pub fn from_spec(id: u32, spec: RuleSpec) -> Self {
+        let RuleSpec { scope, ports, options, target } = spec;
+        Rule { id, scope, ports, options, target }
+    }
+
+    /// Whether a user made it (a CLI verb or `apply`), not the engine state.
+    pub fn is_user(&self) -> bool {
+        !self.target.selector.is_derived()
     }
 
     pub fn to_def(&self) -> RuleDef {
@@ -137,9 +165,15 @@ impl Rule {
         }
     }
 
-    /// Reads a catalog entry and its allow-list; `None` for an entry this
-    /// version cannot interpret (it is then left alone, never rewritten).
-    pub fn from_def(id: u32, def: &RuleDef, allow_from: Vec<IpNet>) -> Option<Self> {
+    /// Reads a catalog entry, its allow-list and its `RULE_TARGETS` entry;
+    /// `None` for an entry this version cannot interpret (it is then left
+    /// alone, never rewritten).
+    pub fn from_def(
+        id: u32,
+        def: &RuleDef,
+        allow_from: Vec<IpNet>,
+        target: Option<&RuleTarget>,
+    ) -> Option<Self> {
         let scope = Scope::from_raw(def.scope)?;
         let valid = def.protos != 0
             && def.protos & !crate::ports::ALL_PROTOS == 0
@@ -151,8 +185,10 @@ impl Rule {
             allow_from,
             def.flags & rule_flag::DRY_RUN != 0,
             def.flags & rule_flag::LOG != 0,
-        );
-        valid.then_some(Rule { id, scope, ports, options })
+        )
+        .with_from_containers(def.flags & rule_flag::FROM_CONTAINERS != 0);
+        let target = Target::decode(target).ok()?;
+        valid.then_some(Rule { id, scope, ports, options, target })
     }
 }
 
@@ -226,10 +262,7 @@ pub fn plan_unblock(rules: &[Rule], scope: Scope, spec: PortSpec) -> Result<Vec<
             None => edits.push(Edit::Remove(rule.id)),
             Some(first) => {
                 edits.push(Edit::Update(Rule { ports: first, ..rule.clone() }));
-                let options = &rule.options;
-                edits.extend(
-                    pieces.map(|ports| Edit::Add(RuleSpec { scope, ports, options: options.clone() })),
-                );
+                edits.extend(pieces.map(|ports| Edit::Add(RuleSpec { ports, ..rule.spec() })));
             }
         }
     }
@@ -280,9 +313,8 @@ impl Draft {
                         return Err(Error::RulesFull { capacity: self.id_limit.saturating_sub(1) });
                     }
                     self.used.insert(id);
-                    let RuleSpec { scope, ports, options } = spec.clone();
                     index.insert(id, self.rules.len());
-                    self.rules.push(Rule { id, scope, ports, options });
+                    self.rules.push(Rule::from_spec(id, spec.clone()));
                     removed.push(false);
                     self.fresh.push(id);
                 }
@@ -327,14 +359,30 @@ pub fn subtract(rule: PortSpec, cut: PortSpec) -> Vec<PortSpec> {
     pieces
 }
 
+/// Whether the rule compiles into the global port tables (`PORT_RULES`):
+/// plain and derived Block rules. Docker rules reach the kernel through
+/// their derived rules and veth entries instead.
+pub fn in_port_table(rule: &Rule) -> bool {
+    rule.target.selector.is_port_table() && rule.target.action == Action::Block
+}
+
 /// For one scope and protocol: the rule that owns each port (index = port,
-/// `None` = open). Narrowest range wins, then fewer protocols, then newest.
+/// `None` = open), among the rules `in_port_table`. A user rule beats a
+/// derived one (the user said what that port does); then the narrowest
+/// range wins, then fewer protocols, then the newest.
 pub fn port_owners(rules: &[Rule], scope: Scope, proto: u32) -> Vec<Option<&Rule>> {
-    let mut ranked: Vec<&Rule> =
-        rules.iter().filter(|r| r.scope == scope && r.ports.protos & proto::bit(proto) != 0).collect();
+    let mut ranked: Vec<&Rule> = rules
+        .iter()
+        .filter(|r| in_port_table(r) && r.scope == scope && r.ports.protos & proto::bit(proto) != 0)
+        .collect();
     // Paint the weakest first, so the winner paints last.
     ranked.sort_by_key(|r| {
-        (std::cmp::Reverse(r.ports.port_count()), std::cmp::Reverse(r.ports.protos.count_ones()), r.id)
+        (
+            r.target.selector == Selector::Ports,
+            std::cmp::Reverse(r.ports.port_count()),
+            std::cmp::Reverse(r.ports.protos.count_ones()),
+            r.id,
+        )
     });
     let mut owners = vec![None; 65536];
     for rule in ranked {
@@ -352,7 +400,7 @@ mod tests {
     }
 
     fn rule(id: u32, s: &str) -> Rule {
-        Rule { id, scope: Scope::Dialed, ports: spec(s), options: RuleOptions::default() }
+        Rule::from_spec(id, plain(s))
     }
 
     fn plain(s: &str) -> RuleSpec {
@@ -509,14 +557,18 @@ mod tests {
             id: 3,
             scope: Scope::Container,
             ports: spec("30000-30010/udp"),
-            options: RuleOptions::new([], true, true),
+            options: RuleOptions::new([], true, true).with_from_containers(true),
+            target: Target { selector: Selector::Container { name: "db".into() }, action: Action::Block },
         };
-        assert_eq!(Rule::from_def(3, &r.to_def(), vec![]), Some(r));
+        let raw = r.target.encode().unwrap();
+        assert_eq!(Rule::from_def(3, &r.to_def(), vec![], raw.as_ref()), Some(r.clone()));
+        let damaged = RuleTarget { kind: 77, ..raw.unwrap() };
+        assert_eq!(Rule::from_def(3, &r.to_def(), vec![], Some(&damaged)), None, "damaged target");
         let garbage = RuleDef { scope: 9, protos: 1, port_lo: 1, port_hi: 1, flags: 0 };
-        assert_eq!(Rule::from_def(1, &garbage, vec![]), None);
+        assert_eq!(Rule::from_def(1, &garbage, vec![], None), None);
         let reversed = RuleDef { scope: 0, protos: 1, port_lo: 9, port_hi: 1, flags: 0 };
-        assert_eq!(Rule::from_def(1, &reversed, vec![]), None);
+        assert_eq!(Rule::from_def(1, &reversed, vec![], None), None);
         let unknown_flag = RuleDef { scope: 0, protos: 1, port_lo: 1, port_hi: 1, flags: 1 << 9 };
-        assert_eq!(Rule::from_def(1, &unknown_flag, vec![]), None);
+        assert_eq!(Rule::from_def(1, &unknown_flag, vec![], None), None);
     }
 }

@@ -23,7 +23,7 @@ use aya::maps::{
 };
 use dockblock_common::{
     map_names, port_index, proto, AllowEntry, AllowKey, Config, Counter, LogBudget, PortRule, RuleDef,
-    RuleStats, ALLOW_KEY_RULE_BITS, HOOK_STATS_LEN,
+    RuleStats, RuleTarget, ALLOW_KEY_RULE_BITS, HOOK_STATS_LEN,
 };
 use ipnet::IpNet;
 
@@ -42,6 +42,7 @@ pub struct RuleStore {
     port_rules: Array<MapData, PortRule>,
     catalog: HashMap<MapData, u32, RuleDef>,
     catalog_allow: HashMap<MapData, AllowEntry, u32>,
+    catalog_targets: HashMap<MapData, u32, RuleTarget>,
     allow: LpmTrie<MapData, AllowKey, u32>,
     config: Array<MapData, Config>,
     rule_stats: PerCpuArray<MapData, RuleStats>,
@@ -189,6 +190,7 @@ impl RuleStore {
             port_rules: open_pinned_as(pins, map_names::PORT_RULES, access)?,
             catalog: open_pinned_as(pins, map_names::RULES, access)?,
             catalog_allow: open_pinned_as(pins, map_names::RULE_ALLOW, access)?,
+            catalog_targets: open_pinned_as(pins, map_names::RULE_TARGETS, access)?,
             allow: open_pinned_as(pins, map_names::ALLOW, access)?,
             config: open_pinned_as(pins, map_names::CONFIG, access)?,
             rule_stats: open_pinned_as(pins, map_names::RULE_STATS, access)?,
@@ -236,10 +238,15 @@ impl RuleStore {
                 allow.entry(entry.rule_id).or_default().push(net);
             }
         }
+        let mut targets = StdHashMap::new();
+        for entry in self.catalog_targets.iter() {
+            let (id, target) = entry.map_err(|e| Error::bpf("read RULE_TARGETS", e))?;
+            targets.insert(id, target);
+        }
         let mut rules = Vec::new();
         for entry in self.catalog.iter() {
             let (id, def) = entry.map_err(|e| Error::bpf("read RULES", e))?;
-            match Rule::from_def(id, &def, allow.remove(&id).unwrap_or_default()) {
+            match Rule::from_def(id, &def, allow.remove(&id).unwrap_or_default(), targets.get(&id)) {
                 Some(rule) => rules.push(rule),
                 None => log::warn!("ignoring rule {id} that this version cannot read: {def:?}"),
             }
@@ -339,6 +346,11 @@ impl RuleStore {
         if allow_entries > self.allow_capacity as usize {
             return Err(Error::AllowFull { capacity: self.allow_capacity });
         }
+        for rule in &added_or_changed {
+            // Refused before the journal names it: roll-forward must be
+            // able to write every target it holds.
+            rule.target.encode()?;
+        }
         let live = self.config()?.generation & 1;
         let removed: Vec<u32> =
             gone_or_changed.iter().filter(|r| !after_ids.contains_key(&r.id)).map(|r| r.id).collect();
@@ -362,6 +374,7 @@ impl RuleStore {
                 old.map_or(&[][..], |o| &o.options.allow_from),
                 &rule.options.allow_from,
             )?;
+            self.set_catalog_target(rule)?;
             self.catalog.insert(rule.id, rule.to_def(), 0).map_err(|e| Error::bpf("write RULES", e))?;
             testhook::step();
         }
@@ -379,6 +392,7 @@ impl RuleStore {
             self.set_catalog_allow(rule.id, &rule.options.allow_from, &[])?;
             self.catalog.remove(&rule.id).map_err(|e| Error::bpf("delete from RULES", e))?;
             testhook::step();
+            self.remove_catalog_target(rule.id)?;
         }
         journal::set_change(&self.pins, None)
     }
@@ -535,6 +549,7 @@ impl RuleStore {
             }
             let old = current.get(&rule.id).map_or(&[][..], |r| &r.options.allow_from[..]);
             self.set_catalog_allow(rule.id, old, &rule.options.allow_from)?;
+            self.set_catalog_target(&rule)?;
             self.catalog.insert(rule.id, rule.to_def(), 0).map_err(|e| Error::bpf("write RULES", e))?;
             testhook::step();
         }
@@ -545,6 +560,7 @@ impl RuleStore {
             if self.catalog.remove(id).is_ok() {
                 testhook::step();
             }
+            self.remove_catalog_target(*id)?;
         }
         let rules = self.rules()?;
         if switched {
@@ -568,6 +584,31 @@ impl RuleStore {
             self.catalog_allow
                 .insert(allow_entry(id, net), 0, 0)
                 .map_err(|e| Error::bpf("write RULE_ALLOW", e))?;
+            testhook::step();
+        }
+        Ok(())
+    }
+
+    /// Writes rule `rule`'s `RULE_TARGETS` entry (removes it for a plain
+    /// rule). Called before its `RULES` entry is written, so a new rule is
+    /// never read without its target.
+    fn set_catalog_target(&mut self, rule: &Rule) -> Result<()> {
+        match rule.target.encode()? {
+            Some(raw) => {
+                self.catalog_targets
+                    .insert(rule.id, raw, 0)
+                    .map_err(|e| Error::bpf("write RULE_TARGETS", e))?;
+                testhook::step();
+                Ok(())
+            }
+            None => self.remove_catalog_target(rule.id),
+        }
+    }
+
+    /// Removes rule `id`'s `RULE_TARGETS` entry, if any (after its `RULES`
+    /// entry is gone).
+    fn remove_catalog_target(&mut self, id: u32) -> Result<()> {
+        if self.catalog_targets.remove(&id).is_ok() {
             testhook::step();
         }
         Ok(())
@@ -637,7 +678,9 @@ fn plan_slots(rules: &[Rule], touched: &[&Rule]) -> Vec<(Scope, u32, u16, PortRu
         for proto in [proto::TCP, proto::UDP] {
             let mut ports: Vec<u16> = touched
                 .iter()
-                .filter(|r| r.scope == scope && r.ports.protos & proto::bit(proto) != 0)
+                .filter(|r| {
+                    rules::in_port_table(r) && r.scope == scope && r.ports.protos & proto::bit(proto) != 0
+                })
                 .flat_map(|r| r.ports.ports())
                 .collect();
             if ports.is_empty() {

@@ -84,7 +84,7 @@ impl Datapath {
     }
 
     pub fn block_with(&mut self, scope: Scope, spec: &str, options: RuleOptions) {
-        let spec = RuleSpec { scope, ports: PortSpec::parse(spec).unwrap(), options };
+        let spec = RuleSpec { options, ..RuleSpec::plain(scope, PortSpec::parse(spec).unwrap()) };
         self.store.block(&[spec]).expect("block");
     }
 

@@ -185,6 +185,7 @@ fn a_full_allow_table_is_refused_before_any_write() {
         scope: Dialed,
         ports: PortSpec::parse("23/tcp").unwrap(),
         options: Datapath::allow(&["198.51.100.0/24"]),
+        target: Default::default(),
     };
     let err = dp.store.block(&[spec]).unwrap_err();
     assert!(err.to_string().contains("allow-list table full (2 entries"), "{err}");

@@ -84,6 +84,7 @@ fn rule() -> impl Strategy<Value = RuleSpec> {
             scope: if container { Scope::Container } else { Scope::Dialed },
             ports: PortSpec { lo, hi, protos },
             options: RuleOptions::new(allow.iter().map(|n| parse_net(n).unwrap()), dry_run, log),
+            target: Default::default(),
         })
 }
 
@@ -777,8 +778,7 @@ fn unhex(s: &str) -> Vec<u8> {
 #[test]
 fn regressions_agree_with_the_spec() {
     let mut h = Harness::new("fuzz-regress");
-    let every =
-        |scope| RuleSpec { scope, ports: PortSpec::parse("1-65535").unwrap(), options: Default::default() };
+    let every = |scope| RuleSpec::plain(scope, PortSpec::parse("1-65535").unwrap());
     let case = Case {
         rules: vec![every(Scope::Dialed), every(Scope::Container)],
         judge_host: false,
@@ -870,5 +870,6 @@ fn rule_of(i: usize) -> RuleSpec {
         scope,
         ports: PortSpec::parse(ports).unwrap(),
         options: RuleOptions::new(allow, dry_run, false),
+        target: Default::default(),
     }
 }

@@ -11,7 +11,7 @@ use dockblock_common::{config_flag, hook, outcome::*, scope, Config, FlowKey, FR
 use dockblock_tests::packet::*;
 
 fn rule(id: u32, scope: Scope, ports: &str, options: RuleOptions) -> Rule {
-    Rule { id, scope, ports: PortSpec::parse(ports).unwrap(), options }
+    Rule { id, scope, ports: PortSpec::parse(ports).unwrap(), options, target: Default::default() }
 }
 
 fn config() -> Config {

@@ -15,7 +15,7 @@ pub fn run(pins: &PinDir, args: BlockArgs) -> Result<()> {
     let allow = args.allow_from.iter().map(|v| parse_net(v)).collect::<Result<Vec<_>>>()?;
     let options = RuleOptions::new(allow, args.dry_run, args.log);
     let specs: Vec<RuleSpec> =
-        ports.iter().map(|p| RuleSpec { scope, ports: *p, options: options.clone() }).collect();
+        ports.iter().map(|p| RuleSpec { options: options.clone(), ..RuleSpec::plain(scope, *p) }).collect();
     require_root()?;
     let (_lock, mut store) = teardown::begin_change(pins)?;
     for (spec, changed) in specs.iter().zip(store.block(&specs)?) {
