@@ -24,6 +24,7 @@ pub mod error;
 pub mod exit_code;
 pub mod explain;
 pub mod journal;
+pub mod labels;
 pub mod link_info;
 pub mod loader;
 pub mod lock;

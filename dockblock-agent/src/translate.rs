@@ -1,1 +1,1028 @@
-//! (being written: see spec/daemon.md)
+//! Rules + the engine's state -> what the kernel needs, as pure functions
+//! (spec/daemon.md section 5): the rules of containers' own labels, dialed
+//! rules derived on the host ports that lead to covered containers (so
+//! floods die in XDP), and per-veth plans (`VETHS` state, `VETH_RULES`).
+//!
+//! Who claims a container port, or a host port's dialed slot, when several
+//! rules could: a Block rule naming the container (lowest id), then a plain
+//! dialed rule on a host port mapped to it (veth) or the plain
+//! container-port rule owning it (dialed slot), then the published-ports
+//! policy, then an Allow rule with an allow-list. So explicit blocks beat
+//! Allow rules, and the policy beats an Allow rule when two host ports map
+//! to one container port (after DNAT the veth cannot tell them apart: fail
+//! closed).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use dockblock_common::{proto, veth_flag, PortRule, VethRuleKey, VethState, VETH_ANY_PORT};
+use serde::Serialize;
+
+use crate::{
+    docker::snapshot::{Container, PortBinding, Snapshot, VethOwner},
+    labels,
+    ports::{proto_name, PortSpec},
+    rules::{port_owners, Rule, RuleOptions, RuleSpec, Scope},
+    target::{Action, Selector, Target},
+};
+pub use crate::{labels::Warning, vethtable::VethPlan};
+
+/// The engine's state as `store::RuleStore::commit_with` asks for it.
+pub struct Translator<'a> {
+    pub snapshot: &'a Snapshot,
+    pub veths: &'a [VethOwner],
+}
+
+/// The rules of every container's `dockblock.*` labels (running or not:
+/// the rule is in force before the container's first packet), ordered by
+/// container id; a container with a bad label gives warnings, no rule.
+pub fn own_label_rules(s: &Snapshot) -> (Vec<RuleSpec>, Vec<Warning>) {
+    let mut containers: Vec<&Container> = s.containers.iter().collect();
+    containers.sort_by(|a, b| a.id.cmp(&b.id));
+    let (mut specs, mut warnings) = (Vec::new(), Vec::new());
+    for c in containers {
+        match labels::parse(c) {
+            Ok(None) => {}
+            Ok(Some(rule)) => {
+                let options = RuleOptions::new(rule.allow_from, false, false)
+                    .with_from_containers(rule.from_containers);
+                let target = Target {
+                    selector: Selector::OwnLabels { container: c.id.clone() },
+                    action: Action::Block,
+                };
+                specs.extend(rule.ports.into_iter().map(|ports| RuleSpec {
+                    scope: Scope::Container,
+                    ports,
+                    options: options.clone(),
+                    target: target.clone(),
+                }));
+            }
+            Err(w) => warnings.extend(w),
+        }
+    }
+    (specs, warnings)
+}
+
+/// Dialed rules on the host ports of covered bindings (`host_port != 0`,
+/// host address ignored: the port closes on every address), one per host
+/// port and parent, ordered by port. Host ports a plain dialed rule owns
+/// get none: that rule is in `PORT_RULES` already and would win.
+pub fn derived_rules(rules: &[Rule], s: &Snapshot) -> Vec<RuleSpec> {
+    let roles = Roles::new(rules);
+    let mut slots: BTreeMap<(u16, u32), Claim> = BTreeMap::new();
+    for c in &s.containers {
+        for b in c.ports.iter().filter(|b| b.host_port != 0 && b.proto < proto::COUNT) {
+            if let Some(claim) = roles.dialed_slot(c, b) {
+                let slot = slots.entry((b.host_port, b.proto)).or_insert(claim);
+                *slot = (*slot).min(claim);
+            }
+        }
+    }
+    let mut specs: Vec<RuleSpec> = Vec::new();
+    for ((port, proto), claim) in slots {
+        // Slots are sorted by port, then protocol: tcp and udp of one port
+        // with one parent are neighbours and become one rule.
+        match specs.last_mut() {
+            Some(last) if last.ports.lo == port && derived_parent(last) == Some(claim.rule.id) => {
+                last.ports.protos |= proto::bit(proto)
+            }
+            _ => specs.push(derived_spec(claim.rule, port, proto)),
+        }
+    }
+    specs
+}
+
+fn derived_spec(parent: &Rule, port: u16, proto: u32) -> RuleSpec {
+    let o = &parent.options;
+    RuleSpec {
+        scope: Scope::Dialed,
+        ports: PortSpec { lo: port, hi: port, protos: proto::bit(proto) },
+        options: RuleOptions::new(o.allow_from.iter().copied(), o.dry_run, o.log),
+        target: Target { selector: Selector::Derived { parent: parent.id }, action: Action::Block },
+    }
+}
+
+fn derived_parent(spec: &RuleSpec) -> Option<u32> {
+    match spec.target.selector {
+        Selector::Derived { parent } => Some(parent),
+        _ => None,
+    }
+}
+
+/// A plan for each veth whose container is in the snapshot and running,
+/// ordered by ifindex. Other veths get none and stay unreviewed (closed).
+pub fn veth_plans(rules: &[Rule], s: &Snapshot, veths: &[VethOwner]) -> Vec<VethPlan> {
+    let roles = Roles::new(rules);
+    let running: HashMap<&str, &Container> =
+        s.containers.iter().filter(|c| c.running).map(|c| (c.id.as_str(), c)).collect();
+    let mut claims: HashMap<&str, BTreeMap<(u32, u32), Claim>> = HashMap::new();
+    let mut plans: Vec<VethPlan> = Vec::new();
+    for veth in veths {
+        let Some(c) = running.get(veth.container.as_str()) else { continue };
+        let keys = claims.entry(c.id.as_str()).or_insert_with(|| roles.container_claims(c));
+        let entries: Vec<(VethRuleKey, PortRule)> = keys
+            .iter()
+            .map(|(&(proto, port), claim)| {
+                let key = VethRuleKey { ifindex: veth.ifindex, proto, port };
+                (key, PortRule { rule_id: claim.rule.id, flags: claim.rule.options.flags() })
+            })
+            .collect();
+        let mut flags = veth_flag::REVIEWED;
+        if entries.iter().any(|(k, _)| k.port != VETH_ANY_PORT) {
+            flags |= veth_flag::HAS_PORTS;
+        }
+        if entries.iter().any(|(k, _)| k.port == VETH_ANY_PORT) {
+            flags |= veth_flag::HAS_WILDCARD;
+        }
+        let state = VethState { flags, _pad: 0, container: id_bytes(&c.id) };
+        plans.push(VethPlan { ifindex: veth.ifindex, state, entries });
+    }
+    plans.sort_by_key(|p| p.ifindex);
+    plans.dedup_by_key(|p| p.ifindex);
+    plans
+}
+
+/// The 64 hex digits of a container id as 32 bytes (zeros if it is not).
+fn id_bytes(id: &str) -> [u8; 32] {
+    let mut bytes = [0; 32];
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap_or(0);
+        }
+    }
+    bytes
+}
+
+/// What a rule reaches right now, for `list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Covers {
+    /// `0.0.0.0:13306/tcp` (an address-less binding reads `0.0.0.0`).
+    pub host_ports: Vec<String>,
+    /// The covered containers' addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Host-side veths that carry entries of the rule.
+    pub veths: Vec<String>,
+}
+
+pub fn covers(rule: &Rule, s: &Snapshot, veths: &[VethOwner]) -> Covers {
+    let role = role(rule);
+    let mut bindings: Vec<&PortBinding> = Vec::new();
+    let mut containers: Vec<&Container> = Vec::new();
+    for c in &s.containers {
+        let bound: Vec<&PortBinding> = c.ports.iter().filter(|b| covers_binding(rule, c, b)).collect();
+        let named = match rule.target.selector {
+            Selector::Ports | Selector::Derived { .. } => !bound.is_empty(),
+            ref selector => selects(selector, c),
+        };
+        if named {
+            containers.push(c);
+            bindings.extend(bound.into_iter().filter(|b| b.host_port != 0));
+        }
+    }
+    bindings.sort_by_key(|b| (b.host_port, b.proto, b.host_ip));
+    let mut host_ports: Vec<String> = bindings.into_iter().map(host_port_text).collect();
+    host_ports.dedup();
+    let mut covers = Covers { host_ports, ..Covers::default() };
+    if role == Role::Derived {
+        // The parent's covers name the containers.
+        return covers;
+    }
+    covers.addresses = containers
+        .iter()
+        .flat_map(|c| &c.networks)
+        .flat_map(|e| [e.ipv4.map(IpAddr::V4), e.ipv6.map(IpAddr::V6)])
+        .flatten()
+        .collect();
+    covers.addresses.sort();
+    covers.addresses.dedup();
+    let veth_entries = match role {
+        Role::Targeted | Role::Dialed | Role::Policy => true,
+        Role::Allow => !rule.options.allow_from.is_empty(),
+        Role::Container | Role::Derived => false,
+    };
+    if veth_entries {
+        covers.veths = veths
+            .iter()
+            .filter(|v| containers.iter().any(|c| c.running && c.id == v.container))
+            .map(|v| v.ifname.clone())
+            .collect();
+        covers.veths.sort();
+        covers.veths.dedup();
+    }
+    covers
+}
+
+/// `0.0.0.0:18080/tcp`, `[::1]:18080/tcp`.
+pub fn host_port_text(b: &PortBinding) -> String {
+    let proto = proto_name(b.proto);
+    match b.host_ip {
+        None => format!("0.0.0.0:{}/{proto}", b.host_port),
+        Some(IpAddr::V4(ip)) => format!("{ip}:{}/{proto}", b.host_port),
+        Some(IpAddr::V6(ip)) => format!("[{ip}]:{}/{proto}", b.host_port),
+    }
+}
+
+/// Whether `selector` names container `c`: the Docker selectors, and the
+/// policy (every container with published ports). Plain and derived rules
+/// name no container, they cover bindings ([`covers_binding`]).
+pub fn selects(selector: &Selector, c: &Container) -> bool {
+    match selector {
+        Selector::Container { name } => c.name == *name,
+        Selector::Label { key, value } => {
+            c.labels.get(key).is_some_and(|v| value.as_ref().is_none_or(|want| want == v))
+        }
+        Selector::Compose { project, service } => {
+            c.compose_project() == Some(project.as_str())
+                && service.as_deref().is_none_or(|s| c.compose_service() == Some(s))
+        }
+        Selector::OwnLabels { container } => c.id == *container,
+        Selector::PublishedPolicy => !c.ports.is_empty(),
+        Selector::Ports | Selector::Derived { .. } => false,
+    }
+}
+
+/// Whether `rule` covers binding `b` of `c`: its ports hold the binding's
+/// host port (dialed scope) or container port (container scope), and it
+/// names `c` (plain and derived rules hold for every container).
+pub fn covers_binding(rule: &Rule, c: &Container, b: &PortBinding) -> bool {
+    let port = match rule.scope {
+        Scope::Dialed => b.host_port,
+        Scope::Container => b.container_port,
+    };
+    let named = match &rule.target.selector {
+        Selector::Ports | Selector::Derived { .. } => true,
+        selector => selects(selector, c),
+    };
+    named && holds(&rule.ports, port, b.proto)
+}
+
+fn holds(ports: &PortSpec, port: u16, proto: u32) -> bool {
+    proto < proto::COUNT && ports.protos & proto::bit(proto) != 0 && ports.ports().contains(&port)
+}
+
+/// How a rule takes part, in claim order (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Role {
+    /// A Block rule naming containers (name, label, compose, own labels).
+    Targeted,
+    /// A plain Block rule on dialed ports.
+    Dialed,
+    /// A plain Block rule on container ports.
+    Container,
+    /// `policy published deny`.
+    Policy,
+    Allow,
+    /// Made by this module: an output, never an input.
+    Derived,
+}
+
+pub(crate) fn role(rule: &Rule) -> Role {
+    match (&rule.target.selector, rule.target.action) {
+        (Selector::Derived { .. }, _) => Role::Derived,
+        (_, Action::Allow) => Role::Allow,
+        (Selector::PublishedPolicy, Action::Block) => Role::Policy,
+        (Selector::Ports, Action::Block) => match rule.scope {
+            Scope::Dialed => Role::Dialed,
+            Scope::Container => Role::Container,
+        },
+        (_, Action::Block) => Role::Targeted,
+    }
+}
+
+/// A rule's claim on a key; the smaller claim wins.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Claim<'r> {
+    pub role: Role,
+    pub rule: &'r Rule,
+}
+
+impl Claim<'_> {
+    fn rank(&self) -> (Role, u32) {
+        (self.role, self.rule.id)
+    }
+}
+
+impl PartialEq for Claim<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.rank() == other.rank()
+    }
+}
+
+impl Eq for Claim<'_> {}
+
+impl PartialOrd for Claim<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Claim<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+/// What the published-ports policy does to one binding.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Policy<'r> {
+    Closed(&'r Rule),
+    /// An Allow rule opens it to its allow-list.
+    OpenTo {
+        allow: &'r Rule,
+        policy: &'r Rule,
+    },
+    /// An Allow rule without an allow-list opens it.
+    Open {
+        allow: &'r Rule,
+        policy: &'r Rule,
+    },
+}
+
+/// The rules sorted by role once per translation.
+pub(crate) struct Roles<'r> {
+    targeted: Vec<&'r Rule>,
+    allows: Vec<&'r Rule>,
+    policy: Option<&'r Rule>,
+    /// `PORT_RULES` owners among plain rules, by protocol then port (empty
+    /// when no plain rule has that scope).
+    dialed: Vec<Vec<Option<&'r Rule>>>,
+    container: Vec<Vec<Option<&'r Rule>>>,
+}
+
+impl<'r> Roles<'r> {
+    pub fn new(rules: &'r [Rule]) -> Self {
+        let mut sorted: Vec<&Rule> = rules.iter().collect();
+        sorted.sort_by_key(|r| r.id);
+        let of =
+            |want: Role| -> Vec<&'r Rule> { sorted.iter().copied().filter(|r| role(r) == want).collect() };
+        let owners = |want: Role, scope: Scope| -> Vec<Vec<Option<&'r Rule>>> {
+            if !rules.iter().any(|r| role(r) == want) {
+                return Vec::new();
+            }
+            // A plain rule beats a derived one there, so an owner that is
+            // not plain means no plain rule holds the port.
+            (0..proto::COUNT)
+                .map(|p| {
+                    let mut owners = port_owners(rules, scope, p);
+                    owners.iter_mut().for_each(|o| *o = o.filter(|r| role(r) == want));
+                    owners
+                })
+                .collect()
+        };
+        Roles {
+            targeted: of(Role::Targeted),
+            allows: of(Role::Allow),
+            policy: of(Role::Policy).first().copied(),
+            dialed: owners(Role::Dialed, Scope::Dialed),
+            container: owners(Role::Container, Scope::Container),
+        }
+    }
+
+    /// The plain dialed rule that owns host port `port`.
+    pub fn dialed_owner(&self, port: u16, proto: u32) -> Option<&'r Rule> {
+        self.dialed.get(proto as usize).and_then(|o| o[usize::from(port)])
+    }
+
+    /// The plain container-port rule that owns container port `port`.
+    pub fn container_owner(&self, port: u16, proto: u32) -> Option<&'r Rule> {
+        self.container.get(proto as usize).and_then(|o| o[usize::from(port)])
+    }
+
+    /// `None` without a policy rule.
+    pub fn policy(&self, c: &Container, b: &PortBinding) -> Option<Policy<'r>> {
+        let policy = self.policy?;
+        let mut allows = self.allows.iter().copied().filter(|a| covers_binding(a, c, b));
+        let first = allows.next();
+        Some(match first {
+            None => Policy::Closed(policy),
+            // One Allow rule that opens fully is enough.
+            Some(a) => match std::iter::once(a).chain(allows).find(|a| a.options.allow_from.is_empty()) {
+                Some(allow) => Policy::Open { allow, policy },
+                None => Policy::OpenTo { allow: a, policy },
+            },
+        })
+    }
+
+    fn policy_claim(&self, c: &Container, b: &PortBinding) -> Option<Claim<'r>> {
+        match self.policy(c, b)? {
+            Policy::Closed(rule) => Some(Claim { role: Role::Policy, rule }),
+            Policy::OpenTo { allow, .. } => Some(Claim { role: Role::Allow, rule: allow }),
+            Policy::Open { .. } => None,
+        }
+    }
+
+    /// The rule a binding's host port derives from; `None` when open, or
+    /// owned by a plain dialed rule.
+    fn dialed_slot(&self, c: &Container, b: &PortBinding) -> Option<Claim<'r>> {
+        if self.dialed_owner(b.host_port, b.proto).is_some() {
+            return None;
+        }
+        let targeted = self.targeted.iter().find(|r| covers_binding(r, c, b));
+        let claims = [
+            targeted.map(|&rule| Claim { role: Role::Targeted, rule }),
+            self.container_owner(b.container_port, b.proto).map(|rule| Claim { role: Role::Container, rule }),
+            self.policy_claim(c, b),
+        ];
+        claims.into_iter().flatten().min()
+    }
+
+    /// The veth keys `(proto, container port or VETH_ANY_PORT)` of `c`
+    /// and who holds each. A port whose protocol's wildcard has a better
+    /// claim is left to the wildcard (the kernel reads the port first).
+    pub fn container_claims(&self, c: &Container) -> BTreeMap<(u32, u32), Claim<'r>> {
+        let mut keys: BTreeMap<(u32, u32), Claim<'r>> = BTreeMap::new();
+        let mut claim = |proto: u32, port: u32, claim: Claim<'r>| {
+            let held = keys.entry((proto, port)).or_insert(claim);
+            *held = (*held).min(claim);
+        };
+        for &rule in self.targeted.iter().filter(|r| selects(&r.target.selector, c)) {
+            let claimed = Claim { role: Role::Targeted, rule };
+            match rule.scope {
+                Scope::Container => {
+                    for proto in rule.ports.protos() {
+                        if rule.ports.lo == 1 && rule.ports.hi == u16::MAX {
+                            claim(proto, VETH_ANY_PORT, claimed);
+                        } else {
+                            rule.ports.ports().for_each(|port| claim(proto, u32::from(port), claimed));
+                        }
+                    }
+                }
+                Scope::Dialed => {
+                    for b in c.ports.iter().filter(|b| covers_binding(rule, c, b)) {
+                        claim(b.proto, u32::from(b.container_port), claimed);
+                    }
+                }
+            }
+        }
+        for b in c.ports.iter().filter(|b| b.proto < proto::COUNT && b.container_port != 0) {
+            let port = u32::from(b.container_port);
+            if let Some(rule) = self.dialed_owner(b.host_port, b.proto).filter(|_| b.host_port != 0) {
+                claim(b.proto, port, Claim { role: Role::Dialed, rule });
+            }
+            if let Some(policy) = self.policy_claim(c, b) {
+                claim(b.proto, port, policy);
+            }
+        }
+        let wildcards: Vec<(u32, Claim)> =
+            keys.iter().filter(|(k, _)| k.1 == VETH_ANY_PORT).map(|(k, c)| (k.0, *c)).collect();
+        keys.retain(|&(proto, port), held| {
+            port == VETH_ANY_PORT || wildcards.iter().all(|(p, wild)| *p != proto || *held < *wild)
+        });
+        keys
+    }
+
+    /// The claim the kernel finds for a packet to `port` of `c` at its
+    /// veth: the port's entry, else its protocol's wildcard.
+    pub fn veth_claim(keys: &BTreeMap<(u32, u32), Claim<'r>>, port: u16, proto: u32) -> Option<Claim<'r>> {
+        keys.get(&(proto, u32::from(port))).or_else(|| keys.get(&(proto, VETH_ANY_PORT))).copied()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Hand-made snapshots and rules that read like `docker run` lines.
+
+    use std::net::Ipv4Addr;
+
+    use dockblock_common::proto;
+
+    use crate::{
+        docker::snapshot::{Container, Endpoint, PortBinding, Snapshot, VethOwner},
+        ports::PortSpec,
+        rules::{Rule, RuleOptions, Scope},
+        target::{Action, Selector, Target},
+    };
+
+    /// A 64-hex id made of one repeated byte.
+    pub fn id(n: u8) -> String {
+        format!("{n:02x}").repeat(32)
+    }
+
+    /// A running container `name` with id `id(n)`, on `bridge` at 172.17.0.n.
+    pub fn running(n: u8, name: &str) -> Container {
+        Container {
+            id: id(n),
+            name: name.into(),
+            running: true,
+            pid: 1000 + u32::from(n),
+            networks: vec![Endpoint {
+                network: "bridge".into(),
+                network_id: "b".repeat(64),
+                ipv4: Some(Ipv4Addr::new(172, 17, 0, n)),
+                ipv6: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    pub trait Build {
+        /// `-p 18080:80/tcp` (host port 0: not chosen yet; `1.2.3.4:` prefix for an address).
+        fn publish(self, spec: &str) -> Self;
+        fn label(self, key: &str, value: &str) -> Self;
+        fn stopped(self) -> Self;
+    }
+
+    impl Build for Container {
+        fn publish(mut self, spec: &str) -> Self {
+            let (ports, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+            let proto = if proto == "udp" { proto::UDP } else { proto::TCP };
+            let parts: Vec<&str> = ports.rsplitn(3, ':').collect();
+            let (container_port, host_port, host_ip) = match parts[..] {
+                [c, h] => (c, h, None),
+                [c, h, ip] => (c, h, Some(ip.trim_matches(['[', ']']).parse().unwrap())),
+                _ => panic!("{spec}"),
+            };
+            self.ports.push(PortBinding {
+                host_ip,
+                host_port: host_port.parse().unwrap(),
+                container_port: container_port.parse().unwrap(),
+                proto,
+            });
+            self
+        }
+
+        fn label(mut self, key: &str, value: &str) -> Self {
+            self.labels.insert(key.into(), value.into());
+            self
+        }
+
+        fn stopped(mut self) -> Self {
+            self.running = false;
+            self.pid = 0;
+            self.networks.iter_mut().for_each(|e| e.ipv4 = None);
+            self
+        }
+    }
+
+    pub fn snapshot(containers: impl IntoIterator<Item = Container>) -> Snapshot {
+        Snapshot { containers: containers.into_iter().collect(), networks: vec![] }
+    }
+
+    /// Veth `ifindex` of container `id(n)`.
+    pub fn veth(ifindex: u32, n: u8) -> VethOwner {
+        VethOwner {
+            ifindex,
+            ifname: format!("veth{ifindex}"),
+            container: id(n),
+            bridge: Some("docker0".into()),
+        }
+    }
+
+    fn rule(id: u32, scope: Scope, ports: &str, selector: Selector, action: Action) -> Rule {
+        let ports = if ports == "every" { PortSpec::EVERY } else { PortSpec::parse(ports).unwrap() };
+        Rule { id, scope, ports, options: RuleOptions::default(), target: Target { selector, action } }
+    }
+
+    pub fn name(name: &str) -> Selector {
+        Selector::Container { name: name.into() }
+    }
+
+    pub fn label(key: &str, value: Option<&str>) -> Selector {
+        Selector::Label { key: key.into(), value: value.map(Into::into) }
+    }
+
+    pub fn compose(project: &str, service: Option<&str>) -> Selector {
+        Selector::Compose { project: project.into(), service: service.map(Into::into) }
+    }
+
+    /// `block --<selector> PORTS` (container ports; "every" for none given).
+    pub fn block(id: u32, selector: Selector, ports: &str) -> Rule {
+        rule(id, Scope::Container, ports, selector, Action::Block)
+    }
+
+    /// `allow --<selector> PORTS`.
+    pub fn allow(id: u32, selector: Selector, ports: &str) -> Rule {
+        rule(id, Scope::Container, ports, selector, Action::Allow)
+    }
+
+    /// `allow PORTS` on dialed (host) ports.
+    pub fn allow_dialed(id: u32, ports: &str) -> Rule {
+        rule(id, Scope::Dialed, ports, Selector::Ports, Action::Allow)
+    }
+
+    /// `block PORTS` (plain, dialed).
+    pub fn dialed(id: u32, ports: &str) -> Rule {
+        rule(id, Scope::Dialed, ports, Selector::Ports, Action::Block)
+    }
+
+    /// `block --container-port PORTS` (plain).
+    pub fn container_port(id: u32, ports: &str) -> Rule {
+        rule(id, Scope::Container, ports, Selector::Ports, Action::Block)
+    }
+
+    /// `policy published deny`.
+    pub fn policy(id: u32) -> Rule {
+        rule(id, Scope::Container, "every", Selector::PublishedPolicy, Action::Block)
+    }
+
+    /// The rule with an allow-list.
+    pub fn from(mut rule: Rule, nets: &[&str]) -> Rule {
+        let o = &rule.options;
+        rule.options = RuleOptions::new(nets.iter().map(|n| n.parse().unwrap()), o.dry_run, o.log)
+            .with_from_containers(o.from_containers);
+        rule
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dockblock_common::{rule_flag, veth_flag};
+
+    use super::{fixtures::*, *};
+    use crate::docker::snapshot::{ALLOW_FROM_LABEL, BLOCK_LABEL, FROM_CONTAINERS_LABEL};
+
+    /// Derived rules as `(parent, "host port spec", allow-list)`.
+    fn derived(rules: &[Rule], s: &Snapshot) -> Vec<(u32, String, Vec<String>)> {
+        derived_rules(rules, s)
+            .into_iter()
+            .map(|d| {
+                assert_eq!(d.scope, Scope::Dialed);
+                assert_eq!(d.target.action, Action::Block);
+                let nets = d.options.allow_from.iter().map(ToString::to_string).collect();
+                (derived_parent(&d).unwrap(), d.ports.to_string(), nets)
+            })
+            .collect()
+    }
+
+    fn d(parent: u32, ports: &str) -> (u32, String, Vec<String>) {
+        (parent, ports.to_string(), vec![])
+    }
+
+    /// Veth entries as `(ifindex, "port/proto" or "*/proto", rule id)`.
+    fn entries(plans: &[VethPlan]) -> Vec<(u32, String, u32)> {
+        plans
+            .iter()
+            .flat_map(|p| &p.entries)
+            .map(|(k, r)| {
+                let port = if k.port == VETH_ANY_PORT { "*".to_string() } else { k.port.to_string() };
+                (k.ifindex, format!("{port}/{}", proto_name(k.proto)), r.rule_id)
+            })
+            .collect()
+    }
+
+    fn e(ifindex: u32, key: &str, rule: u32) -> (u32, String, u32) {
+        (ifindex, key.to_string(), rule)
+    }
+
+    #[test]
+    fn container_rule_derives_the_host_ports_mapped_to_its_container_ports() {
+        let s = snapshot([
+            running(2, "db").publish("13306:3306").publish("18080:80").publish("15353:53/udp"),
+            running(3, "web").publish("13307:3306"),
+        ]);
+        assert_eq!(derived(&[block(1, name("db"), "3306/tcp")], &s), [d(1, "13306/tcp")]);
+        assert_eq!(
+            derived(&[block(1, name("db"), "every")], &s),
+            [d(1, "13306/tcp"), d(1, "15353/udp"), d(1, "18080/tcp")],
+            "every published port of db, none of web"
+        );
+        assert_eq!(derived(&[block(1, name("nobody"), "every")], &s), []);
+    }
+
+    #[test]
+    fn label_and_compose_rules_cover_every_matching_container() {
+        let s = snapshot([
+            running(2, "a").publish("10001:80").label("tier", "internal"),
+            running(3, "b").publish("10002:80").label("tier", "public"),
+            running(4, "shop-db-1")
+                .publish("10003:5432")
+                .label("com.docker.compose.project", "shop")
+                .label("com.docker.compose.service", "db"),
+            running(5, "shop-web-1")
+                .publish("10004:80")
+                .label("com.docker.compose.project", "shop")
+                .label("com.docker.compose.service", "web"),
+        ]);
+        assert_eq!(derived(&[block(1, label("tier", Some("internal")), "every")], &s), [d(1, "10001/tcp")]);
+        assert_eq!(
+            derived(&[block(1, label("tier", None), "80/tcp")], &s),
+            [d(1, "10001/tcp"), d(1, "10002/tcp")]
+        );
+        assert_eq!(derived(&[block(1, compose("shop", Some("db")), "every")], &s), [d(1, "10003/tcp")]);
+        assert_eq!(
+            derived(&[block(1, compose("shop", None), "every")], &s),
+            [d(1, "10003/tcp"), d(1, "10004/tcp")]
+        );
+        assert_eq!(derived(&[block(1, compose("other", None), "every")], &s), []);
+    }
+
+    #[test]
+    fn tcp_and_udp_of_one_host_port_from_one_parent_merge() {
+        let s = snapshot([running(2, "dns").publish("1053:53/tcp").publish("1053:53/udp")]);
+        assert_eq!(derived(&[block(1, name("dns"), "53")], &s), [d(1, "1053")]);
+        // From two parents they stay apart.
+        let rules = [block(1, name("dns"), "53/udp"), block(2, name("dns"), "53/tcp")];
+        assert_eq!(derived(&rules, &s), [d(2, "1053/tcp"), d(1, "1053/udp")]);
+    }
+
+    #[test]
+    fn derived_rules_keep_the_parents_allow_list_dry_run_and_log() {
+        let s = snapshot([running(2, "db").publish("13306:3306")]);
+        let mut parent = from(block(7, name("db"), "3306/tcp"), &["10.0.0.0/8"]);
+        parent.options.dry_run = true;
+        parent.options.log = true;
+        parent.options.from_containers = true;
+        let specs = derived_rules(&[parent], &s);
+        assert_eq!(specs.len(), 1);
+        let o = &specs[0].options;
+        assert_eq!(o.allow_from, ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
+        assert!(o.dry_run && o.log);
+        assert!(!o.from_containers, "a dialed slot never sees container-to-container traffic");
+        assert_eq!(specs[0].target.selector, Selector::Derived { parent: 7 });
+    }
+
+    #[test]
+    fn recreated_container_with_the_same_name_gets_the_rule_on_its_new_host_port() {
+        let rules = [block(1, name("db"), "3306/tcp")];
+        let before = snapshot([running(2, "db").publish("13306:3306")]);
+        let after = snapshot([running(9, "db").publish("23306:3306")]);
+        assert_eq!(derived(&rules, &before), [d(1, "13306/tcp")]);
+        assert_eq!(derived(&rules, &after), [d(1, "23306/tcp")], "the old port is no longer derived");
+        assert_eq!(entries(&veth_plans(&rules, &after, &[veth(40, 9)])), [e(40, "3306/tcp", 1)]);
+    }
+
+    #[test]
+    fn host_address_is_ignored_and_unchosen_host_ports_derive_nothing() {
+        let s = snapshot([running(2, "db").publish("127.0.0.1:13306:3306").publish("0:3307")]);
+        let rules = [block(1, name("db"), "every")];
+        assert_eq!(derived(&rules, &s), [d(1, "13306/tcp")], "closed on every address: fail closed");
+        // The veth still closes what a routed packet could reach.
+        assert_eq!(entries(&veth_plans(&rules, &s, &[veth(40, 2)])), [e(40, "*/tcp", 1), e(40, "*/udp", 1)]);
+    }
+
+    #[test]
+    fn plain_dialed_rules_derive_nothing_and_own_their_slot() {
+        let s = snapshot([running(2, "db").publish("13306:3306")]);
+        assert_eq!(derived(&[dialed(1, "13306/tcp")], &s), []);
+        assert_eq!(derived(&[dialed(1, "13306/tcp"), block(2, name("db"), "3306/tcp")], &s), []);
+        assert_eq!(derived(&[dialed(1, "13306/udp"), block(2, name("db"), "3306")], &s), [d(2, "13306/tcp")]);
+    }
+
+    #[test]
+    fn plain_container_port_rules_reach_xdp_through_the_mapped_host_ports() {
+        let s = snapshot([running(2, "db").publish("13306:3306"), running(3, "db2").publish("23306:3306")]);
+        let rules = [container_port(1, "3306/tcp")];
+        assert_eq!(derived(&rules, &s), [d(1, "13306/tcp"), d(1, "23306/tcp")]);
+        // The bridge hook judges them; no veth entry.
+        assert_eq!(entries(&veth_plans(&rules, &s, &[veth(40, 2)])), []);
+        // A targeted rule on the same port claims the slot first.
+        let rules = [container_port(1, "3306/tcp"), block(5, name("db"), "3306/tcp")];
+        assert_eq!(derived(&rules, &s), [d(5, "13306/tcp"), d(1, "23306/tcp")]);
+    }
+
+    #[test]
+    fn existing_derived_rules_are_outputs_not_inputs() {
+        let s = snapshot([running(2, "db").publish("13306:3306")]);
+        let parent = block(3, name("db"), "3306/tcp");
+        let stale = Rule::from_spec(4, derived_spec(&parent, 13306, dockblock_common::proto::TCP));
+        assert_eq!(derived(std::slice::from_ref(&stale), &s), [], "no parent: nothing derived");
+        assert_eq!(entries(&veth_plans(std::slice::from_ref(&stale), &s, &[veth(40, 2)])), []);
+        // The stale rule on the slot does not count as a plain dialed owner.
+        assert_eq!(derived(&[parent, stale], &s), [d(3, "13306/tcp")]);
+    }
+
+    #[test]
+    fn policy_closes_every_published_port_not_opened() {
+        let s = snapshot([
+            running(2, "web").publish("18080:80").publish("18443:443"),
+            running(3, "db").publish("13306:3306"),
+            running(4, "quiet"),
+        ]);
+        assert_eq!(derived(&[policy(1)], &s), [d(1, "13306/tcp"), d(1, "18080/tcp"), d(1, "18443/tcp")]);
+        // allow without an allow-list: no rule at all.
+        let rules = [policy(1), allow(2, name("web"), "443/tcp")];
+        assert_eq!(derived(&rules, &s), [d(1, "13306/tcp"), d(1, "18080/tcp")]);
+        // allow with one: a rule derived from the Allow rule, open to those sources.
+        let rules = [policy(1), from(allow(2, name("web"), "443/tcp"), &["203.0.113.0/24"])];
+        assert_eq!(
+            derived(&rules, &s),
+            [d(1, "13306/tcp"), d(1, "18080/tcp"), (2, "18443/tcp".into(), vec!["203.0.113.0/24".into()])]
+        );
+        // A plain dialed allow names the host port.
+        let rules = [policy(1), allow_dialed(2, "18080/tcp")];
+        assert_eq!(derived(&rules, &s), [d(1, "13306/tcp"), d(1, "18443/tcp")]);
+        // Without the policy, Allow rules do nothing.
+        assert_eq!(derived(&[allow(2, name("web"), "every")], &s), []);
+    }
+
+    #[test]
+    fn an_allow_without_list_beats_one_with_a_list() {
+        let s = snapshot([running(2, "web").publish("18443:443")]);
+        let rules = [
+            policy(1),
+            from(allow(2, name("web"), "443/tcp"), &["203.0.113.0/24"]),
+            allow(3, name("web"), "every"),
+        ];
+        assert_eq!(derived(&rules, &s), []);
+    }
+
+    #[test]
+    fn explicit_block_beats_allow() {
+        let s = snapshot([running(2, "web").publish("18443:443")]);
+        let rules = [policy(1), allow(2, name("web"), "443/tcp"), block(3, label("tier", None), "every")];
+        assert_eq!(derived(&rules, &s), [], "no tier label: the allow opens it");
+        let s = snapshot([running(2, "web").publish("18443:443").label("tier", "x")]);
+        assert_eq!(derived(&rules, &s), [d(3, "18443/tcp")]);
+        assert_eq!(entries(&veth_plans(&rules, &s, &[veth(40, 2)])), [e(40, "*/tcp", 3), e(40, "*/udp", 3)]);
+    }
+
+    #[test]
+    fn stopped_containers_get_derived_rules_but_no_veth_plan() {
+        let s = snapshot([running(2, "db").publish("13306:3306").stopped()]);
+        let rules = [block(1, name("db"), "every")];
+        assert_eq!(derived(&rules, &s), [d(1, "13306/tcp")], "closed before it starts");
+        assert_eq!(veth_plans(&rules, &s, &[veth(40, 2)]), []);
+    }
+
+    #[test]
+    fn veths_of_unknown_containers_get_no_plan() {
+        let s = snapshot([running(2, "db")]);
+        let plans = veth_plans(&[], &s, &[veth(40, 2), veth(41, 7)]);
+        assert_eq!(plans.iter().map(|p| p.ifindex).collect::<Vec<_>>(), [40], "41 stays unreviewed");
+    }
+
+    #[test]
+    fn veth_state_is_reviewed_with_the_container_id_and_flags() {
+        let s = snapshot([running(0xab, "db"), running(3, "web")]);
+        let rules = [block(1, name("db"), "3306/tcp"), block(2, name("web"), "every")];
+        let plans = veth_plans(&rules, &s, &[veth(41, 3), veth(40, 0xab), veth(42, 3)]);
+        assert_eq!(plans.iter().map(|p| p.ifindex).collect::<Vec<_>>(), [40, 41, 42]);
+        assert_eq!(plans[0].state.container, [0xab; 32]);
+        assert_eq!(plans[0].state.flags, veth_flag::REVIEWED | veth_flag::HAS_PORTS);
+        assert_eq!(plans[1].state.container, [3; 32]);
+        assert_eq!(plans[1].state.flags, veth_flag::REVIEWED | veth_flag::HAS_WILDCARD);
+        assert_eq!(entries(&plans[2..]), [e(42, "*/tcp", 2), e(42, "*/udp", 2)], "each veth of web");
+        // No rule: reviewed, nothing to look up.
+        let plans = veth_plans(&[], &s, &[veth(40, 0xab)]);
+        assert_eq!((plans[0].state.flags, plans[0].entries.len()), (veth_flag::REVIEWED, 0));
+    }
+
+    #[test]
+    fn veth_entries_carry_the_rules_flags() {
+        let s = snapshot([running(2, "db")]);
+        let mut rule = from(block(1, name("db"), "3306/tcp"), &["10.0.0.0/8"]);
+        rule.options.from_containers = true;
+        let plans = veth_plans(&[rule], &s, &[veth(40, 2)]);
+        assert_eq!(
+            plans[0].entries[0].1,
+            PortRule { rule_id: 1, flags: rule_flag::ALLOW_LIST | rule_flag::FROM_CONTAINERS }
+        );
+    }
+
+    #[test]
+    fn explicit_ports_are_entries_on_the_container_ports_published_or_not() {
+        let s = snapshot([running(2, "db").publish("13306:3306")]);
+        let rules = [block(1, name("db"), "3306-3307/tcp"), block(2, name("db"), "53/udp")];
+        assert_eq!(
+            entries(&veth_plans(&rules, &s, &[veth(40, 2)])),
+            [e(40, "3306/tcp", 1), e(40, "3307/tcp", 1), e(40, "53/udp", 2)]
+        );
+    }
+
+    #[test]
+    fn plain_dialed_rule_on_a_published_port_closes_the_container_port() {
+        let s = snapshot([running(2, "web").publish("18080:80").publish("18081:81")]);
+        let rules = [dialed(1, "18080/tcp")];
+        assert_eq!(entries(&veth_plans(&rules, &s, &[veth(40, 2)])), [e(40, "80/tcp", 1)]);
+    }
+
+    #[test]
+    fn a_key_claimed_twice_goes_to_targeted_then_dialed_then_policy() {
+        let s = snapshot([running(2, "web").publish("18080:80").publish("18443:443")]);
+        let rules = [
+            dialed(1, "18080/tcp"),
+            policy(2),
+            block(5, name("web"), "80/tcp"),
+            block(4, name("web"), "80/tcp"),
+        ];
+        assert_eq!(
+            entries(&veth_plans(&rules, &s, &[veth(40, 2)])),
+            [e(40, "80/tcp", 4), e(40, "443/tcp", 2)],
+            "lowest targeted id on 80; the policy on 443"
+        );
+        let rules = [policy(1), dialed(2, "18080/tcp")];
+        assert_eq!(
+            entries(&veth_plans(&rules, &s, &[veth(40, 2)])),
+            [e(40, "80/tcp", 2), e(40, "443/tcp", 1)]
+        );
+    }
+
+    #[test]
+    fn a_wildcard_with_a_better_claim_takes_the_ports_of_its_protocol() {
+        let s = snapshot([running(2, "web").publish("18080:80")]);
+        // Policy on 80/tcp and an allow-list on 53/udp lose to the EVERY rule.
+        let rules = [
+            policy(9),
+            from(allow(8, name("web"), "80/tcp"), &["10.0.0.0/8"]),
+            block(3, name("web"), "every"),
+        ];
+        assert_eq!(entries(&veth_plans(&rules, &s, &[veth(40, 2)])), [e(40, "*/tcp", 3), e(40, "*/udp", 3)]);
+        // A lower-id explicit rule keeps its port beside a wildcard.
+        let rules = [from(block(1, name("web"), "80/tcp"), &["10.0.0.0/8"]), block(3, name("web"), "every")];
+        assert_eq!(
+            entries(&veth_plans(&rules, &s, &[veth(40, 2)])),
+            [e(40, "*/tcp", 3), e(40, "80/tcp", 1), e(40, "*/udp", 3)]
+        );
+    }
+
+    #[test]
+    fn policy_with_allow_on_the_veth() {
+        let s = snapshot([running(2, "web").publish("18080:80").publish("18443:443").publish("18444:444")]);
+        let rules = [
+            policy(1),
+            allow(2, name("web"), "443/tcp"),
+            from(allow(3, name("web"), "444/tcp"), &["10.0.0.0/8"]),
+        ];
+        assert_eq!(
+            entries(&veth_plans(&rules, &s, &[veth(40, 2)])),
+            [e(40, "80/tcp", 1), e(40, "444/tcp", 3)],
+            "443 open, 444 open to the list"
+        );
+        // Two host ports on one container port, one allowed: closed (fail closed).
+        let s = snapshot([running(2, "web").publish("18080:80").publish("18081:80")]);
+        let rules = [policy(1), allow_dialed(2, "18081/tcp")];
+        assert_eq!(entries(&veth_plans(&rules, &s, &[veth(40, 2)])), [e(40, "80/tcp", 1)]);
+        assert_eq!(derived(&rules, &s), [d(1, "18080/tcp")], "XDP can tell them apart");
+    }
+
+    #[test]
+    fn own_labels_make_rules_of_their_container_only() {
+        let s = snapshot([
+            running(3, "db")
+                .publish("13306:3306")
+                .label(BLOCK_LABEL, "3306/tcp,33060/tcp")
+                .label(ALLOW_FROM_LABEL, "10.0.0.0/8")
+                .label(FROM_CONTAINERS_LABEL, "true"),
+            running(2, "web").label(BLOCK_LABEL, "all"),
+            running(4, "plain"),
+        ]);
+        let (specs, warnings) = own_label_rules(&s);
+        assert_eq!(warnings, []);
+        let got: Vec<(Selector, String, bool, usize)> = specs
+            .iter()
+            .map(|r| {
+                assert_eq!(r.scope, Scope::Container);
+                (
+                    r.target.selector.clone(),
+                    r.ports.to_string(),
+                    r.options.from_containers,
+                    r.options.allow_from.len(),
+                )
+            })
+            .collect();
+        let own = |n| Selector::OwnLabels { container: id(n) };
+        assert_eq!(
+            got,
+            [
+                (own(2), "1-65535".into(), false, 0),
+                (own(3), "3306/tcp".into(), true, 1),
+                (own(3), "33060/tcp".into(), true, 1),
+            ],
+            "ordered by container id"
+        );
+        // Given ids, they derive and plan like any targeted rule.
+        let rules: Vec<Rule> = specs.into_iter().zip(1..).map(|(s, id)| Rule::from_spec(id, s)).collect();
+        assert_eq!(derived(&rules, &s), [(2, "13306/tcp".into(), vec!["10.0.0.0/8".into()])]);
+        assert_eq!(entries(&veth_plans(&rules, &s, &[veth(40, 2)])), [e(40, "*/tcp", 1), e(40, "*/udp", 1)]);
+    }
+
+    #[test]
+    fn bad_labels_warn_naming_container_and_label_and_leave_the_others() {
+        let s = snapshot([
+            running(2, "db").label(BLOCK_LABEL, "3306/tcp").label(ALLOW_FROM_LABEL, "10.0.0.0/99"),
+            running(3, "web").label(BLOCK_LABEL, "80/tcp"),
+            running(4, "cache").label(ALLOW_FROM_LABEL, "10.0.0.0/8"),
+        ]);
+        let (specs, warnings) = own_label_rules(&s);
+        let named: Vec<(&str, &str)> =
+            warnings.iter().map(|w| (w.container.as_str(), w.label.as_str())).collect();
+        assert_eq!(named, [("db", ALLOW_FROM_LABEL), ("cache", ALLOW_FROM_LABEL)]);
+        assert_eq!(specs.len(), 1, "only web's rule");
+        assert_eq!(specs[0].target.selector, Selector::OwnLabels { container: id(3) });
+    }
+
+    #[test]
+    fn covers_lists_host_ports_addresses_and_veths() {
+        let s = snapshot([
+            running(3, "db").publish("13306:3306").publish("[::1]:13306:3306").publish("18080:80"),
+            running(4, "web").publish("28080:80"),
+        ]);
+        let veths = [veth(40, 3), veth(41, 4)];
+        let c = covers(&block(1, name("db"), "3306/tcp"), &s, &veths);
+        assert_eq!(c.host_ports, ["0.0.0.0:13306/tcp", "[::1]:13306/tcp"]);
+        assert_eq!(c.addresses, ["172.17.0.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(c.veths, ["veth40"]);
+        let c = covers(&dialed(1, "28080/tcp"), &s, &veths);
+        assert_eq!(
+            (c.host_ports, c.veths),
+            (vec!["0.0.0.0:28080/tcp".to_string()], vec!["veth41".to_string()])
+        );
+        let c = covers(&container_port(1, "80/tcp"), &s, &veths);
+        assert_eq!(c.host_ports, ["0.0.0.0:18080/tcp", "0.0.0.0:28080/tcp"]);
+        assert_eq!(c.veths, Vec::<String>::new(), "the bridge hook judges it");
+        let c = covers(&block(1, name("gone"), "every"), &s, &veths);
+        assert_eq!(c, Covers::default());
+    }
+}
