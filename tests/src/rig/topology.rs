@@ -10,8 +10,8 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap, MapData};
-use dockblock_common::{map_names, veth_flag, VethState};
+use dockblock_agent::{paths::PinDir, vethtable};
+use dockblock_common::{veth_flag, VethState};
 use dockblock_testkit::daemon::Daemon;
 use serde_json::Value;
 
@@ -168,9 +168,8 @@ fn reviewed(s: VethState) -> bool {
 
 /// `VETHS[ifindex]` from the pins, if the map or entry exists.
 pub fn veth_state(pin_dir: &str, ifindex: u32) -> Option<VethState> {
-    let data = MapData::from_pin(format!("{pin_dir}/maps/{}", map_names::VETHS)).ok()?;
-    let map: HashMap<MapData, u32, VethState> = HashMap::try_from(aya::maps::Map::HashMap(data)).ok()?;
-    map.get(&ifindex, 0).ok()
+    let (states, _) = vethtable::read(&PinDir::new(pin_dir)).ok()?;
+    states.into_iter().find(|(i, _)| *i == ifindex).map(|(_, s)| s)
 }
 
 /// Polls `f` every 100 ms until it holds, for at most `within`.
