@@ -172,8 +172,12 @@ const TC_PROGRAMS: [&str; 3] =
 fn map_sizes(caps: &Capacities) -> Vec<(&'static str, u32)> {
     let mut sizes = Vec::new();
     if let Some(n) = caps.max_rules {
-        // +1: id 0 is never used.
-        sizes.extend([(map_names::RULES, n + 1), (map_names::RULE_STATS, n + 1)]);
+        // +1: id 0 is never used. A targeted rule has a RULE_TARGETS entry.
+        sizes.extend([
+            (map_names::RULES, n + 1),
+            (map_names::RULE_STATS, n + 1),
+            (map_names::RULE_TARGETS, n + 1),
+        ]);
     }
     if let Some(n) = caps.max_allow {
         // The trie holds both generations.
