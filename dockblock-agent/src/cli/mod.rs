@@ -10,6 +10,7 @@ mod explain;
 mod export;
 mod list;
 mod output;
+mod ports;
 mod repair;
 mod run;
 mod stats;
@@ -78,6 +79,10 @@ enum Command {
     /// Docker bridge, a hook on every container veth), then follow the
     /// engine and the links. Stopping it leaves everything enforced.
     Run(RunArgs),
+    /// Every port Docker publishes on this host (container, host address and
+    /// port, container port, networks), its verdict from outside and the
+    /// rules that decide it.
+    Ports(JsonArg),
 }
 
 #[derive(Debug, Args)]
@@ -308,5 +313,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Repair => repair::run(&pins),
         Command::Explain(args) => explain::run(&pins, args),
         Command::Run(args) => run::run(&pins, args),
+        Command::Ports(args) => ports::run(&pins, args.json),
     }
 }
