@@ -165,8 +165,13 @@ fn random_seed() -> Result<[u32; FRAG_KEY_WORDS]> {
     Ok(std::array::from_fn(|i| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())))
 }
 
-const TC_PROGRAMS: [&str; 3] =
-    [program_names::BRIDGE_TC, program_names::UPLINK_TRACK, program_names::BRIDGE_TRACK];
+const TC_PROGRAMS: [&str; 5] = [
+    program_names::BRIDGE_TC,
+    program_names::UPLINK_TRACK,
+    program_names::BRIDGE_TRACK,
+    program_names::VETH_TC,
+    program_names::VETH_TRACK,
+];
 
 /// The max_entries each given capacity sets, by map.
 fn map_sizes(caps: &Capacities) -> Vec<(&'static str, u32)> {

@@ -14,19 +14,26 @@ use crate::{
 /// `parsed` is what the verdict's parser made of the packet (the same
 /// parser, so a flow is recorded as its replies will be read). `scope` is
 /// where the reply will be judged: DIALED for packets leaving an uplink
-/// (after SNAT), CONTAINER for packets leaving a container.
+/// (after SNAT), CONTAINER for packets leaving a container. `blocked` says
+/// whether a reply to this UDP source port would be judged (and so needs
+/// the flow).
 #[inline(always)]
-pub fn track(parsed: Result<Facts, Reject>, scope: u32) {
+pub fn track(parsed: Result<Facts, Reject>, scope: u32, blocked: impl FnOnce(u16) -> bool) {
     let Ok(facts) = parsed else { return };
     let Some(l4) = &facts.l4 else { return };
-    if l4.proto != proto::UDP {
-        return;
-    }
-    let index = port_index(config().generation, scope, proto::UDP, l4.sport);
-    if !PORT_RULES.get(index).is_some_and(|rule| rule.rule_id != 0) {
+    if l4.proto != proto::UDP || !blocked(l4.sport) {
         return;
     }
     let key = FlowKey { remote: facts.dst(), remote_port: l4.dport, local_port: l4.sport, scope };
     let _ = FLOWS.insert(key, unsafe { bpf_ktime_get_ns() }, 0);
     mark_seen(seen::FLOWS);
+}
+
+/// Whether `PORT_RULES` has a rule on UDP `port` in `scope`.
+#[inline(always)]
+pub fn port_table_blocks(scope: u32) -> impl FnOnce(u16) -> bool {
+    move |port| {
+        let index = port_index(config().generation, scope, proto::UDP, port);
+        PORT_RULES.get(index).is_some_and(|rule| rule.rule_id != 0)
+    }
 }

@@ -1,5 +1,6 @@
-//! The one verdict function both hooks share, and the counters every path
-//! leaves through.
+//! The one verdict function every hook shares (XDP, bridge TC, veth), and
+//! the counters every path leaves through. Hooks differ only in where they
+//! look up the rule for a port ([`Match`]).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use dockblock_common::{
@@ -11,7 +12,7 @@ use crate::{
     events::{self, Seen},
     frags,
     maps::{seen, ALLOW, CONFIG, FLOWS, HOOK_STATS, PORT_RULES, RULE_STATS},
-    parse::{Facts, Frag, Reject},
+    parse::{Facts, Frag, Reject, L4},
 };
 
 pub enum Verdict {
@@ -19,11 +20,32 @@ pub enum Verdict {
     Drop,
 }
 
-/// Judges the packet `parse` reads against the rules of `scope`, counts it
-/// under `seen.hook`, and says what to do with it (fail-closed.md, in its
-/// order). `len` is the packet length in bytes; `from_host` marks packets
-/// the host itself sent (bridge only). `parse` runs only if the packet is
-/// judged at all.
+/// What a hook's rule lookup found for a packet's port.
+pub enum Match {
+    /// This rule judges it.
+    Rule(PortRule),
+    /// No rule can judge it yet (a veth the daemon has not reviewed): a new
+    /// connection is dropped as `DROPPED_UNREVIEWED`, the rest passes.
+    Unreviewed,
+    /// Not judged: passes with this outcome.
+    Pass(u32),
+}
+
+/// The rule of `scope` in `PORT_RULES` (XDP and bridge TC).
+#[inline(always)]
+pub fn port_table(scope: u32) -> impl FnOnce(&LiveConfig, &L4) -> Match {
+    move |config, l4| match PORT_RULES.get(port_index(config.generation, scope, l4.proto, l4.dport)) {
+        Some(rule) if rule.rule_id != 0 => Match::Rule(*rule),
+        _ => Match::Pass(outcome::PASSED_NO_RULE),
+    }
+}
+
+/// Judges the packet `parse` reads with the rule `lookup` finds for it,
+/// counts it under `seen.hook`, and says what to do with it (fail-closed.md,
+/// in its order). `scope` is the scope of the flows whose replies pass;
+/// `len` is the packet length in bytes; `from_host` marks packets the host
+/// itself sent (TC hooks only). `parse` runs only if the packet is judged
+/// at all, `lookup` only for a packet with ports.
 #[inline(always)]
 pub fn judge(
     scope: u32,
@@ -31,6 +53,7 @@ pub fn judge(
     seen: &Seen,
     from_host: bool,
     parse: impl FnOnce() -> Result<Facts, Reject>,
+    lookup: impl FnOnce(&LiveConfig, &L4) -> Match,
 ) -> Verdict {
     let hook = seen.hook;
     let config = config();
@@ -44,11 +67,13 @@ pub fn judge(
     let Some(l4) = &facts.l4 else {
         return judge_later_fragment(&facts, hook, len);
     };
-    let rule = match PORT_RULES.get(port_index(config.generation, scope, l4.proto, l4.dport)) {
-        Some(rule) if rule.rule_id != 0 => *rule,
-        _ => return finish(hook, outcome::PASSED_NO_RULE, len),
+    // Unreviewed: judged as a rule with no id, no flags and no counters.
+    let rule = match lookup(&config, l4) {
+        Match::Rule(rule) => rule,
+        Match::Unreviewed => PortRule::default(),
+        Match::Pass(outcome) => return finish(hook, outcome, len),
     };
-    let stats = RULE_STATS.get_ptr_mut(rule.rule_id);
+    let stats = if rule.rule_id != 0 { RULE_STATS.get_ptr_mut(rule.rule_id) } else { None };
     let count = |pick: fn(&mut RuleStats) -> &mut Counter| {
         if let Some(stats) = stats {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
@@ -74,6 +99,12 @@ pub fn judge(
     if dry_run {
         count(|s| &mut s.dry_run);
         return finish(hook, outcome::PASSED_DRY_RUN, len);
+    }
+    if rule.rule_id == 0 {
+        // Later fragments of it cannot be reassembled without it: nothing to
+        // remember.
+        let dropped = if l4.complete { outcome::DROPPED_UNREVIEWED } else { outcome::DROPPED_EVASIVE };
+        return finish(hook, dropped, len);
     }
     if let Frag::First { id } = facts.frag {
         // Later fragments carry no ports: remember the datagram to drop them.

@@ -1,0 +1,66 @@
+//! The per-container rules, judged at the egress of the container's
+//! host-side veth (`VETHS`, `VETH_RULES`).
+//!
+//! Origin of a packet, from `skb->ingress_ifindex`: 0 is the host itself, a
+//! veth with a `VETHS` entry is another container, anything else is outside
+//! the host.
+
+use dockblock_common::{outcome, proto, rule_flag, veth_flag, PortRule, VethRuleKey, VETH_ANY_PORT};
+
+use crate::{
+    maps::{VETHS, VETH_RULES},
+    parse::L4,
+    verdict::Match,
+};
+
+/// Flags of the veth's `VETHS` entry, if it was reviewed. An entry without
+/// `REVIEWED` is taken as unreviewed (closed).
+#[inline(always)]
+fn reviewed(ifindex: u32) -> Option<u32> {
+    // SAFETY: the value is copied out at once.
+    let flags = unsafe { VETHS.get(ifindex) }?.flags;
+    (flags & veth_flag::REVIEWED != 0).then_some(flags)
+}
+
+/// The rule of veth `ifindex` for `proto`/`port`: the exact port first (if
+/// the veth has any), then the protocol's wildcard (if it has one).
+#[inline(always)]
+fn rule(ifindex: u32, flags: u32, proto: u32, port: u16) -> Option<PortRule> {
+    let get = |port: u32| {
+        // SAFETY: the value is copied out at once.
+        unsafe { VETH_RULES.get(VethRuleKey { ifindex, proto, port }) }.copied().filter(|r| r.rule_id != 0)
+    };
+    let exact = if flags & veth_flag::HAS_PORTS != 0 { get(u32::from(port)) } else { None };
+    match exact {
+        Some(rule) => Some(rule),
+        None if flags & veth_flag::HAS_WILDCARD != 0 => get(VETH_ANY_PORT),
+        None => None,
+    }
+}
+
+/// The verdict's lookup for a packet entering the container behind veth
+/// `ifindex` that came in on `from` (its `ingress_ifindex`).
+#[inline(always)]
+pub fn lookup(ifindex: u32, from: u32, l4: &L4) -> Match {
+    let Some(flags) = reviewed(ifindex) else { return Match::Unreviewed };
+    let Some(rule) = rule(ifindex, flags, l4.proto, l4.dport) else {
+        return Match::Pass(outcome::PASSED_NO_RULE);
+    };
+    // Only read when a rule matched: most packets never pay for it.
+    // SAFETY: only the presence is read.
+    let from_container = from != 0 && unsafe { VETHS.get(from) }.is_some();
+    if from_container && rule.flags & rule_flag::FROM_CONTAINERS == 0 {
+        return Match::Pass(outcome::PASSED_FROM_CONTAINER);
+    }
+    Match::Rule(rule)
+}
+
+/// Whether replies to UDP source `port` of the container behind `ifindex`
+/// would be judged there, so the flow must be recorded.
+#[inline(always)]
+pub fn blocks(ifindex: u32) -> impl FnOnce(u16) -> bool {
+    move |port| match reviewed(ifindex) {
+        None => true,
+        Some(flags) => rule(ifindex, flags, proto::UDP, port).is_some(),
+    }
+}
