@@ -282,7 +282,11 @@ fn veth_attach_is_fast_and_takes_no_lock() {
     times.sort();
     let median = times[times.len() / 2];
     eprintln!("veth attach (2 TCX links + 2 pins): median {median:?}, max {:?}", times.last().unwrap());
-    assert!(median < Duration::from_millis(1), "median attach {median:?}");
+    // Each TCX link create waits for an RCU grace period in the kernel
+    // (tcx_entry_sync, under rtnl): ~12-15 ms here, ~0.2 ms for both links
+    // with /sys/kernel/rcu_expedited = 1. The bound is the margin: a veth
+    // carries no packet until ~265 ms after its NEWLINK.
+    assert!(median < Duration::from_millis(100), "median attach {median:?}");
     drop(pairs);
     let swept = loader::gc_links(&pins).unwrap();
     assert_eq!(swept.len(), 24, "both links of every deleted veth unpinned");
