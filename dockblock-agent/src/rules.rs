@@ -17,6 +17,10 @@
 //!   their ids and counters, so `export | apply` changes nothing. Every new
 //!   rule starts with zeroed counters, even on an id freed in the same
 //!   command.
+//! - A rule has a target (`target::Target`): block/unblock edit only the
+//!   rules with the same target; rules the engine state made (own labels,
+//!   derived) are never edited by a verb nor replaced by `apply`: `derive`
+//!   recomputes them in the same commit.
 
 use std::fmt;
 
@@ -208,11 +212,17 @@ pub enum Verb {
     Unblock,
 }
 
-/// The edits that block `spec`. Empty when it is already blocked so.
+/// The edits that block `spec` (among the rules with its target). Empty
+/// when it is already blocked so.
 pub fn plan_block(rules: &[Rule], spec: &RuleSpec) -> Vec<Edit> {
     let same_range: Vec<&Rule> = rules
         .iter()
-        .filter(|r| r.scope == spec.scope && r.ports.lo == spec.ports.lo && r.ports.hi == spec.ports.hi)
+        .filter(|r| {
+            r.target == spec.target
+                && r.scope == spec.scope
+                && r.ports.lo == spec.ports.lo
+                && r.ports.hi == spec.ports.hi
+        })
         .collect();
     let mut edits = Vec::new();
     // Protocols move from a rule with other options to the new one.
@@ -240,23 +250,72 @@ pub fn plan_block(rules: &[Rule], spec: &RuleSpec) -> Vec<Edit> {
     edits
 }
 
-/// The edits that replace the whole set with `specs`: rules identical to a
-/// spec stay (with their ids and counters), the others go, the rest is new.
-/// Sets, not scans: 65,535 rules against 65,535 specs stay linear.
+/// The edits that replace the user rules with `specs` (`apply`): rules
+/// identical to a spec stay (with their ids and counters), the others go,
+/// the rest is new. Rules the engine state made are left to `derive`.
 pub fn plan_replace(rules: &[Rule], specs: &[RuleSpec]) -> Vec<Edit> {
+    plan_replace_where(rules, specs, Rule::is_user)
+}
+
+/// `plan_replace` over the rules `part` selects. Sets, not scans: 65,535
+/// rules against 65,535 specs stay linear.
+fn plan_replace_where(rules: &[Rule], specs: &[RuleSpec], part: impl Fn(&Rule) -> bool) -> Vec<Edit> {
     let wanted: std::collections::HashSet<&RuleSpec> = specs.iter().collect();
-    let have: std::collections::HashSet<RuleSpec> = rules.iter().map(Rule::spec).collect();
+    let mine: Vec<&Rule> = rules.iter().filter(|r| part(r)).collect();
+    let have: std::collections::HashSet<RuleSpec> = mine.iter().map(|r| r.spec()).collect();
     let mut edits: Vec<Edit> =
-        rules.iter().filter(|r| !wanted.contains(&r.spec())).map(|r| Edit::Remove(r.id)).collect();
-    edits.extend(specs.iter().filter(|s| !have.contains(*s)).map(|s| Edit::Add(s.clone())));
+        mine.iter().filter(|r| !wanted.contains(&r.spec())).map(|r| Edit::Remove(r.id)).collect();
+    let mut added = std::collections::HashSet::new();
+    // A spec given twice is one rule.
+    edits.extend(
+        specs.iter().filter(|s| !have.contains(*s) && added.insert(*s)).map(|s| Edit::Add(s.clone())),
+    );
     edits
 }
 
-/// The edits that open `spec` in `scope`: every overlapping rule is removed,
-/// trimmed or split; the pieces keep the rule's options.
-pub fn plan_unblock(rules: &[Rule], scope: Scope, spec: PortSpec) -> Result<Vec<Edit>> {
+/// What the engine state makes of the rules (`translate::Translator`):
+/// the rules of containers' own labels, and the dialed rules derived from
+/// the rules that cover containers.
+pub trait Derive {
+    fn own_labels(&self) -> Vec<RuleSpec>;
+    fn derived(&self, rules: &[Rule]) -> Vec<RuleSpec>;
+}
+
+/// Brings the engine-made rules of `draft` in line with its user rules,
+/// after the user edits: with `derive`, the own-label rules, then the
+/// derived rules (from the rules as they are then) are replaced by what it
+/// computes, keeping the ids of unchanged ones; without, derived rules stay
+/// unless their parent is gone (removed, or its id taken by a new rule).
+pub fn settle(draft: &mut Draft, derive: Option<&dyn Derive>) -> Result<()> {
+    let is_own = |r: &Rule| matches!(r.target.selector, Selector::OwnLabels { .. });
+    let is_derived = |r: &Rule| matches!(r.target.selector, Selector::Derived { .. });
+    match derive {
+        Some(derive) => {
+            draft.apply(&plan_replace_where(&draft.rules, &derive.own_labels(), is_own))?;
+            let derived = derive.derived(&draft.rules);
+            draft.apply(&plan_replace_where(&draft.rules, &derived, is_derived))
+        }
+        None => {
+            let fresh: std::collections::HashSet<u32> = draft.fresh.iter().copied().collect();
+            let parents: std::collections::HashSet<u32> =
+                draft.rules.iter().filter(|r| !fresh.contains(&r.id)).map(|r| r.id).collect();
+            let orphans: Vec<Edit> = draft
+                .rules
+                .iter()
+                .filter(|r| matches!(r.target.selector, Selector::Derived { parent } if !parents.contains(&parent)))
+                .map(|r| Edit::Remove(r.id))
+                .collect();
+            draft.apply(&orphans)
+        }
+    }
+}
+
+/// The edits that open `spec` in `scope` among the rules with `target`:
+/// every overlapping rule is removed, trimmed or split; the pieces keep the
+/// rule's options.
+pub fn plan_unblock(rules: &[Rule], target: &Target, scope: Scope, spec: PortSpec) -> Result<Vec<Edit>> {
     let mut edits = Vec::new();
-    for rule in rules.iter().filter(|r| r.scope == scope && r.ports.overlaps(&spec)) {
+    for rule in rules.iter().filter(|r| r.target == *target && r.scope == scope && r.ports.overlaps(&spec)) {
         let mut pieces = subtract(rule.ports, spec).into_iter();
         match pieces.next() {
             None => edits.push(Edit::Remove(rule.id)),
@@ -267,7 +326,11 @@ pub fn plan_unblock(rules: &[Rule], scope: Scope, spec: PortSpec) -> Result<Vec<
         }
     }
     if edits.is_empty() {
-        return Err(Error::NotBlocked { spec: format!("{scope} {spec}") });
+        let spec = match target.is_plain() {
+            true => format!("{scope} {spec}"),
+            false => format!("{spec} for {target}"),
+        };
+        return Err(Error::NotBlocked { spec });
     }
     Ok(edits)
 }
@@ -479,16 +542,19 @@ mod tests {
     fn unblock_removes_trims_and_splits_keeping_options() {
         let rules =
             [rule(1, "3306/tcp"), with_options(rule(2, "30000-30010/tcp"), &office()), rule(3, "8080")];
-        assert_eq!(plan_unblock(&rules, Scope::Dialed, spec("3306/tcp")).unwrap(), vec![Edit::Remove(1)]);
         assert_eq!(
-            plan_unblock(&rules, Scope::Dialed, spec("30005/tcp")).unwrap(),
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, spec("3306/tcp")).unwrap(),
+            vec![Edit::Remove(1)]
+        );
+        assert_eq!(
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, spec("30005/tcp")).unwrap(),
             vec![
                 Edit::Update(with_options(rule(2, "30000-30004/tcp"), &office())),
                 Edit::Add(RuleSpec { options: office(), ..plain("30006-30010/tcp") })
             ]
         );
         assert_eq!(
-            plan_unblock(&rules, Scope::Dialed, spec("8080/tcp")).unwrap(),
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, spec("8080/tcp")).unwrap(),
             vec![Edit::Update(rule(3, "8080/udp"))]
         );
     }
@@ -496,9 +562,9 @@ mod tests {
     #[test]
     fn unblock_of_an_open_port_is_an_error() {
         let rules = [rule(1, "3306/tcp")];
-        let err = plan_unblock(&rules, Scope::Dialed, spec("3306/udp")).unwrap_err();
+        let err = plan_unblock(&rules, &Target::default(), Scope::Dialed, spec("3306/udp")).unwrap_err();
         assert!(err.to_string().contains("no rule blocks dialed 3306/udp"), "{err}");
-        assert!(plan_unblock(&rules, Scope::Container, spec("3306/tcp")).is_err());
+        assert!(plan_unblock(&rules, &Target::default(), Scope::Container, spec("3306/tcp")).is_err());
     }
 
     #[test]
@@ -570,5 +636,146 @@ mod tests {
         assert_eq!(Rule::from_def(1, &reversed, vec![], None), None);
         let unknown_flag = RuleDef { scope: 0, protos: 1, port_lo: 1, port_hi: 1, flags: 1 << 9 };
         assert_eq!(Rule::from_def(1, &unknown_flag, vec![], None), None);
+    }
+
+    fn container(name: &str) -> Target {
+        Target { selector: Selector::Container { name: name.into() }, action: Action::Block }
+    }
+
+    fn targeted(id: u32, s: &str, target: &Target) -> Rule {
+        Rule { scope: Scope::Container, target: target.clone(), ..rule(id, s) }
+    }
+
+    fn derived(id: u32, s: &str, parent: u32) -> Rule {
+        Rule {
+            target: Target { selector: Selector::Derived { parent }, action: Action::Block },
+            ..rule(id, s)
+        }
+    }
+
+    #[test]
+    fn verbs_match_rules_of_the_same_target_only() {
+        let db = container("db");
+        let rules = [rule(1, "80/tcp"), targeted(2, "80/tcp", &db), derived(3, "8080/tcp", 2)];
+        // The plain rule on 80/tcp is another rule than db's.
+        let web = RuleSpec { target: container("web"), ..RuleSpec::plain(Scope::Container, spec("80/tcp")) };
+        assert_eq!(plan_block(&rules, &web), vec![Edit::Add(web.clone())]);
+        let db_udp = RuleSpec { target: db.clone(), ..RuleSpec::plain(Scope::Container, spec("80/udp")) };
+        assert_eq!(plan_block(&rules, &db_udp), vec![Edit::Update(targeted(2, "80", &db))]);
+        assert_eq!(
+            plan_unblock(&rules, &db, Scope::Container, spec("80/tcp")).unwrap(),
+            vec![Edit::Remove(2)],
+            "the plain rule and the derived one stay"
+        );
+        let err = plan_unblock(&rules, &container("web"), Scope::Container, spec("80/tcp")).unwrap_err();
+        assert!(err.to_string().contains("no rule blocks 80/tcp for container web"), "{err}");
+        // A plain unblock never touches the derived rule on the same port.
+        let err = plan_unblock(&rules, &Target::default(), Scope::Dialed, spec("8080/tcp")).unwrap_err();
+        assert!(matches!(err, Error::NotBlocked { .. }), "{err}");
+        // Split pieces keep the target.
+        let wide = [targeted(4, "1-100/tcp", &db)];
+        assert_eq!(
+            plan_unblock(&wide, &db, Scope::Container, spec("50/tcp")).unwrap(),
+            vec![
+                Edit::Update(targeted(4, "1-49/tcp", &db)),
+                Edit::Add(targeted(0, "51-100/tcp", &db).spec())
+            ]
+        );
+    }
+
+    #[test]
+    fn replace_leaves_engine_made_rules_alone() {
+        let db = container("db");
+        let own =
+            Target { selector: Selector::OwnLabels { container: "ab".repeat(32) }, action: Action::Block };
+        let rules = [
+            rule(1, "22/tcp"),
+            targeted(2, "3306/tcp", &db),
+            targeted(3, "80/tcp", &own),
+            derived(4, "13306/tcp", 2),
+        ];
+        let specs = [targeted(0, "3306/tcp", &db).spec()];
+        assert_eq!(plan_replace(&rules, &specs), vec![Edit::Remove(1)]);
+        assert_eq!(plan_replace(&rules, &[]), vec![Edit::Remove(1), Edit::Remove(2)]);
+    }
+
+    /// A fake engine: own-label rules as given, and for each Block rule on
+    /// container `db` a dialed rule on port 10000 + its first port.
+    struct Fake {
+        own: Vec<RuleSpec>,
+    }
+
+    impl Derive for Fake {
+        fn own_labels(&self) -> Vec<RuleSpec> {
+            self.own.clone()
+        }
+
+        fn derived(&self, rules: &[Rule]) -> Vec<RuleSpec> {
+            rules
+                .iter()
+                .filter(|r| !matches!(r.target.selector, Selector::Ports | Selector::Derived { .. }))
+                .map(|r| derived(0, &format!("{}/tcp", 10000 + r.ports.lo), r.id).spec())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn settle_keeps_unchanged_derived_rules_and_drops_orphans() {
+        let db = container("db");
+        let own = Target { selector: Selector::OwnLabels { container: "c1".into() }, action: Action::Block };
+        let fake = Fake { own: vec![targeted(0, "53/udp", &own).spec()] };
+        let mut draft = Draft::new(vec![rule(1, "22/tcp"), targeted(2, "3306/tcp", &db)], 100);
+        settle(&mut draft, Some(&fake)).unwrap();
+        assert_eq!(
+            draft.rules,
+            vec![
+                rule(1, "22/tcp"),
+                targeted(2, "3306/tcp", &db),
+                targeted(3, "53/udp", &own),
+                derived(4, "13306/tcp", 2),
+                derived(5, "10053/tcp", 3)
+            ]
+        );
+        // Again, unchanged: nothing moves, ids and counters kept.
+        let mut again = Draft::new(draft.rules.clone(), 100);
+        settle(&mut again, Some(&fake)).unwrap();
+        assert_eq!(again.rules, draft.rules);
+        assert!(again.fresh.is_empty(), "no rule is new");
+        // The parent goes: with the engine, its derived rule goes with it.
+        let mut edit = Draft::new(draft.rules.clone(), 100);
+        edit.apply(&[Edit::Remove(2)]).unwrap();
+        settle(&mut edit, Some(&fake)).unwrap();
+        assert_eq!(edit.rules.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 3, 5]);
+        // Without the engine too; the others stay as they are.
+        let mut edit = Draft::new(draft.rules.clone(), 100);
+        edit.apply(&[Edit::Remove(2)]).unwrap();
+        settle(&mut edit, None).unwrap();
+        assert_eq!(edit.rules.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 3, 5]);
+        // A parent whose id a new rule took is gone as well.
+        let mut edit = Draft::new(draft.rules.clone(), 100);
+        edit.apply(&[Edit::Remove(2), Edit::Add(plain("9/tcp"))]).unwrap();
+        settle(&mut edit, None).unwrap();
+        assert_eq!(edit.rules.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3, 5]);
+        assert_eq!(edit.rules[1], rule(2, "9/tcp"));
+    }
+
+    #[test]
+    fn a_user_rule_owns_a_dialed_slot_a_derived_rule_also_covers() {
+        let db = container("db");
+        let rules = [
+            derived(1, "13306/tcp", 9),
+            rule(2, "13000-14000/tcp"),
+            derived(3, "8080/tcp", 9),
+            targeted(9, "3306/tcp", &db),
+            Rule {
+                target: Target { selector: Selector::Ports, action: Action::Allow },
+                ..rule(4, "8080/tcp")
+            },
+        ];
+        let owners = port_owners(&rules, Scope::Dialed, proto::TCP);
+        assert_eq!(owners[13306].map(|r| r.id), Some(2), "the user's wider rule beats the derived one");
+        assert_eq!(owners[8080].map(|r| r.id), Some(3), "an Allow rule is no port-table rule");
+        let container = port_owners(&rules, Scope::Container, proto::TCP);
+        assert!(container.iter().all(Option::is_none), "Docker rules reach the kernel through derived rules");
     }
 }

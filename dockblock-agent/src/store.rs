@@ -26,6 +26,7 @@ use dockblock_common::{
     RuleStats, RuleTarget, ALLOW_KEY_RULE_BITS, HOOK_STATS_LEN,
 };
 use ipnet::IpNet;
+use serde::Serialize;
 
 use crate::{
     addr,
@@ -35,8 +36,11 @@ use crate::{
     paths::PinDir,
     ports::PortSpec,
     rules::{self, Draft, Edit, Rule, RuleSpec, Scope},
+    target::Target,
     testhook,
 };
+
+pub use crate::rules::Derive;
 
 pub struct RuleStore {
     port_rules: Array<MapData, PortRule>,
@@ -69,6 +73,69 @@ pub struct ReplaceSummary {
     pub added: usize,
     pub removed: usize,
     pub kept: usize,
+}
+
+/// What a commit changed in the catalog, engine-made rules included.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CommitSummary {
+    /// New rules (fresh ids).
+    pub added: usize,
+    pub removed: usize,
+    /// Same id, other ports, options or target.
+    pub changed: usize,
+    pub kept: usize,
+}
+
+impl CommitSummary {
+    fn of(before: &[Rule], draft: &Draft) -> Self {
+        let old = by_id(before);
+        let fresh: std::collections::HashSet<u32> = draft.fresh.iter().copied().collect();
+        let mut s = CommitSummary::default();
+        for rule in &draft.rules {
+            match old.get(&rule.id) {
+                _ if fresh.contains(&rule.id) => s.added += 1,
+                None => s.added += 1,
+                Some(o) if *o == rule => s.kept += 1,
+                Some(_) => s.changed += 1,
+            }
+        }
+        let after = by_id(&draft.rules);
+        s.removed = before.iter().filter(|r| !after.contains_key(&r.id) || fresh.contains(&r.id)).count();
+        s
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added + self.removed + self.changed == 0
+    }
+}
+
+/// `block`'s edit: each spec planned against the draft as it is by then;
+/// `changed` says, per spec, whether it changed anything.
+pub fn block_specs(draft: &mut Draft, specs: &[RuleSpec], changed: &mut Vec<bool>) -> Result<()> {
+    for spec in specs {
+        let edits = rules::plan_block(&draft.rules, spec);
+        changed.push(!edits.is_empty());
+        draft.apply(&edits)?;
+    }
+    Ok(())
+}
+
+/// `unblock`'s edit, among the rules with `target`.
+pub fn unblock_specs(draft: &mut Draft, target: &Target, scope: Scope, specs: &[PortSpec]) -> Result<()> {
+    for spec in specs {
+        draft.apply(&rules::plan_unblock(&draft.rules, target, scope, *spec)?)?;
+    }
+    Ok(())
+}
+
+/// `apply`'s edit: the user rules become `specs`.
+pub fn replace_specs(draft: &mut Draft, specs: &[RuleSpec], summary: &mut ReplaceSummary) -> Result<()> {
+    let users = draft.rules.iter().filter(|r| r.is_user()).count();
+    let edits = rules::plan_replace(&draft.rules, specs);
+    draft.apply(&edits)?;
+    let removed = edits.iter().filter(|e| matches!(e, Edit::Remove(_))).count();
+    *summary = ReplaceSummary { added: edits.len() - removed, removed, kept: users - removed };
+    Ok(())
 }
 
 /// How a command opens the pinned maps.
@@ -292,42 +359,43 @@ impl RuleStore {
         Ok(per_cpu.iter().map(|b| b.suppressed).sum())
     }
 
+    /// The one way the rule set changes: `edit` changes a draft of the
+    /// catalog (user rules), `rules::settle` brings the engine-made rules in
+    /// line (`derive`: from an engine snapshot; `None`: keep them, dropping
+    /// those whose parent is gone), and it is all committed in one
+    /// generation switch, journaled. Nothing is written when `edit` fails.
+    pub fn commit_with(
+        &mut self,
+        edit: impl FnOnce(&mut Draft) -> Result<()>,
+        derive: Option<&dyn Derive>,
+    ) -> Result<CommitSummary> {
+        let before = self.rules()?;
+        let mut draft = Draft::new(before.clone(), self.rule_capacity);
+        edit(&mut draft)?;
+        rules::settle(&mut draft, derive)?;
+        self.commit(&before, &draft)?;
+        Ok(CommitSummary::of(&before, &draft))
+    }
+
     /// Blocks every spec, all or nothing. Returns, per spec, whether it
     /// changed anything.
     pub fn block(&mut self, specs: &[RuleSpec]) -> Result<Vec<bool>> {
-        let before = self.rules()?;
-        let mut draft = Draft::new(before.clone(), self.rule_capacity);
         let mut changed = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let edits = rules::plan_block(&draft.rules, spec);
-            changed.push(!edits.is_empty());
-            draft.apply(&edits)?;
-        }
-        self.commit(&before, &draft)?;
+        self.commit_with(|draft| block_specs(draft, specs, &mut changed), None)?;
         Ok(changed)
     }
 
-    /// Opens every spec in `scope`, all or nothing; `NotBlocked` when no rule
-    /// covers one of them.
+    /// Opens every spec in `scope` (plain rules), all or nothing;
+    /// `NotBlocked` when no rule covers one of them.
     pub fn unblock(&mut self, scope: Scope, specs: &[PortSpec]) -> Result<()> {
-        let before = self.rules()?;
-        let mut draft = Draft::new(before.clone(), self.rule_capacity);
-        for spec in specs {
-            draft.apply(&rules::plan_unblock(&draft.rules, scope, *spec)?)?;
-        }
-        self.commit(&before, &draft)
+        self.commit_with(|draft| unblock_specs(draft, &Target::default(), scope, specs), None).map(drop)
     }
 
-    /// Replaces the whole rule set with `specs` in one atomic switch.
+    /// Replaces the user rules with `specs` in one atomic switch.
     pub fn replace(&mut self, specs: &[RuleSpec]) -> Result<ReplaceSummary> {
-        let before = self.rules()?;
-        let edits = rules::plan_replace(&before, specs);
-        let mut draft = Draft::new(before.clone(), self.rule_capacity);
-        draft.apply(&edits)?;
-        self.commit(&before, &draft)?;
-        let removed = edits.iter().filter(|e| matches!(e, Edit::Remove(_))).count();
-        let added = edits.len() - removed;
-        Ok(ReplaceSummary { added, removed, kept: before.len() - removed })
+        let mut summary = ReplaceSummary::default();
+        self.commit_with(|draft| replace_specs(draft, specs, &mut summary), None)?;
+        Ok(summary)
     }
 
     /// Turns the catalog `before` into `after` and switches the datapath to

@@ -122,6 +122,27 @@ pub fn is_docker_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// How messages and tables name a target: "container db", "label
+/// tier=db", "compose shop/db", "the published-ports policy".
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let allow = if self.action == Action::Allow { "allow " } else { "" };
+        let text = self.selector.text().unwrap_or_default();
+        let what = match &self.selector {
+            Selector::Ports => "ports".to_string(),
+            Selector::Container { .. } => format!("container {text}"),
+            Selector::Label { .. } => format!("label {text}"),
+            Selector::Compose { .. } => format!("compose {text}"),
+            Selector::OwnLabels { container } => {
+                format!("labels of container {}", container.chars().take(12).collect::<String>())
+            }
+            Selector::PublishedPolicy => "the published-ports policy".to_string(),
+            Selector::Derived { parent } => format!("derived from rule {parent}"),
+        };
+        f.pad(&format!("{allow}{what}"))
+    }
+}
+
 impl Target {
     /// The `RULE_TARGETS` entry; `None` for a plain rule (no entry).
     /// `BadSelector` when the text does not fit.

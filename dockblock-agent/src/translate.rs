@@ -25,6 +25,7 @@ use crate::{
     labels,
     ports::{proto_name, PortSpec},
     rules::{port_owners, Rule, RuleOptions, RuleSpec, Scope},
+    store::Derive,
     target::{Action, Selector, Target},
 };
 pub use crate::{labels::Warning, vethtable::VethPlan};
@@ -33,6 +34,16 @@ pub use crate::{labels::Warning, vethtable::VethPlan};
 pub struct Translator<'a> {
     pub snapshot: &'a Snapshot,
     pub veths: &'a [VethOwner],
+}
+
+impl Derive for Translator<'_> {
+    fn own_labels(&self) -> Vec<RuleSpec> {
+        own_label_rules(self.snapshot).0
+    }
+
+    fn derived(&self, rules: &[Rule]) -> Vec<RuleSpec> {
+        derived_rules(rules, self.snapshot)
+    }
 }
 
 /// The rules of every container's `dockblock.*` labels (running or not:
