@@ -109,15 +109,15 @@ fn pins_naming(agent: &Agent, iface: &str) -> Vec<String> {
     link_pins(agent).into_iter().filter(|p| p.ends_with(iface)).collect()
 }
 
-/// TCX programs the kernel has on `iface` (`bpftool net show dev`).
-fn tcx_programs(iface: &str) -> usize {
-    let out = run("bpftool", &["-j", "net", "show", "dev", iface]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v.as_array()
+/// Links `status` finds live in the kernel on `iface` (the link's own
+/// ifindex, asked of the kernel, is that interface's).
+fn live_links(agent: &Agent, iface: &str) -> usize {
+    let status = agent.json(&["status"]);
+    status["links"]
+        .as_array()
         .into_iter()
         .flatten()
-        .flat_map(|e| e["tc"].as_array().into_iter().flatten())
-        .filter(|p| p["kind"].as_str().is_some_and(|k| k.starts_with("tcx")))
+        .filter(|l| l["interface"] == iface && l["state"] == "attached" && l["link_id"].as_u64() > Some(0))
         .count()
 }
 
@@ -156,7 +156,7 @@ fn veth_hooks_follow_containers() {
         link_pins(&agent),
         d.log_tail()
     );
-    assert_eq!(tcx_programs(&name), 2, "{name}: the judge (egress) and the tracker (ingress)");
+    assert_eq!(live_links(&agent, &name), 2, "{name}: the judge (egress) and the tracker (ingress)");
     assert!(
         eventually(Duration::from_secs(10), || reviewed(&agent, ifindex)),
         "{name} not reviewed\n{}",
@@ -197,7 +197,7 @@ fn bridge_networks_get_and_lose_hooks() {
         link_pins(&agent),
         d.log_tail()
     );
-    assert_eq!(tcx_programs(&bridge), 2, "{bridge}: the judge (egress) and the tracker (ingress)");
+    assert_eq!(live_links(&agent, &bridge), 2, "{bridge}: the judge (egress) and the tracker (ingress)");
     drop(net);
     assert!(
         eventually(Duration::from_secs(5), || pins_naming(&agent, &bridge).is_empty()),
@@ -391,7 +391,7 @@ fn sigterm_exits_zero_and_rules_stay() {
     let status = d.stop().expect("daemon exits on SIGTERM within 15 s");
     assert!(status.success(), "daemon exit: {status}\n{}", d.log_tail());
     assert_eq!(link_pins(&agent), pins, "pins changed at exit");
-    assert_eq!(tcx_programs(&name), 2);
+    assert_eq!(live_links(&agent, &name), 2);
     assert!(reviewed(&agent, ifindex));
     assert!(!out.curl_ok(&url, MARKER), "reachable at {url} after the daemon stopped");
     let status = agent.json(&["status"]);

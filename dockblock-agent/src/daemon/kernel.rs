@@ -7,6 +7,7 @@ use crate::{
     link_info,
     loader::{self, VethHooks},
     paths::{LinkKind, PinDir},
+    teardown, translate, vethtable,
 };
 
 /// The veth programs, loaded once; attach/detach log what they did.
@@ -42,8 +43,8 @@ fn bridge_hooked(pins: &PinDir, bridge: &str) -> bool {
 pub(super) fn sync(
     pins: &PinDir,
     bridges: &[String],
-    _s: Snapshot,
-    _veths: Vec<VethOwner>,
+    s: Snapshot,
+    veths: Vec<VethOwner>,
 ) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for bridge in bridges.iter().filter(|b| !bridge_hooked(pins, b)) {
@@ -58,6 +59,14 @@ pub(super) fn sync(
                 problems.push(format!("bridge {bridge}: not hooked: {e}"));
             }
         }
+    }
+    // Interim until reconcile lands: the veth table from the catalog as it
+    // is (no derived or label rules committed yet).
+    let (_lock, store) = teardown::begin_change(pins)?;
+    let rules = store.rules()?;
+    let done = vethtable::sync(pins, &translate::veth_plans(&rules, &s, &veths))?;
+    if !done.is_empty() {
+        tracing::info!(written = done.written, removed = done.removed, "veth table synced");
     }
     Ok(problems)
 }

@@ -74,9 +74,17 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::bpf("watch SIGTERM", e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::bpf("watch SIGINT", e))?;
     let since = state::now_rfc3339();
+    // The Docker bridges there are now get their programs with the uplinks'
+    // (one load of the object); later ones at the sync that finds them.
+    let bridges = links::dump()
+        .await?
+        .into_iter()
+        .filter(|l| l.kind.as_deref() == Some("bridge") && hooks::is_docker_bridge(&BTreeSet::new(), &l.name))
+        .map(|l| l.name)
+        .collect();
     let req = AttachRequest {
         uplinks: opts.uplinks.clone(),
-        bridges: vec![],
+        bridges,
         xdp_mode: opts.xdp_mode,
         capacities: opts.capacities,
         settings: opts.settings,
