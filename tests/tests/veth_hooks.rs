@@ -111,6 +111,11 @@ impl Drop for Bridge {
     }
 }
 
+/// Whether the kernel still has link `id` (pinned or not).
+fn link_exists(id: u32) -> bool {
+    run("bpftool", &["link", "show", "id", &id.to_string()]).status.success()
+}
+
 fn counter(pins: &PinDir, outcome: u32) -> u64 {
     let store = RuleStore::open_read_only(pins).unwrap();
     store.hook_stats().unwrap()[hook_stats_index(hook::VETH, outcome) as usize].packets
@@ -255,6 +260,17 @@ fn veth_hooks_close_unreviewed_veths_and_judge_their_rules() {
     );
     assert!(!pins.link(LinkKind::VethJudge, &c2_if).exists());
     assert!(pins.link(LinkKind::TcEgress, BRIDGE).exists(), "gc kept the live bridge link");
+
+    // A full detach takes the veth hooks with it: nothing left on the veth.
+    hooks.attach(&c1.host_if).unwrap();
+    let judge = link_info::read(&pins.link(LinkKind::VethJudge, &c1.host_if)).unwrap().link_id;
+    assert!(link_exists(judge));
+    assert!(!rig::connects(&out, &c1.ip, PORT), "re-hooked veth with its rule in VETH_RULES");
+    let gone = loader::detach(&pins, &[]).unwrap();
+    assert!(gone.iter().any(|l| l.kind == LinkKind::VethJudge && l.interface == c1.host_if), "{gone:?}");
+    assert!(!pins.root().exists());
+    assert!(!link_exists(judge), "the judge link outlived a full detach");
+    assert!(rig::connects(&out, &c1.ip, PORT), "detached, yet judged");
     drop(agent);
     drop(bridge);
 }
