@@ -45,15 +45,19 @@ use crate::{
 pub const DEFAULT_SPORT: u16 = 40000;
 
 /// Maps the probe shares with the attached programs: what they read to
-/// judge. The judging programs never write them (FLOWS is written by the
-/// tracking programs only, which the probe does not run).
-const REUSED: [&str; 6] = [
+/// judge (and the catalog, which no program touches). The judging programs
+/// never write them (FLOWS is written by the tracking programs only, which
+/// the probe does not run).
+const REUSED: [&str; 9] = [
     map_names::PORT_RULES,
     map_names::RULES,
     map_names::RULE_ALLOW,
     map_names::ALLOW,
     map_names::CONFIG,
     map_names::FLOWS,
+    map_names::VETHS,
+    map_names::VETH_RULES,
+    map_names::RULE_TARGETS,
 ];
 
 /// Maps the probe gets its own copy of: everything a judging program may
@@ -68,16 +72,30 @@ const PRIVATE: [&str; 6] = [
     map_names::SEEN,
 ];
 
-/// The hooks, in the order they are explained.
+/// The hooks every packet is explained at, in order. The veth hook needs a
+/// veth ([`Query::veth`]) and comes after them.
 pub const HOOKS: [u32; 2] = [hook::XDP, hook::TC];
 
 pub fn hook_name(hook: u32) -> &'static str {
-    if hook == hook::XDP {
-        "xdp"
-    } else {
-        "tc"
+    match hook {
+        hook::XDP => "xdp",
+        hook::TC => "tc",
+        _ => "veth",
     }
 }
+
+/// The veth hook's view of a packet: the container's host-side veth it
+/// leaves through, and the interface it came in on (0: the host sent it;
+/// a container's veth; anything else is outside).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VethAt {
+    pub ifindex: u32,
+    pub from: u32,
+}
+
+/// The ingress ifindex of a packet from outside when none is given: `lo`,
+/// never a container's veth.
+pub const OUTSIDE_IFINDEX: u32 = 1;
 
 /// The transport protocols a packet can be built with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +139,8 @@ pub struct Query {
     pub vlans: Vec<u16>,
     /// TC only: the host itself sent the packet into the bridge.
     pub from_host: bool,
+    /// For the veth hook: where the packet goes and comes from.
+    pub veth: Option<VethAt>,
 }
 
 fn bad(what: &'static str, value: &str, why: impl Into<String>) -> Error {
@@ -171,7 +191,34 @@ impl Query {
             tcp_flags,
             vlans: vlans.to_vec(),
             from_host,
+            veth: None,
         })
+    }
+
+    /// The query at the veth hook of `ifindex`, the packet coming in on
+    /// `from` (`None`: 0 if the host sends it, else [`OUTSIDE_IFINDEX`]).
+    pub fn at_veth(self, ifindex: u32, from: Option<u32>) -> Result<Self> {
+        let from = match (from, self.from_host) {
+            (Some(n), true) if n != 0 => {
+                return Err(bad("--from-ifindex", &n.to_string(), "contradicts --from-host (0 is the host)"));
+            }
+            (Some(n), _) => n,
+            (None, true) => 0,
+            (None, false) => OUTSIDE_IFINDEX,
+        };
+        if ifindex == 0 {
+            return Err(bad("--veth", "0", "is an interface index (ip -o link: the number before the name)"));
+        }
+        Ok(Self { veth: Some(VethAt { ifindex, from }), ..self })
+    }
+
+    /// Where the model judges it at `hook`; `None`: the veth hook without a veth.
+    pub fn at(&self, hook: u32) -> Option<model::At> {
+        match hook {
+            hook::XDP => Some(model::At::Xdp),
+            hook::TC => Some(model::At::Bridge { from_host: self.from_host }),
+            _ => self.veth.map(|v| model::At::Veth { ifindex: v.ifindex, from: v.from }),
+        }
     }
 
     pub fn sport(&self) -> u16 {
@@ -365,7 +412,7 @@ impl Report {
                 json!({"hook": hook_name(p.hook), "tag": format!("{:016x}", p.tag), "links": links})
             })
             .collect();
-        json!({
+        let mut value = json!({
             "packet": {
                 "protocol": q.proto.name(),
                 "src": q.src.to_string(),
@@ -382,7 +429,12 @@ impl Report {
             "model": model,
             "agree": self.agree(),
             "programs": programs,
-        })
+        });
+        // Only with --veth, so the shape without it stays as it was.
+        if let Some(v) = q.veth {
+            value["packet"]["veth"] = json!({"ifindex": v.ifindex, "from_ifindex": v.from});
+        }
+        value
     }
 }
 
@@ -415,9 +467,9 @@ pub fn explain_all(pins: &PinDir, queries: &[Query], hooks: &[u32]) -> Result<Ve
         let mut model = model.clone();
         let mut hook_reports = Vec::new();
         for &hook in hooks {
-            let from_host = hook == hook::TC && query.from_host;
-            let kernel = probe.run(hook, &frame, from_host)?;
-            let model = Decision::from(model.judge(hook, &frame, from_host));
+            let at = query.at(hook).ok_or_else(|| bad("--hook", "veth", "needs --veth IFINDEX"))?;
+            let kernel = probe.run(at, &frame)?;
+            let model = Decision::from(model.judge_at(at, &frame));
             let rule = kernel.decision.rule_id.and_then(|id| rules.iter().find(|r| r.id == id).cloned());
             hook_reports.push(HookReport { hook, kernel, model, rule });
         }
@@ -447,7 +499,7 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Loads the judging programs of `hooks` (XDP, bridge TC), not
+    /// Loads the judging programs of `hooks` (XDP, bridge TC, veth), not
     /// attached. `rule_ids` are the rules whose counters tell which rule
     /// decided.
     pub fn load(pins: &PinDir, hooks: &[u32], rule_ids: Vec<u32>) -> Result<Self> {
@@ -477,10 +529,12 @@ impl Probe {
                 .load()
                 .map_err(|e| Error::bpf("load XDP program (verifier)", e))?;
         }
-        if hooks.contains(&hook::TC) {
-            loader::tc_program(&mut ebpf, program_names::BRIDGE_TC)?
-                .load()
-                .map_err(|e| Error::bpf("load TC program (verifier)", e))?;
+        for (hook, name) in [(hook::TC, program_names::BRIDGE_TC), (hook::VETH, program_names::VETH_TC)] {
+            if hooks.contains(&hook) {
+                loader::tc_program(&mut ebpf, name)?
+                    .load()
+                    .map_err(|e| Error::bpf(format!("load {name} (verifier)"), e))?;
+            }
         }
 
         let live_seen: Array<MapData, u32> = store::open_pinned_as(pins, map_names::SEEN, Access::ReadOnly)?;
@@ -499,26 +553,44 @@ impl Probe {
         })
     }
 
-    /// Runs `frame` through the program of `hook` once and reads back what
-    /// it did from the private maps.
-    pub fn run(&mut self, hook: u32, frame: &[u8], from_host: bool) -> Result<KernelRun> {
+    /// Runs `frame` through the program of the hook `at` names once and
+    /// reads back what it did from the private maps.
+    pub fn run(&mut self, at: model::At, frame: &[u8]) -> Result<KernelRun> {
         self.reset_log_budget()?;
+        let hook = at.hook();
         let before = self.counters(hook)?;
-        let ret = if hook == hook::XDP {
-            let prog = loader::xdp_program(&mut self.ebpf)?;
-            let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() };
-            prog.test_run(opts).map_err(|e| Error::bpf("BPF_PROG_TEST_RUN (XDP)", e))?.return_value
-        } else {
-            let ctx = skb_ctx(from_host);
-            let opts = TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..TestRunOptions::new() };
-            let prog = loader::tc_program(&mut self.ebpf, program_names::BRIDGE_TC)?;
-            prog.test_run(opts).map_err(|e| Error::bpf("BPF_PROG_TEST_RUN (TC)", e))?.return_value
+        let (program, ctx) = match at {
+            model::At::Xdp => (program_names::UPLINK_XDP, None),
+            model::At::Bridge { from_host } => {
+                (program_names::BRIDGE_TC, Some(skb_ctx(0, if from_host { 0 } else { OUTSIDE_IFINDEX })))
+            }
+            model::At::Veth { ifindex, from } => (program_names::VETH_TC, Some(skb_ctx(ifindex, from))),
+        };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: ctx.as_ref().map(|c| &c[..]),
+            ..TestRunOptions::new()
+        };
+        let run = match ctx {
+            None => loader::xdp_program(&mut self.ebpf)?.test_run(opts),
+            Some(_) => loader::tc_program(&mut self.ebpf, program)?.test_run(opts),
+        };
+        let name = hook_name(hook);
+        let ret = match run {
+            Ok(run) => run.return_value,
+            // The kernel runs a TC test packet on the device of that index.
+            Err(e) if matches!(at, model::At::Veth { .. }) && is_enodev(&e) => {
+                let model::At::Veth { ifindex, .. } = at else { unreachable!() };
+                return Err(bad("--veth", &ifindex.to_string(), "no interface has this index here"));
+            }
+            Err(e) => return Err(Error::bpf(format!("BPF_PROG_TEST_RUN ({program})"), e)),
         };
         let after = self.counters(hook)?;
-        let name = hook_name(hook);
         let dropped = match (hook, ret) {
-            (hook::XDP, XDP_DROP) | (hook::TC, TC_ACT_SHOT) => true,
-            (hook::XDP, XDP_PASS) | (hook::TC, TC_ACT_UNSPEC) => false,
+            (hook::XDP, XDP_DROP) => true,
+            (hook::XDP, XDP_PASS) => false,
+            (_, TC_ACT_SHOT) if hook != hook::XDP => true,
+            (_, TC_ACT_UNSPEC) if hook != hook::XDP => false,
             _ => return Err(odd(format!("the {name} program returned {ret}"))),
         };
         let moved: Vec<u32> = (0..outcome::SLOTS)
@@ -590,17 +662,18 @@ impl Probe {
                 .expect("object has the XDP program");
             prog.info()
         } else {
-            let prog: &aya::programs::SchedClassifier = self
-                .ebpf
-                .program(program_names::BRIDGE_TC)
-                .and_then(|p| p.try_into().ok())
-                .expect("object has the TC program");
+            let name = if hook == hook::TC { program_names::BRIDGE_TC } else { program_names::VETH_TC };
+            let prog: &aya::programs::SchedClassifier =
+                self.ebpf.program(name).and_then(|p| p.try_into().ok()).expect("object has the TC programs");
             prog.info()
         }
         .map_err(|e| Error::bpf("read the probe's program info", e))?
         .tag();
-        let judging =
-            |kind: LinkKind| if hook == hook::XDP { kind.is_xdp() } else { kind == LinkKind::TcEgress };
+        let judging = |kind: LinkKind| match hook {
+            hook::XDP => kind.is_xdp(),
+            hook::TC => kind == LinkKind::TcEgress,
+            _ => kind == LinkKind::VethJudge,
+        };
         let mut tags: Option<StdHashMap<u32, u64>> = None;
         let mut links = Vec::new();
         for pin in pins.links().into_iter().filter(|p| judging(p.kind)) {
@@ -637,15 +710,19 @@ where
     T::try_from(map).map_err(|e| Error::bpf(format!("the probe's {name}"), e))
 }
 
-/// `struct __sk_buff` up to `ingress_ifindex` (offset 36); the kernel
-/// zero-fills the rest. A forwarded packet came in on some interface (1);
-/// one the host sent has none (0).
-fn skb_ctx(from_host: bool) -> [u8; 40] {
-    let mut ctx = [0u8; 40];
-    if !from_host {
-        ctx[36..40].copy_from_slice(&1u32.to_ne_bytes());
-    }
+/// `struct __sk_buff` up to `ifindex` (offset 40): the interface the packet
+/// leaves through (0: `lo`; another must exist, the kernel runs the packet
+/// on it) and `ingress_ifindex` (36), the one it came in on (0: the host
+/// sent it). The kernel zero-fills the rest.
+fn skb_ctx(ifindex: u32, ingress_ifindex: u32) -> [u8; 44] {
+    let mut ctx = [0u8; 44];
+    ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
+}
+
+fn is_enodev(e: &aya::programs::ProgramError) -> bool {
+    matches!(e, aya::programs::ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENODEV))
 }
 
 #[cfg(test)]

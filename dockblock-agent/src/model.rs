@@ -4,12 +4,14 @@
 //! the differential fuzz (`tests/tests/fuzz.rs`) can hold the two against
 //! each other, and `explain` can say what would happen to a frame.
 //!
-//! A frame is judged at one hook: XDP on the uplink judges the port a
-//! client dials (scope `dialed`), TC on a Docker bridge judges the
-//! container port (scope `container`). The first rule that applies wins:
+//! A frame is judged at one hook ([`At`]): XDP on the uplink judges the
+//! port a client dials (scope `dialed`), TC on a Docker bridge judges the
+//! container port (scope `container`), TC at the egress of a container's
+//! host-side veth judges that container's own rules (`VETH_RULES`). The
+//! first rule that applies wins:
 //!
-//! 1. TC only: a packet the host itself sent into the bridge passes
-//!    (`passed_host`) unless `judge_host_traffic` is set.
+//! 1. TC and veth only: a packet the host itself sent (veth: ingress
+//!    ifindex 0) passes (`passed_host`) unless `judge_host_traffic` is set.
 //! 2. Ethernet: shorter than 14 bytes, or neither IPv4 nor IPv6 after up to
 //!    two VLAN tags (802.1Q, 802.1ad), passes (`passed_other`); so does a
 //!    tag cut short by the frame end. A third tag is dropped
@@ -34,9 +36,17 @@
 //!    the ports is evasive; a first fragment with the ports but not the
 //!    whole header is judged as a new connection, and dropped as evasive.
 //! 8. No rule for the destination port in the hook's scope: passes
-//!    (`passed_no_rule`). A TCP packet that is not a SYN without ACK, or a
-//!    UDP reply to a flow the host or a container opened from that port,
-//!    passes (`passed_not_new`).
+//!    (`passed_no_rule`). Veth: the rule is `VETH_RULES` {veth, protocol,
+//!    port} if the veth's state has `HAS_PORTS`, else (or if absent)
+//!    {veth, protocol, any port} if it has `HAS_WILDCARD`. A veth with no
+//!    `VETHS` entry (or one without `REVIEWED`) is unreviewed: it is judged
+//!    as if a rule with no id and no options matched, whose drops are
+//!    `dropped_unreviewed` and which remembers no fragment. A veth rule
+//!    matched by a packet from another container (an ingress ifindex with
+//!    a `VETHS` entry) passes (`passed_from_container`, on no rule) unless
+//!    the rule has `from_containers`. A TCP packet that is not a SYN
+//!    without ACK, or a UDP reply to a flow the host or a container opened
+//!    from that port (veth: scope container), passes (`passed_not_new`).
 //! 9. A source on the rule's allow-list passes (`passed_allowed`); a
 //!    dry-run rule lets it pass (`passed_dry_run`); otherwise it is dropped
 //!    (`dropped`), and a dropped first fragment is remembered so the rest
@@ -47,9 +57,15 @@
 //! `outcome::is_drop`.
 //!
 //! State: the rules (compiled to one owner per scope, protocol and port,
-//! as `rules::port_owners` decides), the config flags, the live UDP flows
-//! and the fragment table (direct-mapped slots under the install's seed
-//! and mask, as the kernel's `FRAGS`).
+//! as `rules::port_owners` decides), the veth table (`VETHS`,
+//! `VETH_RULES`, as written), the config flags, the live UDP flows and the
+//! fragment table (direct-mapped slots under the install's seed and mask,
+//! as the kernel's `FRAGS`).
+//!
+//! Flow tracking at a veth's ingress ([`Model::track_veth`]): a UDP packet
+//! the container sends (whole, or a first fragment with its ports) is
+//! recorded as a container-scope flow when the veth is unreviewed or has
+//! a rule on its source port (exact or wildcard, as above).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -61,8 +77,8 @@ use dockblock_common::{
         IPV6_AUTH, IPV6_DEST_OPTS, IPV6_EXT_MAX, IPV6_FRAGMENT, IPV6_HLEN, IPV6_HOP_BY_HOP, IPV6_ROUTING,
         IP_MF, IP_OFFSET_MASK, TCP_ACK, TCP_HLEN, TCP_SYN, UDP_HLEN, VLAN_TAGS_MAX, VLAN_TAG_LEN,
     },
-    outcome, port_index, proto, rule_flag, scope, seen, Config, Counter, FlowKey, FragKey, FragSlot,
-    PortRule, RuleStats,
+    outcome, port_index, proto, rule_flag, scope, seen, veth_flag, Config, Counter, FlowKey, FragKey,
+    FragSlot, PortRule, RuleStats, VethRuleKey, VethState, VETH_ANY_PORT,
 };
 
 use crate::{
@@ -72,6 +88,38 @@ use crate::{
     rules::{self, Rule, Scope},
     store::{self, RuleStore},
 };
+
+/// Where a frame is judged, and where it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// XDP on an uplink (scope dialed).
+    Xdp,
+    /// TC egress of a Docker bridge (scope container); `from_host`: the
+    /// host itself sent it.
+    Bridge { from_host: bool },
+    /// TC egress of the host-side veth `ifindex`; `from` is the packet's
+    /// ingress ifindex (0: the host).
+    Veth { ifindex: u32, from: u32 },
+}
+
+impl At {
+    /// The hook whose counters count it.
+    pub fn hook(self) -> u32 {
+        match self {
+            At::Xdp => hook::XDP,
+            At::Bridge { .. } => hook::TC,
+            At::Veth { .. } => hook::VETH,
+        }
+    }
+
+    fn sent_by_host(self) -> bool {
+        match self {
+            At::Xdp => false,
+            At::Bridge { from_host } => from_host,
+            At::Veth { from, .. } => from == 0,
+        }
+    }
+}
 
 /// What the hook does with the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +178,9 @@ pub struct Model {
     /// Allow-lists by rule id, as (v4-mapped address, prefix length).
     allow: HashMap<u32, Vec<([u8; 16], u32)>>,
     rules: Vec<Rule>,
+    /// `VETHS` and `VETH_RULES`.
+    veths: HashMap<u32, VethState>,
+    veth_rules: HashMap<VethRuleKey, PortRule>,
     config: Config,
     flows: HashSet<FlowId>,
     /// Occupied `FRAGS` slots by index (an empty slot is absent).
@@ -160,6 +211,8 @@ impl Model {
             ports,
             allow,
             rules: rules.to_vec(),
+            veths: HashMap::new(),
+            veth_rules: HashMap::new(),
             config: *config,
             flows: HashSet::new(),
             frags: HashMap::new(),
@@ -169,11 +222,22 @@ impl Model {
 
     /// The datapath state as the pinned maps hold it now: the rules (from
     /// the catalog, which both generations equal outside a commit), the
-    /// config, the flows younger than the flow timeout and the occupied
-    /// fragment slots. Counters start at zero.
+    /// veth table, the config, the flows younger than the flow timeout and
+    /// the occupied fragment slots. Counters start at zero.
     pub fn from_store(store: &RuleStore, pins: &PinDir) -> Result<Self> {
         let config = store.config()?;
         let mut model = Self::new(&store.rules()?, &config);
+        let veths: BpfHashMap<MapData, u32, VethState> = store::open_pinned(pins, map_names::VETHS)?;
+        for entry in veths.iter() {
+            let (ifindex, state) = entry.map_err(|e| Error::bpf("read VETHS", e))?;
+            model.set_veth(ifindex, state);
+        }
+        let veth_rules: BpfHashMap<MapData, VethRuleKey, PortRule> =
+            store::open_pinned(pins, map_names::VETH_RULES)?;
+        for entry in veth_rules.iter() {
+            let (key, rule) = entry.map_err(|e| Error::bpf("read VETH_RULES", e))?;
+            model.set_veth_rule(key, rule);
+        }
         let seen_map: Array<MapData, u32> = store::open_pinned(pins, map_names::SEEN)?;
         let is_seen = |slot| seen_map.get(&slot, 0).map(|f| f != 0).unwrap_or(false);
         if is_seen(seen::FLOWS) {
@@ -203,6 +267,38 @@ impl Model {
     /// opened: replies matching `key` are not new.
     pub fn add_flow(&mut self, key: FlowKey) {
         self.flows.insert(flow_id(&key));
+    }
+
+    /// The `VETHS` entry of veth `ifindex`.
+    pub fn set_veth(&mut self, ifindex: u32, state: VethState) {
+        self.veths.insert(ifindex, state);
+    }
+
+    /// A `VETH_RULES` entry.
+    pub fn set_veth_rule(&mut self, key: VethRuleKey, rule: PortRule) {
+        self.veth_rules.insert(key, rule);
+    }
+
+    /// The veth table, as `VETHS` and `VETH_RULES` hold it.
+    pub fn veths(&self) -> (&HashMap<u32, VethState>, &HashMap<VethRuleKey, PortRule>) {
+        (&self.veths, &self.veth_rules)
+    }
+
+    /// Records the flow a container sends `frame` on, at the ingress of
+    /// its host-side veth `ifindex`, if its replies would be judged there.
+    pub fn track_veth(&mut self, ifindex: u32, frame: &[u8]) {
+        let Ok(ip) = parse(frame) else { return };
+        let Ok(t) = transport(&ip, frame) else { return };
+        if t.proto != proto::UDP {
+            return;
+        }
+        let judged = match self.reviewed(ifindex) {
+            None => true,
+            Some(flags) => self.veth_rule(ifindex, flags, t.proto, t.sport).is_some(),
+        };
+        if judged {
+            self.flows.insert((ip.dst, t.dport, t.sport, scope::CONTAINER));
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -235,10 +331,17 @@ impl Model {
 
     /// Judges `frame` at `hook` (`hook::XDP`: scope dialed; `hook::TC`: scope
     /// container, `from_host` when the host sent it), counts it, and updates
-    /// the fragment table as the programs do.
+    /// the fragment table as the programs do. The veth hook needs
+    /// [`Model::judge_at`].
     pub fn judge(&mut self, hook: u32, frame: &[u8], from_host: bool) -> Judgement {
-        let hook = if hook == hook::TC { hook::TC } else { hook::XDP };
-        let (outcome, rule_id) = self.decide(hook, frame, from_host);
+        self.judge_at(if hook == hook::TC { At::Bridge { from_host } } else { At::Xdp }, frame)
+    }
+
+    /// Judges `frame` at `at`, counts it, and updates the fragment table
+    /// as the programs do.
+    pub fn judge_at(&mut self, at: At, frame: &[u8]) -> Judgement {
+        let hook = at.hook();
+        let (outcome, rule_id) = self.decide(at, frame);
         let len = frame.len() as u64;
         add(&mut self.tally.hooks[hook as usize][outcome as usize], len);
         if let Some(id) = rule_id {
@@ -255,8 +358,8 @@ impl Model {
         Judgement { verdict, outcome, rule_id }
     }
 
-    fn decide(&mut self, hook: u32, frame: &[u8], from_host: bool) -> (u32, Option<u32>) {
-        if hook == hook::TC && from_host && self.config.flags & config_flag::JUDGE_HOST_TRAFFIC == 0 {
+    fn decide(&mut self, at: At, frame: &[u8]) -> (u32, Option<u32>) {
+        if at.sent_by_host() && self.config.flags & config_flag::JUDGE_HOST_TRAFFIC == 0 {
             return (outcome::PASSED_HOST, None);
         }
         let ip = match parse(frame) {
@@ -280,32 +383,34 @@ impl Model {
                 _ => (outcome::PASSED_FRAGMENT, None),
             };
         }
-        let (l4, header) = match ip.l4_proto {
-            IPPROTO_TCP => (proto::TCP, TCP_HLEN),
-            IPPROTO_UDP => (proto::UDP, UDP_HLEN),
-            _ => return (outcome::PASSED_OTHER, None),
+        let t = match transport(&ip, frame) {
+            Ok(t) => t,
+            Err(outcome) => return (outcome, None),
         };
-        let first = ip.frag == Frag::First;
-        let available = ip.end.saturating_sub(ip.l4);
-        if available < header && !first {
-            return (outcome::DROPPED_MALFORMED, None);
-        }
-        if available < 4 {
-            return (outcome::DROPPED_EVASIVE, None);
-        }
-        let partial = available < header;
-        let t = &frame[ip.l4..ip.end];
-        let (sport, dport) = (be16(t, 0), be16(t, 2));
-        let scope = if hook == hook::TC { scope::CONTAINER } else { scope::DIALED };
-        let rule = self.ports[port_index(0, scope, l4, dport) as usize];
-        if rule.rule_id == 0 {
-            return (outcome::PASSED_NO_RULE, None);
-        }
-        let id = Some(rule.rule_id);
+        let (l4, sport, dport, partial) = (t.proto, t.sport, t.dport, t.partial);
+        let scope = if at == At::Xdp { scope::DIALED } else { scope::CONTAINER };
+        let rule = match at {
+            At::Veth { ifindex, from } => match self.reviewed(ifindex) {
+                None => PortRule::default(),
+                Some(flags) => match self.veth_rule(ifindex, flags, l4, dport) {
+                    None => return (outcome::PASSED_NO_RULE, None),
+                    Some(rule) if rule.flags & rule_flag::FROM_CONTAINERS == 0 && self.is_container(from) => {
+                        return (outcome::PASSED_FROM_CONTAINER, None);
+                    }
+                    Some(rule) => rule,
+                },
+            },
+            _ => match self.ports[port_index(0, scope, l4, dport) as usize] {
+                PortRule { rule_id: 0, .. } => return (outcome::PASSED_NO_RULE, None),
+                rule => rule,
+            },
+        };
+        // Unreviewed: no rule id, nothing counted on a rule.
+        let id = (rule.rule_id != 0).then_some(rule.rule_id);
         // Partial first fragments have unknown flags and skip the reply check.
         let is_new = partial
             || match l4 {
-                proto::TCP => t[13] & TCP_SYN != 0 && t[13] & TCP_ACK == 0,
+                proto::TCP => t.flags & TCP_SYN != 0 && t.flags & TCP_ACK == 0,
                 _ => !self.flows.contains(&(ip.src, sport, dport, scope)),
             };
         if !is_new {
@@ -317,10 +422,35 @@ impl Model {
         if rule.flags & rule_flag::DRY_RUN != 0 {
             return (outcome::PASSED_DRY_RUN, id);
         }
-        if first {
-            self.frags.insert(frag_slot(&key, &self.config), FragSlot { key, rule_id: rule.rule_id });
+        let Some(rule_id) = id else {
+            return (if partial { outcome::DROPPED_EVASIVE } else { outcome::DROPPED_UNREVIEWED }, None);
+        };
+        if ip.frag == Frag::First {
+            self.frags.insert(frag_slot(&key, &self.config), FragSlot { key, rule_id });
         }
         (if partial { outcome::DROPPED_EVASIVE } else { outcome::DROPPED }, id)
+    }
+
+    /// The flags of veth `ifindex`'s `VETHS` entry, if it was reviewed.
+    fn reviewed(&self, ifindex: u32) -> Option<u32> {
+        let flags = self.veths.get(&ifindex)?.flags;
+        (flags & veth_flag::REVIEWED != 0).then_some(flags)
+    }
+
+    /// Whether `ifindex` is the host-side veth of a container (reviewed or
+    /// not, it has a `VETHS` entry).
+    fn is_container(&self, ifindex: u32) -> bool {
+        ifindex != 0 && self.veths.contains_key(&ifindex)
+    }
+
+    /// The rule of veth `ifindex` for `proto`/`port` (see rule 8).
+    fn veth_rule(&self, ifindex: u32, flags: u32, proto: u32, port: u16) -> Option<PortRule> {
+        let get = |port: u32| {
+            let key = VethRuleKey { ifindex, proto, port };
+            self.veth_rules.get(&key).copied().filter(|r| r.rule_id != 0)
+        };
+        let exact = (flags & veth_flag::HAS_PORTS != 0).then(|| get(u32::from(port))).flatten();
+        exact.or_else(|| (flags & veth_flag::HAS_WILDCARD != 0).then(|| get(VETH_ANY_PORT)).flatten())
     }
 
     fn is_allowed(&self, rule_id: u32, src: &[u8; 16]) -> bool {
@@ -363,6 +493,42 @@ impl Frag {
             _ => Frag::Later { offset, last: !more },
         }
     }
+}
+
+/// What the transport header tells the verdict.
+struct Transport {
+    /// One of `proto`.
+    proto: u32,
+    sport: u16,
+    dport: u16,
+    /// TCP flags (0 when `partial` or UDP).
+    flags: u8,
+    /// A first fragment with the ports but not the whole header.
+    partial: bool,
+}
+
+/// The transport header of a datagram that has one (rules 6 and 7); `Err`
+/// is the outcome of one that cannot be judged.
+fn transport(ip: &Ip, frame: &[u8]) -> std::result::Result<Transport, u32> {
+    if let Frag::Later { .. } = ip.frag {
+        return Err(outcome::PASSED_FRAGMENT);
+    }
+    let (proto, header) = match ip.l4_proto {
+        IPPROTO_TCP => (proto::TCP, TCP_HLEN),
+        IPPROTO_UDP => (proto::UDP, UDP_HLEN),
+        _ => return Err(outcome::PASSED_OTHER),
+    };
+    let available = ip.end.saturating_sub(ip.l4);
+    if available < header && ip.frag != Frag::First {
+        return Err(outcome::DROPPED_MALFORMED);
+    }
+    if available < 4 {
+        return Err(outcome::DROPPED_EVASIVE);
+    }
+    let t = &frame[ip.l4..ip.end];
+    let partial = available < header;
+    let flags = if proto == proto::TCP && !partial { t[13] } else { 0 };
+    Ok(Transport { proto, sport: be16(t, 0), dport: be16(t, 2), flags, partial })
 }
 
 /// What the IP layer tells the verdict.

@@ -2,7 +2,7 @@
 //! a throw-away folder, run on crafted packets with BPF_PROG_TEST_RUN.
 
 use aya::{
-    maps::{Array, Map, MapData, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, RingBuf},
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
@@ -16,6 +16,7 @@ use dockblock_agent::{
 };
 use dockblock_common::{
     hook, hook_stats_index, map_names, program_names, Config, Counter, Event, FragKey, FragSlot, PortRule,
+    VethRuleKey, VethState,
 };
 
 pub use dockblock_common::retval::{TC_ACT_SHOT as TC_SHOT, TC_ACT_UNSPEC as TC_NEXT, XDP_DROP, XDP_PASS};
@@ -50,6 +51,21 @@ fn skb_ctx(from: From) -> [u8; 40] {
     if let From::Outside = from {
         ctx[36..40].copy_from_slice(&1u32.to_ne_bytes());
     }
+    ctx
+}
+
+/// The host-side veth the veth programs' test packets go through. The
+/// kernel runs a TC test packet on the device `ifindex` names (it must
+/// exist); `lo`, 1, exists in every namespace, and is what an index of 0
+/// gets too.
+pub const VETH: u32 = 1;
+
+/// `struct __sk_buff` up to `ifindex` (offset 40), with `ingress_ifindex`
+/// (36): the interface a packet leaves through and the one it came in on.
+fn skb_ctx_at(ifindex: u32, ingress_ifindex: u32) -> [u8; 44] {
+    let mut ctx = [0u8; 44];
+    ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
 }
 
@@ -145,6 +161,79 @@ impl Datapath {
         let opts = TestRunOptions { ctx_in: Some(&ctx), ..options(frame) };
         let prog = loader::tc_program(&mut self.ebpf, program).unwrap();
         assert_eq!(prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value, TC_NEXT);
+    }
+
+    /// Runs the veth judge (`dockblock_veth`) on `frame` leaving through
+    /// veth `ifindex`, come in on `from` (its ingress ifindex: 0 the host).
+    pub fn veth(&mut self, frame: &[u8], ifindex: u32, from: u32) -> Verdict {
+        match self.try_veth(frame, ifindex, from).expect("BPF_PROG_TEST_RUN") {
+            TC_NEXT => Verdict::Pass,
+            TC_SHOT => Verdict::Drop,
+            other => panic!("unexpected veth return {other}"),
+        }
+    }
+
+    /// The veth judge's return value on `frame`, or the test run's error.
+    pub fn try_veth(
+        &mut self,
+        frame: &[u8],
+        ifindex: u32,
+        from: u32,
+    ) -> Result<u32, aya::programs::ProgramError> {
+        let ctx = skb_ctx_at(ifindex, from);
+        let opts = TestRunOptions { ctx_in: Some(&ctx), ..options(frame) };
+        let prog = loader::tc_program(&mut self.ebpf, program_names::VETH_TC).unwrap();
+        prog.test_run(opts).map(|r| r.return_value)
+    }
+
+    /// Runs the veth tracker (`dockblock_track_veth`) on a `frame` the
+    /// container sends into veth `ifindex`; it never drops.
+    pub fn track_veth(&mut self, frame: &[u8], ifindex: u32) {
+        let ctx = skb_ctx_at(ifindex, ifindex);
+        let opts = TestRunOptions { ctx_in: Some(&ctx), ..options(frame) };
+        let prog = loader::tc_program(&mut self.ebpf, program_names::VETH_TRACK).unwrap();
+        assert_eq!(prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value, TC_NEXT);
+    }
+
+    /// The pinned VETHS map.
+    pub fn veths(&self) -> BpfHashMap<MapData, u32, VethState> {
+        self.raw_map(map_names::VETHS)
+    }
+
+    /// The pinned VETH_RULES map.
+    pub fn veth_rules(&self) -> BpfHashMap<MapData, VethRuleKey, PortRule> {
+        self.raw_map(map_names::VETH_RULES)
+    }
+
+    /// Writes `VETHS[ifindex]` (as the daemon's veth table does).
+    pub fn set_veth(&self, ifindex: u32, state: VethState) {
+        self.veths().insert(ifindex, state, 0).expect("write VETHS");
+    }
+
+    /// Removes `VETHS[ifindex]`: the veth is unreviewed again.
+    pub fn forget_veth(&self, ifindex: u32) {
+        let _ = self.veths().remove(&ifindex);
+    }
+
+    /// Writes one `VETH_RULES` entry.
+    pub fn set_veth_rule(&self, key: VethRuleKey, rule: PortRule) {
+        self.veth_rules().insert(key, rule, 0).expect("write VETH_RULES");
+    }
+
+    /// Empties `VETHS` and `VETH_RULES`.
+    pub fn clear_veths(&self) {
+        let mut veths = self.veths();
+        for key in veths.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
+            let _ = veths.remove(&key);
+        }
+        let mut rules = self.veth_rules();
+        for key in rules.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
+            let _ = rules.remove(&key);
+        }
+    }
+
+    pub fn veth_counter(&self, outcome: u32) -> Counter {
+        self.hook_counter(hook::VETH, outcome)
     }
 
     pub fn hook_counter(&self, hook: u32, outcome: u32) -> Counter {

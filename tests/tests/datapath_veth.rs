@@ -1,0 +1,340 @@
+//! Datapath tests of the veth hook (spec/daemon.md section 2): the loaded
+//! `dockblock_veth` and `dockblock_track_veth` run crafted packets through
+//! BPF_PROG_TEST_RUN with a chosen `ifindex` (the container's host-side
+//! veth) and `ingress_ifindex` (where the packet came from), over
+//! `VETHS`/`VETH_RULES` written as the daemon's veth table writes them.
+//! Every frame is also judged by the reference model, which must agree on
+//! the verdict, the outcome and the rule; the outcome counter of the veth
+//! hook and the rule's counters must move by exactly that one packet.
+
+use dockblock_agent::{
+    model::{At, Model},
+    rules::{RuleOptions, Scope::Container},
+};
+use dockblock_common::{
+    config_flag, hook, outcome::*, proto, rule_flag, scope, veth_flag, PortRule, RuleStats, VethRuleKey,
+    VethState, VETH_ANY_PORT,
+};
+use dockblock_tests::{
+    datapath::{Datapath, Verdict, VETH},
+    packet::*,
+};
+
+/// Where packets come from (their ingress ifindex): the host itself, the
+/// veth of another container (given a `VETHS` entry), an uplink.
+const HOST: u32 = 0;
+const CONTAINER: u32 = 7;
+const OUTSIDE: u32 = 99;
+
+/// The kernel programs and the model, fed the same state.
+struct Rig {
+    dp: Datapath,
+    model: Model,
+}
+
+impl Rig {
+    /// Loads the programs with `rules` in the catalog (container scope;
+    /// veth entries name their ids) and the veth of another container
+    /// reviewed, with no rules.
+    fn new(tag: &str, rules: &[(&str, RuleOptions)]) -> Self {
+        let mut dp = Datapath::load(tag);
+        for (spec, options) in rules {
+            dp.block_with(Container, spec, options.clone());
+        }
+        let model = Model::new(&dp.store.rules().unwrap(), &dp.store.config().unwrap());
+        let mut rig = Self { dp, model };
+        rig.state(CONTAINER, veth_flag::REVIEWED);
+        rig
+    }
+
+    /// The id of the catalog rule on `spec`.
+    fn id(&self, spec: &str) -> u32 {
+        let rules = self.dp.rules();
+        rules
+            .iter()
+            .find(|r| r.rule.ports.to_string() == spec)
+            .unwrap_or_else(|| panic!("no rule {spec}"))
+            .rule
+            .id
+    }
+
+    /// A `VETH_RULES` entry for `VETH` naming rule `spec` with its flags
+    /// (plus `extra`).
+    fn entry(&mut self, proto: u32, port: u32, spec: &str, extra: u32) {
+        let rule = self.dp.rules().into_iter().find(|r| r.rule.ports.to_string() == spec).unwrap().rule;
+        let value = PortRule { rule_id: rule.id, flags: rule.options.flags() | extra };
+        let key = VethRuleKey { ifindex: VETH, proto, port };
+        self.dp.set_veth_rule(key, value);
+        self.model.set_veth_rule(key, value);
+    }
+
+    fn state(&mut self, ifindex: u32, flags: u32) {
+        let state = VethState { flags, _pad: 0, container: [0xab; 32] };
+        self.dp.set_veth(ifindex, state);
+        self.model.set_veth(ifindex, state);
+    }
+
+    /// Removes `VETHS[ifindex]`: unreviewed (`VETH`), or not a container.
+    fn forget(&mut self, ifindex: u32) {
+        self.dp.forget_veth(ifindex);
+        self.model = self.rebuilt(Some(ifindex));
+    }
+
+    fn set_config(&mut self, flags: u32) {
+        self.dp.set_config(|c| c.flags = flags);
+        self.model = self.rebuilt(None);
+    }
+
+    /// The model of the maps' rules and config, with the veth table so far
+    /// but for `VETHS[without]`.
+    fn rebuilt(&self, without: Option<u32>) -> Model {
+        let mut m = Model::new(&self.dp.store.rules().unwrap(), &self.dp.store.config().unwrap());
+        let (veths, rules) = self.model.veths();
+        for (i, s) in veths.iter().filter(|(i, _)| Some(**i) != without) {
+            m.set_veth(*i, *s);
+        }
+        for (k, r) in rules {
+            m.set_veth_rule(*k, *r);
+        }
+        m
+    }
+
+    fn rule_stats(&self) -> Vec<(u32, RuleStats)> {
+        self.dp.rules().into_iter().map(|r| (r.rule.id, r.stats)).collect()
+    }
+
+    /// Runs `frame` (coming in on `from`) through the veth judge and the
+    /// model; both must give `want`, counted once on the veth hook and on
+    /// the deciding rule only.
+    fn check(&mut self, frame: &[u8], from: u32, want: u32, what: &str) {
+        let name = NAMES[want as usize];
+        let hooks = |dp: &Datapath| (0..COUNT).map(|o| dp.veth_counter(o).packets).collect::<Vec<_>>();
+        let (hooks_before, rules_before) = (hooks(&self.dp), self.rule_stats());
+        let verdict = self.dp.veth(frame, VETH, from);
+        let j = self.model.judge_at(At::Veth { ifindex: VETH, from }, frame);
+        assert_eq!(j.outcome_name(), name, "{what}: the model's outcome");
+        let expected = if is_drop(want) { Verdict::Drop } else { Verdict::Pass };
+        assert_eq!(verdict, expected, "{what}: the kernel's verdict (want {name})");
+        let hooks_after = hooks(&self.dp);
+        for o in 0..COUNT {
+            let grew = hooks_after[o as usize] - hooks_before[o as usize];
+            assert_eq!(
+                grew,
+                u64::from(o == want),
+                "{what}: the kernel counted {}, want {name}",
+                NAMES[o as usize]
+            );
+        }
+        let moved: Vec<u32> = rules_before
+            .iter()
+            .zip(self.rule_stats())
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0)
+            .collect();
+        assert_eq!(
+            moved,
+            j.rule_id.into_iter().collect::<Vec<_>>(),
+            "{what}: rules counted, kernel vs model"
+        );
+    }
+}
+
+fn no_options() -> RuleOptions {
+    RuleOptions::default()
+}
+
+#[test]
+fn an_unreviewed_veth_closes_new_connections_from_outside_and_containers() {
+    let mut rig = Rig::new("veth-unrev", &[]);
+    let syn = Packet::syn(3306).build();
+    rig.check(&syn, OUTSIDE, DROPPED_UNREVIEWED, "SYN from outside");
+    rig.check(&syn, CONTAINER, DROPPED_UNREVIEWED, "SYN from another container");
+    rig.check(&Packet::syn(3306).v6().build(), OUTSIDE, DROPPED_UNREVIEWED, "IPv6 SYN");
+    rig.check(&Packet::udp(53).build(), OUTSIDE, DROPPED_UNREVIEWED, "UDP, no flow");
+    for flags in [SYN | ACK, ACK, PSH | ACK, FIN | ACK, RST] {
+        let frame = Packet::tcp(3306, flags).build();
+        rig.check(&frame, OUTSIDE, PASSED_NOT_NEW, &format!("TCP flags {flags:#x}"));
+    }
+    rig.check(&syn, HOST, PASSED_HOST, "SYN the host sends (docker-proxy)");
+    rig.check(&Packet::icmp_error(&Packet::syn(3306)).build(), OUTSIDE, PASSED_OTHER, "ICMP");
+    // An entry without REVIEWED is not a review.
+    rig.state(VETH, veth_flag::HAS_PORTS);
+    rig.check(&syn, OUTSIDE, DROPPED_UNREVIEWED, "SYN, entry without REVIEWED");
+    rig.forget(VETH);
+    // Judging the host's traffic judges it as coming from outside.
+    rig.set_config(config_flag::JUDGE_HOST_TRAFFIC);
+    rig.check(&syn, HOST, DROPPED_UNREVIEWED, "SYN the host sends, judged");
+    rig.check(&Packet::tcp(3306, ACK).build(), HOST, PASSED_NOT_NEW, "ACK the host sends, judged");
+}
+
+#[test]
+fn a_reviewed_veth_judges_its_port_rules_and_passes_containers_unless_asked() {
+    let mut rig = Rig::new("veth-ports", &[("3306/tcp", no_options()), ("5432/tcp", no_options())]);
+    rig.entry(proto::TCP, 3306, "3306/tcp", 0);
+    rig.entry(proto::TCP, 5432, "5432/tcp", rule_flag::FROM_CONTAINERS);
+    rig.state(VETH, veth_flag::REVIEWED | veth_flag::HAS_PORTS);
+    rig.check(&Packet::syn(3306).build(), OUTSIDE, DROPPED, "SYN to 3306 from outside");
+    rig.check(&Packet::syn(3306).v6().build(), OUTSIDE, DROPPED, "IPv6 SYN to 3306 from outside");
+    rig.check(&Packet::syn(3306).build(), CONTAINER, PASSED_FROM_CONTAINER, "SYN to 3306 from a container");
+    rig.check(
+        &Packet::syn(5432).build(),
+        CONTAINER,
+        DROPPED,
+        "SYN to 5432 (from-containers) from a container",
+    );
+    rig.check(&Packet::syn(3306).build(), HOST, PASSED_HOST, "SYN to 3306 from the host");
+    rig.check(&Packet::tcp(3306, SYN | ACK).build(), OUTSIDE, PASSED_NOT_NEW, "SYN-ACK to 3306");
+    rig.check(&Packet::syn(80).build(), OUTSIDE, PASSED_NO_RULE, "SYN to 80: no entry");
+    rig.check(&Packet::udp(3306).build(), OUTSIDE, PASSED_NO_RULE, "UDP to 3306: tcp entry only");
+    // An unreviewed veth with an entry is outside, not a container.
+    rig.forget(CONTAINER);
+    rig.check(&Packet::syn(3306).build(), CONTAINER, DROPPED, "SYN from a veth with no VETHS entry");
+    // The flags gate the lookups: without HAS_PORTS the entries are not read.
+    rig.state(VETH, veth_flag::REVIEWED);
+    rig.check(&Packet::syn(3306).build(), OUTSIDE, PASSED_NO_RULE, "SYN to 3306, HAS_PORTS unset");
+    let stats = rig.dp.rules();
+    assert_eq!(stats[0].stats.dropped.packets, 3);
+    assert_eq!(stats[0].stats.passed.packets, 1);
+    assert_eq!(stats[1].stats.dropped.packets, 1);
+}
+
+#[test]
+fn a_wildcard_entry_covers_every_port_of_its_protocol_and_an_exact_one_wins() {
+    let allow = Datapath::allow(&["203.0.113.0/24"]);
+    let mut rig = Rig::new("veth-any", &[("1-65535/tcp", no_options()), ("8080/tcp", allow)]);
+    rig.entry(proto::TCP, VETH_ANY_PORT, "1-65535/tcp", 0);
+    rig.state(VETH, veth_flag::REVIEWED | veth_flag::HAS_WILDCARD);
+    for port in [1, 22, 80, 8080, 65535] {
+        rig.check(&Packet::syn(port).build(), OUTSIDE, DROPPED, &format!("SYN to {port}"));
+    }
+    rig.check(&Packet::udp(53).build(), OUTSIDE, PASSED_NO_RULE, "UDP: the wildcard is tcp");
+    rig.check(&Packet::syn(22).build(), CONTAINER, PASSED_FROM_CONTAINER, "SYN from a container");
+    // An exact entry beside the wildcard decides its port.
+    rig.entry(proto::TCP, 8080, "8080/tcp", 0);
+    rig.state(VETH, veth_flag::REVIEWED | veth_flag::HAS_WILDCARD | veth_flag::HAS_PORTS);
+    let from_allowed = Packet::syn(8080).src("203.0.113.7").build();
+    rig.check(&from_allowed, OUTSIDE, PASSED_ALLOWED, "SYN to 8080 from its allow-list");
+    rig.check(&Packet::syn(8080).build(), OUTSIDE, DROPPED, "SYN to 8080 from elsewhere");
+    rig.check(&Packet::syn(8081).src("203.0.113.7").build(), OUTSIDE, DROPPED, "SYN to 8081: the wildcard");
+}
+
+#[test]
+fn allow_lists_dry_run_and_log_work_by_rule_id_on_the_veth() {
+    let allow = Datapath::allow(&["203.0.113.0/24", "2001:db8:aa::/48"]);
+    let dry = RuleOptions::new([], true, true);
+    let log = RuleOptions::new([], false, true);
+    let mut rig = Rig::new("veth-opts", &[("5432/tcp", allow), ("6379/tcp", dry), ("27017/tcp", log)]);
+    for (port, spec) in [(5432, "5432/tcp"), (6379, "6379/tcp"), (27017, "27017/tcp")] {
+        rig.entry(proto::TCP, port, spec, 0);
+    }
+    rig.state(VETH, veth_flag::REVIEWED | veth_flag::HAS_PORTS);
+    rig.check(&Packet::syn(5432).src("203.0.113.7").build(), OUTSIDE, PASSED_ALLOWED, "allow-listed v4");
+    let v6 = Packet::syn(5432).v6().src("2001:db8:aa::7").dst("2001:db8::1").build();
+    rig.check(&v6, OUTSIDE, PASSED_ALLOWED, "allow-listed v6");
+    rig.check(&Packet::syn(5432).src("198.51.100.7").build(), OUTSIDE, DROPPED, "not allow-listed");
+    let mapped = Packet::syn(5432).v6().src("::ffff:203.0.113.7").dst("2001:db8::1").build();
+    rig.check(&mapped, OUTSIDE, DROPPED_EVASIVE, "v4-mapped IPv6 source");
+    rig.check(&Packet::syn(6379).build(), OUTSIDE, PASSED_DRY_RUN, "dry run");
+    rig.dp.events();
+    rig.check(&Packet::syn(27017).build(), OUTSIDE, DROPPED, "logged drop");
+    let events = rig.dp.events();
+    assert_eq!(events.len(), 1, "one event for the logged drop");
+    let (e, id) = (events[0], rig.id("27017/tcp"));
+    assert_eq!((e.hook, e.ifindex, e.rule_id, e.dport, e.dry_run), (hook::VETH, VETH, id, 27017, 0));
+    let rules = rig.dp.rules();
+    let by_id = |id: u32| rules.iter().find(|r| r.rule.id == id).unwrap().stats;
+    assert_eq!(by_id(rig.id("5432/tcp")).allowed.packets, 2);
+    assert_eq!(by_id(rig.id("5432/tcp")).dropped.packets, 1);
+    assert_eq!(by_id(rig.id("6379/tcp")).dry_run.packets, 1);
+    let bytes = Packet::syn(6379).build().len() as u64;
+    assert_eq!(rig.dp.veth_counter(PASSED_DRY_RUN).bytes, bytes, "HOOK_STATS[veth] counts bytes too");
+    assert_eq!(rig.dp.tc_counter(PASSED_DRY_RUN).packets, 0, "nothing counted on the bridge hook");
+}
+
+#[test]
+fn udp_replies_pass_once_the_tracker_saw_the_query() {
+    let mut rig = Rig::new("veth-udp", &[("1-65535/udp", no_options())]);
+    // The container asks 198.18.0.53:53 from port 40000; the reply comes back.
+    let query = Packet::udp(53).src("198.18.0.1").dst("198.18.0.53").sport(40000).build();
+    let reply = Packet::udp(40000).src("198.18.0.53").dst("198.18.0.1").sport(53).build();
+    let stranger = Packet::udp(40000).src("198.18.0.54").dst("198.18.0.1").sport(53).build();
+    // Unreviewed (a container's DNS at start): closed, until it asks.
+    rig.check(&reply, OUTSIDE, DROPPED_UNREVIEWED, "reply before the query, unreviewed");
+    rig.dp.track_veth(&query, VETH);
+    rig.model.track_veth(VETH, &query);
+    rig.check(&reply, OUTSIDE, PASSED_NOT_NEW, "reply after the query, unreviewed");
+    rig.check(&stranger, OUTSIDE, DROPPED_UNREVIEWED, "another source, unreviewed");
+    // Reviewed, every UDP port blocked: a query from another port is tracked.
+    rig.entry(proto::UDP, VETH_ANY_PORT, "1-65535/udp", 0);
+    rig.state(VETH, veth_flag::REVIEWED | veth_flag::HAS_WILDCARD);
+    let query2 = Packet::udp(53).src("198.18.0.1").dst("198.18.0.53").sport(40001).build();
+    let reply2 = Packet::udp(40001).src("198.18.0.53").dst("198.18.0.1").sport(53).build();
+    rig.check(&reply2, OUTSIDE, DROPPED, "reply before the query, reviewed");
+    rig.dp.track_veth(&query2, VETH);
+    rig.model.track_veth(VETH, &query2);
+    rig.check(&reply2, OUTSIDE, PASSED_NOT_NEW, "reply after the query, reviewed");
+    rig.check(&stranger, OUTSIDE, DROPPED, "another source, reviewed");
+    // Reviewed without a rule on the source port: nothing to track.
+    rig.state(VETH, veth_flag::REVIEWED);
+    let flows = |dp: &Datapath| {
+        let map: aya::maps::HashMap<aya::maps::MapData, dockblock_common::FlowKey, u64> =
+            dockblock_agent::store::open_pinned(&dp.pins, dockblock_common::map_names::FLOWS).unwrap();
+        map.keys().count()
+    };
+    let before = flows(&rig.dp);
+    assert_eq!(before, 2);
+    let query3 = Packet::udp(53).src("198.18.0.1").dst("198.18.0.53").sport(40002).build();
+    rig.dp.track_veth(&query3, VETH);
+    rig.model.track_veth(VETH, &query3);
+    assert_eq!(flows(&rig.dp), before, "no rule on the source port: not recorded");
+    // The tracker records in the container scope, like the bridge's.
+    let map: aya::maps::HashMap<aya::maps::MapData, dockblock_common::FlowKey, u64> =
+        dockblock_agent::store::open_pinned(&rig.dp.pins, dockblock_common::map_names::FLOWS).unwrap();
+    assert!(map.keys().all(|k| k.unwrap().scope == scope::CONTAINER));
+}
+
+#[test]
+fn evasive_shapes_are_dropped_on_the_veth_reviewed_or_not() {
+    let mut rig = Rig::new("veth-evasive", &[("3306", no_options())]);
+    let tiny = Packet::syn(3306).fragments(&[8]);
+    let ports_only = Packet::syn(3306).payload(&[0; 16]).fragments(&[8]);
+    let short_first = {
+        // A first fragment with 2 bytes of TCP, its total length saying so:
+        // not even the ports.
+        let mut f = Packet::syn(3306).fragments(&[8])[0].clone();
+        f.truncate(14 + 20 + 2);
+        f[16..18].copy_from_slice(&22u16.to_be_bytes());
+        f
+    };
+    let mut long_chain = Packet::syn(3306).v6();
+    for _ in 0..9 {
+        long_chain = long_chain.ext(IPV6_DEST_OPTS, 0);
+    }
+    let long_chain = long_chain.build();
+    let third_tag = Packet::syn(3306).vlan(ETH_P_8021AD, 1).vlan(ETH_P_8021Q, 2).vlan(ETH_P_8021Q, 3).build();
+    for reviewed in [false, true] {
+        if reviewed {
+            rig.entry(proto::TCP, 3306, "3306", 0);
+            rig.state(VETH, veth_flag::REVIEWED | veth_flag::HAS_PORTS);
+        }
+        let dropped = if reviewed { DROPPED } else { DROPPED_UNREVIEWED };
+        let later = if reviewed { DROPPED } else { PASSED_FRAGMENT };
+        rig.check(&tiny[0], OUTSIDE, DROPPED_EVASIVE, "8-byte first fragment (ports, no flags)");
+        rig.check(&tiny[1], OUTSIDE, DROPPED_EVASIVE, "its later fragment, at offset 1 (RFC 1858)");
+        // From a container, a rule without from-containers lets it pass;
+        // an unreviewed veth cannot tell, and drops it.
+        let from_container = if reviewed { PASSED_FROM_CONTAINER } else { DROPPED_EVASIVE };
+        rig.check(&ports_only[0], CONTAINER, from_container, "8-byte first fragment from a container");
+        rig.check(&short_first, OUTSIDE, DROPPED_EVASIVE, "first fragment cut inside the ports");
+        rig.check(&long_chain, OUTSIDE, DROPPED_EVASIVE, "9 IPv6 extension headers");
+        rig.check(&third_tag, OUTSIDE, DROPPED_EVASIVE, "a third VLAN tag");
+        rig.check(&Packet::syn(3306).tcp_data_offset(4).build(), OUTSIDE, dropped, "TCP data offset 4");
+        let at_one = Packet::syn(3306).fragment(1, true).build();
+        rig.check(&at_one, OUTSIDE, DROPPED_EVASIVE, "TCP fragment at offset 1");
+        let whole = Packet::syn(3306).payload(&[0; 16]).fragments(&[24]);
+        rig.check(&whole[0], OUTSIDE, dropped, "first fragment with the whole TCP header");
+        // Its later fragment: remembered by a rule; unreviewed, nothing is
+        // remembered (it cannot be reassembled without its first).
+        rig.check(&whole[1], OUTSIDE, later, "and its last fragment");
+    }
+}
