@@ -7,7 +7,7 @@ use crate::{
     link_info,
     loader::{self, VethHooks},
     paths::{LinkKind, PinDir},
-    teardown, translate, vethtable,
+    reconcile::{self, EngineView},
 };
 
 /// The veth programs, loaded once; attach/detach log what they did.
@@ -39,7 +39,8 @@ fn bridge_hooked(pins: &PinDir, bridge: &str) -> bool {
 }
 
 /// Bridge programs on each of `bridges` that lacks them, then reconcile
-/// with the view; returns the problems to report.
+/// with the view (no edit: the catalog is re-read, so a CLI change stays);
+/// returns the problems to report (bad labels among them).
 pub(super) fn sync(
     pins: &PinDir,
     bridges: &[String],
@@ -60,14 +61,26 @@ pub(super) fn sync(
             }
         }
     }
-    // Interim until reconcile lands: the veth table from the catalog as it
-    // is (no derived or label rules committed yet).
-    let (_lock, store) = teardown::begin_change(pins)?;
-    let rules = store.rules()?;
-    let done = vethtable::sync(pins, &translate::veth_plans(&rules, &s, &veths))?;
-    if !done.is_empty() {
-        tracing::info!(written = done.written, removed = done.removed, "veth table synced");
+    let applied = reconcile::reconcile(pins, Some(&EngineView { snapshot: s, veths }), |_| Ok(()))?;
+    let c = &applied.catalog;
+    if c.added + c.removed + c.changed > 0 {
+        tracing::info!(
+            added = c.added,
+            removed = c.removed,
+            changed = c.changed,
+            kept = c.kept,
+            "rules committed"
+        );
     }
+    if !applied.veths.is_empty() {
+        tracing::info!(written = applied.veths.written, removed = applied.veths.removed, "veth table synced");
+    }
+    problems.extend(
+        applied
+            .warnings
+            .iter()
+            .map(|w| format!("container {}: label {}: {} (no rule from it)", w.container, w.label, w.why)),
+    );
     Ok(problems)
 }
 

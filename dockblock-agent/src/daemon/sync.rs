@@ -103,6 +103,11 @@ impl Daemon {
         let problems = tokio::task::spawn_blocking(move || kernel::sync(&pins, &present, snapshot, veths))
             .await
             .expect("sync panicked")?;
+        // A bad label is told once, not at every sync.
+        let known = lock(&self.state).problems.clone();
+        for p in problems.iter().filter(|p| !known.contains(p)) {
+            tracing::warn!("{p}");
+        }
         let pins = self.pins.clone();
         tokio::task::spawn_blocking(move || kernel::gc(&pins)).await.expect("gc panicked")?;
         tracing::debug!(
