@@ -77,6 +77,16 @@ impl Container {
         Background::spawn(&mut cmd, port, Some(&self.ns))
     }
 
+    /// Whether a UDP datagram from this container to `addr:port` gets
+    /// `pong` back.
+    fn asks_udp(&self, addr: &str, port: u16) -> bool {
+        let target = format!("UDP4:{addr}:{port}");
+        let argv =
+            ["netns", "exec", &self.ns, "sh", "-c", &format!("echo ping | timeout 5 socat -T2 - {target}")];
+        let o = run("ip", &argv);
+        String::from_utf8_lossy(&o.stdout).contains("pong")
+    }
+
     /// Whether a connect from this container to `addr:port` gets `hello`.
     fn connects(&self, addr: &str, port: u16) -> bool {
         let target = format!("TCP:{addr}:{port},connect-timeout=2");
@@ -193,6 +203,19 @@ fn veth_hooks_close_unreviewed_veths_and_judge_their_rules() {
     assert!(!rig::connects(&out, &c1.ip, PORT), "unreviewed veth let a connect in");
     assert!(!c2.connects(&c1.ip, PORT), "unreviewed veth let a container in");
     assert!(counter(&pins, outcome::DROPPED_UNREVIEWED) >= before + 2, "SYNs counted as unreviewed drops");
+    // ...but what the container asks for comes back (DNS at start): the
+    // tracker recorded the flow, so the reply is not a new connection.
+    let _echo = Background::spawn_udp(
+        std::process::Command::new("timeout").args([
+            "60",
+            "socat",
+            "UDP4-RECVFROM:5353,fork",
+            "SYSTEM:echo pong",
+        ]),
+        5353,
+        Some(out.name()),
+    );
+    assert!(c1.asks_udp(out.ns_ip(), 5353), "reply to the unreviewed container's own UDP dropped");
 
     // Reviewed, no rule: open.
     let done = vethtable::sync(&pins, &[reviewed(&c1), reviewed(&c2)]).unwrap();
