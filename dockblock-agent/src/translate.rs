@@ -1015,6 +1015,15 @@ mod tests {
     }
 
     #[test]
+    fn translator_is_the_derive_of_a_commit() {
+        let s = snapshot([running(2, "db").publish("13306:3306").label(BLOCK_LABEL, "3306/tcp")]);
+        let t = Translator { snapshot: &s, veths: &[] };
+        assert_eq!(t.own_labels(), own_label_rules(&s).0);
+        let rules = [block(1, name("db"), "3306/tcp")];
+        assert_eq!(t.derived(&rules), derived_rules(&rules, &s));
+    }
+
+    #[test]
     fn covers_lists_host_ports_addresses_and_veths() {
         let s = snapshot([
             running(3, "db").publish("13306:3306").publish("[::1]:13306:3306").publish("18080:80"),
