@@ -327,8 +327,18 @@ fn veth_attach_is_fast_and_takes_no_lock() {
     // carries no packet until ~265 ms after its NEWLINK.
     assert!(median < Duration::from_millis(100), "median attach {median:?}");
     drop(pairs);
+    // A new veth under a deleted one's name: the defunct pins give way.
+    let again = VethPair::create("dbvf0", "dbvg0").unwrap();
+    let done = hooks.attach(again.a()).unwrap();
+    assert!(done.iter().all(|a| !a.replaced), "a defunct link was kept: {done:?}");
+    let ifindex = link_info::ifindex(again.a()).unwrap();
+    for kind in [LinkKind::VethJudge, LinkKind::VethTrack] {
+        assert_eq!(link_info::read(&pins.link(kind, again.a())).unwrap().ifindex, ifindex);
+    }
     let swept = loader::gc_links(&pins).unwrap();
-    assert_eq!(swept.len(), 24, "both links of every deleted veth unpinned");
+    assert_eq!(swept.len(), 22, "both links of every other deleted veth unpinned: {swept:?}");
+    assert!(swept.iter().all(|l| l.interface != again.a()), "gc unpinned a live veth's links");
+    drop(again);
     drop(agent);
 }
 
