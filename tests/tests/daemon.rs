@@ -206,22 +206,58 @@ fn bridge_networks_get_and_lose_hooks() {
     );
 }
 
-/// What the kernel holds for the daemon's veths, without the ifindexes
-/// (a restarted container gets a new veth).
+/// What the kernel holds for one container, without its veth's ifindex
+/// (a restarted container gets a new veth), and what it holds for
+/// interfaces that no longer exist (leaks). Other tests' containers may
+/// come and go meanwhile (the daemon hooks every Docker veth), so only
+/// ours and the leaks are compared.
 #[derive(Debug, PartialEq)]
 struct Shape {
-    veths: Vec<u32>,
+    state: Option<u32>,
     rules: Vec<(u32, u32, u32, u32)>,
-    pins: usize,
+    pins: Vec<String>,
+    leaked_entries: Vec<u32>,
+    leaked_pins: Vec<String>,
 }
 
-fn shape(agent: &Agent) -> Shape {
-    let mut veths: Vec<u32> = vethmap(agent).iter().map(|(_, s)| s.flags).collect();
-    veths.sort();
-    let mut rules: Vec<(u32, u32, u32, u32)> =
-        veth_rules(agent).iter().map(|(k, r)| (k.proto, k.port, r.rule_id, r.flags)).collect();
-    rules.sort();
-    Shape { veths, rules, pins: link_pins(agent).len() }
+fn shape(agent: &Agent, c: &Ctr) -> Shape {
+    let veths = c.veths();
+    let (ifindex, name) = veths.first().cloned().unwrap_or((0, String::new()));
+    let states = vethmap(agent);
+    let rules = veth_rules(agent);
+    let mut ours: Vec<(u32, u32, u32, u32)> = rules
+        .iter()
+        .filter(|(k, _)| k.ifindex == ifindex)
+        .map(|(k, r)| (k.proto, k.port, r.rule_id, r.flags))
+        .collect();
+    ours.sort();
+    let mut leaked_entries: Vec<u32> = states
+        .iter()
+        .map(|(i, _)| *i)
+        .chain(rules.iter().map(|(k, _)| k.ifindex))
+        .filter(|i| ifname(*i).is_none())
+        .collect();
+    leaked_entries.dedup();
+    let pins = link_pins(agent);
+    let leaked_pins = pins
+        .iter()
+        .filter(|p| {
+            p.split_once('_')
+                .is_some_and(|(_, iface)| !Path::new("/sys/class/net").join(iface.replace(':', ".")).exists())
+        })
+        .cloned()
+        .collect();
+    Shape {
+        state: states.iter().find(|(i, _)| *i == ifindex).map(|(_, s)| s.flags),
+        rules: ours,
+        pins: pins
+            .into_iter()
+            .filter(|p| p.ends_with(&format!("_{name}")))
+            .map(|p| p.replace(&name, "VETH"))
+            .collect(),
+        leaked_entries,
+        leaked_pins,
+    }
 }
 
 /// Restarting one container 50 times leaves the kernel as it was: the same
@@ -237,9 +273,10 @@ fn fifty_restarts_leak_nothing() {
         v.len() == 1 && reviewed(agent, v[0].0) && pins_naming(agent, &v[0].1).len() == 2
     };
     assert!(eventually(Duration::from_secs(10), || settled(&agent, &c)), "not settled\n{}", d.log_tail());
-    let before = shape(&agent);
-    assert_eq!(before.veths.len(), 1, "{before:?}");
-    assert!(before.rules.len() >= 2, "{before:?}");
+    assert!(eventually(Duration::from_secs(10), || shape(&agent, &c).leaked_pins.is_empty()), "leaks before");
+    let before = shape(&agent, &c);
+    assert!(before.state.is_some() && before.rules.len() >= 2 && before.pins.len() == 2, "{before:?}");
+    assert!(before.leaked_entries.is_empty() && before.leaked_pins.is_empty(), "{before:?}");
     for i in 0..50 {
         let out = run("docker", &["restart", "-t", "0", &c.0]);
         assert!(out.status.success(), "restart {i}: {}", dockblock_tests::describe(&out));
@@ -248,9 +285,9 @@ fn fifty_restarts_leak_nothing() {
     assert!(eventually(Duration::from_secs(15), || settled(&agent, &c)), "not settled\n{}", d.log_tail());
     d.wait_sync_after(last.as_deref(), Duration::from_secs(15)).ok();
     assert!(
-        eventually(Duration::from_secs(10), || shape(&agent) == before),
+        eventually(Duration::from_secs(10), || shape(&agent, &c) == before),
         "after 50 restarts: {:?}, before: {before:?}\n{}",
-        shape(&agent),
+        shape(&agent, &c),
         d.log_tail()
     );
 }
