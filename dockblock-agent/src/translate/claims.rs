@@ -1,0 +1,269 @@
+//! Who covers what, and who claims a key when several rules could (see
+//! the parent module's comment for the order).
+
+use std::collections::BTreeMap;
+
+use dockblock_common::{proto, VETH_ANY_PORT};
+
+use crate::{
+    docker::snapshot::{Container, PortBinding},
+    ports::PortSpec,
+    rules::{port_owners, Rule, Scope},
+    target::{Action, Selector},
+};
+
+/// Whether `selector` names container `c`: the Docker selectors, and the
+/// policy (every container with published ports). Plain and derived rules
+/// name no container, they cover bindings ([`covers_binding`]).
+pub fn selects(selector: &Selector, c: &Container) -> bool {
+    match selector {
+        Selector::Container { name } => c.name == *name,
+        Selector::Label { key, value } => {
+            c.labels.get(key).is_some_and(|v| value.as_ref().is_none_or(|want| want == v))
+        }
+        Selector::Compose { project, service } => {
+            c.compose_project() == Some(project.as_str())
+                && service.as_deref().is_none_or(|s| c.compose_service() == Some(s))
+        }
+        Selector::OwnLabels { container } => c.id == *container,
+        Selector::PublishedPolicy => !c.ports.is_empty(),
+        Selector::Ports | Selector::Derived { .. } => false,
+    }
+}
+
+/// Whether `rule` covers binding `b` of `c`: its ports hold the binding's
+/// host port (dialed scope) or container port (container scope), and it
+/// names `c` (plain and derived rules hold for every container).
+pub fn covers_binding(rule: &Rule, c: &Container, b: &PortBinding) -> bool {
+    let port = match rule.scope {
+        Scope::Dialed => b.host_port,
+        Scope::Container => b.container_port,
+    };
+    let named = match &rule.target.selector {
+        Selector::Ports | Selector::Derived { .. } => true,
+        selector => selects(selector, c),
+    };
+    named && holds(&rule.ports, port, b.proto)
+}
+
+fn holds(ports: &PortSpec, port: u16, proto: u32) -> bool {
+    proto < proto::COUNT && ports.protos & proto::bit(proto) != 0 && ports.ports().contains(&port)
+}
+
+/// How a rule takes part, in claim order (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Role {
+    /// A Block rule naming containers (name, label, compose, own labels).
+    Targeted,
+    /// A plain Block rule on dialed ports.
+    Dialed,
+    /// A plain Block rule on container ports.
+    Container,
+    /// `policy published deny`.
+    Policy,
+    Allow,
+    /// Made by this module: an output, never an input.
+    Derived,
+}
+
+pub(crate) fn role(rule: &Rule) -> Role {
+    match (&rule.target.selector, rule.target.action) {
+        (Selector::Derived { .. }, _) => Role::Derived,
+        (_, Action::Allow) => Role::Allow,
+        (Selector::PublishedPolicy, Action::Block) => Role::Policy,
+        (Selector::Ports, Action::Block) => match rule.scope {
+            Scope::Dialed => Role::Dialed,
+            Scope::Container => Role::Container,
+        },
+        (_, Action::Block) => Role::Targeted,
+    }
+}
+
+/// A rule's claim on a key; the smaller claim wins.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Claim<'r> {
+    pub role: Role,
+    pub rule: &'r Rule,
+}
+
+impl Claim<'_> {
+    fn rank(&self) -> (Role, u32) {
+        (self.role, self.rule.id)
+    }
+}
+
+impl PartialEq for Claim<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.rank() == other.rank()
+    }
+}
+
+impl Eq for Claim<'_> {}
+
+impl PartialOrd for Claim<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Claim<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+/// What the published-ports policy does to one binding.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Policy<'r> {
+    Closed(&'r Rule),
+    /// An Allow rule opens it to its allow-list.
+    OpenTo {
+        allow: &'r Rule,
+        policy: &'r Rule,
+    },
+    /// An Allow rule without an allow-list opens it.
+    Open {
+        allow: &'r Rule,
+        policy: &'r Rule,
+    },
+}
+
+/// The rules sorted by role once per translation.
+pub(crate) struct Roles<'r> {
+    targeted: Vec<&'r Rule>,
+    allows: Vec<&'r Rule>,
+    policy: Option<&'r Rule>,
+    /// `PORT_RULES` owners among plain rules, by protocol then port (empty
+    /// when no plain rule has that scope).
+    dialed: Vec<Vec<Option<&'r Rule>>>,
+    container: Vec<Vec<Option<&'r Rule>>>,
+}
+
+impl<'r> Roles<'r> {
+    pub fn new(rules: &'r [Rule]) -> Self {
+        let mut sorted: Vec<&Rule> = rules.iter().collect();
+        sorted.sort_by_key(|r| r.id);
+        let of =
+            |want: Role| -> Vec<&'r Rule> { sorted.iter().copied().filter(|r| role(r) == want).collect() };
+        let owners = |want: Role, scope: Scope| -> Vec<Vec<Option<&'r Rule>>> {
+            if !rules.iter().any(|r| role(r) == want) {
+                return Vec::new();
+            }
+            // A plain rule beats a derived one there, so an owner that is
+            // not plain means no plain rule holds the port.
+            (0..proto::COUNT)
+                .map(|p| {
+                    let mut owners = port_owners(rules, scope, p);
+                    owners.iter_mut().for_each(|o| *o = o.filter(|r| role(r) == want));
+                    owners
+                })
+                .collect()
+        };
+        Roles {
+            targeted: of(Role::Targeted),
+            allows: of(Role::Allow),
+            policy: of(Role::Policy).first().copied(),
+            dialed: owners(Role::Dialed, Scope::Dialed),
+            container: owners(Role::Container, Scope::Container),
+        }
+    }
+
+    /// The plain dialed rule that owns host port `port`.
+    pub fn dialed_owner(&self, port: u16, proto: u32) -> Option<&'r Rule> {
+        self.dialed.get(proto as usize).and_then(|o| o[usize::from(port)])
+    }
+
+    /// The plain container-port rule that owns container port `port`.
+    pub fn container_owner(&self, port: u16, proto: u32) -> Option<&'r Rule> {
+        self.container.get(proto as usize).and_then(|o| o[usize::from(port)])
+    }
+
+    /// `None` without a policy rule.
+    pub fn policy(&self, c: &Container, b: &PortBinding) -> Option<Policy<'r>> {
+        let policy = self.policy?;
+        let mut allows = self.allows.iter().copied().filter(|a| covers_binding(a, c, b));
+        let first = allows.next();
+        Some(match first {
+            None => Policy::Closed(policy),
+            // One Allow rule that opens fully is enough.
+            Some(a) => match std::iter::once(a).chain(allows).find(|a| a.options.allow_from.is_empty()) {
+                Some(allow) => Policy::Open { allow, policy },
+                None => Policy::OpenTo { allow: a, policy },
+            },
+        })
+    }
+
+    fn policy_claim(&self, c: &Container, b: &PortBinding) -> Option<Claim<'r>> {
+        match self.policy(c, b)? {
+            Policy::Closed(rule) => Some(Claim { role: Role::Policy, rule }),
+            Policy::OpenTo { allow, .. } => Some(Claim { role: Role::Allow, rule: allow }),
+            Policy::Open { .. } => None,
+        }
+    }
+
+    /// The rule a binding's host port derives from; `None` when open, or
+    /// owned by a plain dialed rule.
+    pub fn dialed_slot(&self, c: &Container, b: &PortBinding) -> Option<Claim<'r>> {
+        if self.dialed_owner(b.host_port, b.proto).is_some() {
+            return None;
+        }
+        let targeted = self.targeted.iter().find(|r| covers_binding(r, c, b));
+        let claims = [
+            targeted.map(|&rule| Claim { role: Role::Targeted, rule }),
+            self.container_owner(b.container_port, b.proto).map(|rule| Claim { role: Role::Container, rule }),
+            self.policy_claim(c, b),
+        ];
+        claims.into_iter().flatten().min()
+    }
+
+    /// The veth keys `(proto, container port or VETH_ANY_PORT)` of `c`
+    /// and who holds each. A port whose protocol's wildcard has a better
+    /// claim is left to the wildcard (the kernel reads the port first).
+    pub fn container_claims(&self, c: &Container) -> BTreeMap<(u32, u32), Claim<'r>> {
+        let mut keys: BTreeMap<(u32, u32), Claim<'r>> = BTreeMap::new();
+        let mut claim = |proto: u32, port: u32, claim: Claim<'r>| {
+            let held = keys.entry((proto, port)).or_insert(claim);
+            *held = (*held).min(claim);
+        };
+        for &rule in self.targeted.iter().filter(|r| selects(&r.target.selector, c)) {
+            let claimed = Claim { role: Role::Targeted, rule };
+            match rule.scope {
+                Scope::Container => {
+                    for proto in rule.ports.protos() {
+                        if rule.ports.lo == 1 && rule.ports.hi == u16::MAX {
+                            claim(proto, VETH_ANY_PORT, claimed);
+                        } else {
+                            rule.ports.ports().for_each(|port| claim(proto, u32::from(port), claimed));
+                        }
+                    }
+                }
+                Scope::Dialed => {
+                    for b in c.ports.iter().filter(|b| covers_binding(rule, c, b)) {
+                        claim(b.proto, u32::from(b.container_port), claimed);
+                    }
+                }
+            }
+        }
+        for b in c.ports.iter().filter(|b| b.proto < proto::COUNT && b.container_port != 0) {
+            let port = u32::from(b.container_port);
+            if let Some(rule) = self.dialed_owner(b.host_port, b.proto).filter(|_| b.host_port != 0) {
+                claim(b.proto, port, Claim { role: Role::Dialed, rule });
+            }
+            if let Some(policy) = self.policy_claim(c, b) {
+                claim(b.proto, port, policy);
+            }
+        }
+        let wildcards: Vec<(u32, Claim)> =
+            keys.iter().filter(|(k, _)| k.1 == VETH_ANY_PORT).map(|(k, c)| (k.0, *c)).collect();
+        keys.retain(|&(proto, port), held| {
+            port == VETH_ANY_PORT || wildcards.iter().all(|(p, wild)| *p != proto || *held < *wild)
+        });
+        keys
+    }
+
+    /// The claim the kernel finds for a packet to `port` of `c` at its
+    /// veth: the port's entry, else its protocol's wildcard.
+    pub fn veth_claim(keys: &BTreeMap<(u32, u32), Claim<'r>>, port: u16, proto: u32) -> Option<Claim<'r>> {
+        keys.get(&(proto, u32::from(port))).or_else(|| keys.get(&(proto, VETH_ANY_PORT))).copied()
+    }
+}
