@@ -81,8 +81,8 @@ pub fn own_label_rules(s: &Snapshot) -> (Vec<RuleSpec>, Vec<Warning>) {
 }
 
 /// Dialed rules on the host ports of covered bindings (`host_port != 0`,
-/// host address ignored: the port closes on every address), one per host
-/// port and parent, ordered by port. Host ports a plain dialed rule owns
+/// host address ignored: the port closes on every address), one per run of
+/// consecutive host ports with one parent and protocols, ordered by port. Host ports a plain dialed rule owns
 /// get none: that rule is in `PORT_RULES` already and would win.
 pub fn derived_rules(rules: &[Rule], s: &Snapshot) -> Vec<RuleSpec> {
     let roles = Roles::new(rules);
@@ -95,15 +95,31 @@ pub fn derived_rules(rules: &[Rule], s: &Snapshot) -> Vec<RuleSpec> {
             }
         }
     }
-    let mut specs: Vec<RuleSpec> = Vec::new();
+    let mut ports: Vec<RuleSpec> = Vec::new();
     for ((port, proto), claim) in slots {
         // Slots are sorted by port, then protocol: tcp and udp of one port
         // with one parent are neighbours and become one rule.
-        match specs.last_mut() {
+        match ports.last_mut() {
             Some(last) if last.ports.lo == port && derived_parent(last) == Some(claim.rule.id) => {
                 last.ports.protos |= proto::bit(proto)
             }
-            _ => specs.push(derived_spec(claim.rule, port, proto)),
+            _ => ports.push(derived_spec(claim.rule, port, proto)),
+        }
+    }
+    // Consecutive ports of one parent and protocols become one range
+    // (`-p 30000-30999:...` is one rule, not a thousand).
+    let mut specs: Vec<RuleSpec> = Vec::new();
+    let mut open: HashMap<(Option<u32>, u32), usize> = HashMap::new();
+    for spec in ports {
+        let key = (derived_parent(&spec), spec.ports.protos);
+        match open.get(&key) {
+            Some(&i) if u32::from(specs[i].ports.hi) + 1 == u32::from(spec.ports.lo) => {
+                specs[i].ports.hi = spec.ports.lo
+            }
+            _ => {
+                open.insert(key, specs.len());
+                specs.push(spec);
+            }
         }
     }
     specs
@@ -301,25 +317,25 @@ mod tests {
     fn label_and_compose_rules_cover_every_matching_container() {
         let s = snapshot([
             running(2, "a").publish("10001:80").label("tier", "internal"),
-            running(3, "b").publish("10002:80").label("tier", "public"),
+            running(3, "b").publish("10012:80").label("tier", "public"),
             running(4, "shop-db-1")
-                .publish("10003:5432")
+                .publish("10013:5432")
                 .label("com.docker.compose.project", "shop")
                 .label("com.docker.compose.service", "db"),
             running(5, "shop-web-1")
-                .publish("10004:80")
+                .publish("10024:80")
                 .label("com.docker.compose.project", "shop")
                 .label("com.docker.compose.service", "web"),
         ]);
         assert_eq!(derived(&[block(1, label("tier", Some("internal")), "every")], &s), [d(1, "10001/tcp")]);
         assert_eq!(
             derived(&[block(1, label("tier", None), "80/tcp")], &s),
-            [d(1, "10001/tcp"), d(1, "10002/tcp")]
+            [d(1, "10001/tcp"), d(1, "10012/tcp")]
         );
-        assert_eq!(derived(&[block(1, compose("shop", Some("db")), "every")], &s), [d(1, "10003/tcp")]);
+        assert_eq!(derived(&[block(1, compose("shop", Some("db")), "every")], &s), [d(1, "10013/tcp")]);
         assert_eq!(
             derived(&[block(1, compose("shop", None), "every")], &s),
-            [d(1, "10003/tcp"), d(1, "10004/tcp")]
+            [d(1, "10013/tcp"), d(1, "10024/tcp")]
         );
         assert_eq!(derived(&[block(1, compose("other", None), "every")], &s), []);
     }
@@ -331,6 +347,35 @@ mod tests {
         // From two parents they stay apart.
         let rules = [block(1, name("dns"), "53/udp"), block(2, name("dns"), "53/tcp")];
         assert_eq!(derived(&rules, &s), [d(2, "1053/tcp"), d(1, "1053/udp")]);
+    }
+
+    #[test]
+    fn consecutive_host_ports_of_one_parent_become_one_range() {
+        let mut media = running(2, "media");
+        for port in 30000..30010 {
+            media = media.publish(&format!("{port}:{port}"));
+        }
+        let s = snapshot([media.publish("30010:30010/udp").publish("30011:30011").publish("30012:30012")]);
+        assert_eq!(
+            derived(&[block(1, name("media"), "every")], &s),
+            [d(1, "30000-30009/tcp"), d(1, "30010/udp"), d(1, "30011-30012/tcp")]
+        );
+        // A user rule owning a port in the middle splits the run; two parents interleave.
+        let rules = [
+            block(1, name("media"), "30000-30004/tcp"),
+            block(2, name("media"), "every"),
+            dialed(3, "30007/tcp"),
+        ];
+        assert_eq!(
+            derived(&rules, &s),
+            [
+                d(1, "30000-30004/tcp"),
+                d(2, "30005-30006/tcp"),
+                d(2, "30008-30009/tcp"),
+                d(2, "30010/udp"),
+                d(2, "30011-30012/tcp")
+            ]
+        );
     }
 
     #[test]
