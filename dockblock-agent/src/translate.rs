@@ -694,5 +694,13 @@ mod tests {
         assert_eq!(c.veths, Vec::<String>::new(), "the bridge hook judges it");
         let c = covers(&block(1, name("gone"), "every"), &s, &veths);
         assert_eq!(c, Covers::default());
+        let c = covers(&policy(1), &s, &veths);
+        assert_eq!(c.host_ports.len(), 4, "every published port: {c:?}");
+        assert_eq!(c.veths, ["veth40", "veth41"]);
+        let c = covers(&allow(2, name("web"), "every"), &s, &veths);
+        assert_eq!(c.host_ports, ["0.0.0.0:28080/tcp"]);
+        assert_eq!(c.veths, Vec::<String>::new(), "an allow without a list has no veth entry");
+        let c = covers(&from(allow(2, name("web"), "every"), &["10.0.0.0/8"]), &s, &veths);
+        assert_eq!(c.veths, ["veth41"]);
     }
 }
