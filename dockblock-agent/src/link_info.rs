@@ -125,6 +125,39 @@ pub fn read_array<V: Copy + Default>(fd: &OwnedFd, len: u32) -> std::io::Result<
     Ok(values)
 }
 
+/// Every (key, value) of the hash map behind `fd`, read with
+/// BPF_MAP_LOOKUP_BATCH (the batch token of a hash map is a u32 bucket
+/// index): a few syscalls instead of two per entry. `K` and `V` must have
+/// the map's key and value sizes.
+pub fn read_hash<K: Copy + Default, V: Copy + Default>(fd: &OwnedFd) -> std::io::Result<Vec<(K, V)>> {
+    const CHUNK: usize = 4096;
+    let mut keys = vec![K::default(); CHUNK];
+    let mut values = vec![V::default(); CHUNK];
+    let mut entries = Vec::new();
+    let (mut token, mut next, mut first) = (0u32, 0u32, true);
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &mut token as *mut u32 as u64 },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        let rc = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = attr.count as usize;
+        entries.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        match rc {
+            Ok(_) => (token, first) = (next, false),
+            // The last batch (possibly empty): the map is read.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, correctly sized bpf_attr prefix.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };

@@ -17,8 +17,9 @@ use serde::Serialize;
 
 use crate::{
     error::{Error, Result},
+    link_info,
     paths::PinDir,
-    store::{self, Access},
+    store,
 };
 
 /// What one container's host-side veth should hold (`translate` makes them).
@@ -53,8 +54,8 @@ type Rules = HashMap<MapData, VethRuleKey, PortRule>;
 pub fn sync(pins: &PinDir, plans: &[VethPlan]) -> Result<VethSync> {
     let mut states: States = store::open_pinned(pins, map_names::VETHS)?;
     let mut rules: Rules = store::open_pinned(pins, map_names::VETH_RULES)?;
-    let have_states = read_map(&states, map_names::VETHS)?;
-    let have_rules = read_map(&rules, map_names::VETH_RULES)?;
+    let have_states: StdHashMap<u32, VethState> = read_map(pins, map_names::VETHS)?;
+    let have_rules: StdHashMap<VethRuleKey, PortRule> = read_map(pins, map_names::VETH_RULES)?;
     let plans = dedup(plans);
     check_capacity(pins, &plans, &have_rules)?;
 
@@ -96,11 +97,9 @@ pub fn sync(pins: &PinDir, plans: &[VethPlan]) -> Result<VethSync> {
 /// (for `list`, `ports`, `status`).
 #[allow(clippy::type_complexity)]
 pub fn read(pins: &PinDir) -> Result<(Vec<(u32, VethState)>, Vec<(VethRuleKey, PortRule)>)> {
-    let states: States = store::open_pinned_as(pins, map_names::VETHS, Access::ReadOnly)?;
-    let rules: Rules = store::open_pinned_as(pins, map_names::VETH_RULES, Access::ReadOnly)?;
-    let states: BTreeMap<u32, VethState> = read_map(&states, map_names::VETHS)?.into_iter().collect();
+    let states: BTreeMap<u32, VethState> = read_map(pins, map_names::VETHS)?.into_iter().collect();
     let mut rules: Vec<(VethRuleKey, PortRule)> =
-        read_map(&rules, map_names::VETH_RULES)?.into_iter().collect();
+        read_map(pins, map_names::VETH_RULES)?.into_iter().collect();
     rules.sort_by_key(|(k, _)| (k.ifindex, k.proto, k.port));
     Ok((states.into_iter().collect(), rules))
 }
@@ -171,12 +170,21 @@ fn full(map: &'static str, needed: usize, capacity: u32, flag: &'static str) -> 
     Error::VethTableFull { map, needed, capacity, flag }
 }
 
-fn read_map<K, V>(map: &HashMap<MapData, K, V>, name: &str) -> Result<StdHashMap<K, V>>
+/// The whole map `name`, through a read-only fd and batch reads (a sync
+/// reads both maps every time); `NotAttached` when it is not pinned.
+fn read_map<K, V>(pins: &PinDir, name: &str) -> Result<StdHashMap<K, V>>
 where
-    K: aya::Pod + Eq + std::hash::Hash,
-    V: aya::Pod,
+    K: Copy + Default + Eq + std::hash::Hash,
+    V: Copy + Default,
 {
-    map.iter().collect::<Result<_, _>>().map_err(|e| Error::bpf(format!("read {name}"), e))
+    let path = pins.map(name);
+    let fd = link_info::obj_get(&path, link_info::BPF_F_RDONLY).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => Error::NotAttached { pin_dir: pins.root().into() },
+        Some(libc::EACCES | libc::EPERM) => Error::Denied { path: path.clone(), source: e },
+        _ => Error::io("open pinned map", &path, e),
+    })?;
+    let entries = link_info::read_hash(&fd).map_err(|e| Error::io("read", &path, e))?;
+    Ok(entries.into_iter().collect())
 }
 
 fn insert<K: aya::Pod, V: aya::Pod>(
