@@ -8,7 +8,20 @@
 //! allow_from = ["203.0.113.0/24"] # optional
 //! dry_run = true                  # optional, default false
 //! log = true                      # optional, default false
+//!
+//! [[rule]]                        # a rule that names containers:
+//! ports = "3306/tcp"              # container ports (none: every port)
+//! container = "db"                # or label = "k=v" / "k", or
+//!                                 # compose_project = "p" (+ compose_service)
+//! action = "allow"                # optional: opens what the policy closes
+//! from_containers = true          # optional: judge other containers too
+//!
+//! [[rule]]
+//! policy = "published-deny"       # `policy published deny`
 //! ```
+//!
+//! Rules the engine state makes (containers' own labels, derived host-port
+//! rules) are never written nor read: the daemon makes them again.
 
 use std::ops::Range;
 
@@ -18,8 +31,10 @@ use toml::Spanned;
 
 use crate::{
     error::{Error, Result},
+    labels::MAX_RANGE,
     ports::PortSpec,
     rules::{Rule, RuleOptions, RuleSpec, Scope},
+    target::{Action, Selector, Target},
 };
 
 #[derive(Deserialize)]
@@ -32,7 +47,8 @@ struct FileIn {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleIn {
-    ports: Spanned<String>,
+    #[serde(default)]
+    ports: Option<Spanned<String>>,
     #[serde(default)]
     scope: Option<Spanned<String>>,
     #[serde(default)]
@@ -41,6 +57,20 @@ struct RuleIn {
     dry_run: bool,
     #[serde(default)]
     log: bool,
+    #[serde(default)]
+    container: Option<Spanned<String>>,
+    #[serde(default)]
+    label: Option<Spanned<String>>,
+    #[serde(default)]
+    compose_project: Option<Spanned<String>>,
+    #[serde(default)]
+    compose_service: Option<Spanned<String>>,
+    #[serde(default)]
+    action: Option<Spanned<String>>,
+    #[serde(default)]
+    from_containers: bool,
+    #[serde(default)]
+    policy: Option<Spanned<String>>,
 }
 
 #[derive(Serialize)]
@@ -58,6 +88,20 @@ struct RuleOut {
     dry_run: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     log: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compose_project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compose_service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    from_containers: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<&'static str>,
 }
 
 /// Largest rules file `apply` reads: 64 MiB, room for a million one-line
@@ -103,15 +147,37 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<RuleSpec>> {
         return Err(Error::RulesFileTooBig { path: path.to_string(), why });
     }
     let mut specs: Vec<(RuleSpec, Range<usize>)> = Vec::new();
-    // (scope, lo, hi) -> index in `specs`: duplicates found in linear time.
-    let mut seen: std::collections::HashMap<(u32, u16, u16), Vec<usize>> = Default::default();
+    // (target, scope, lo, hi) -> indexes in `specs`: duplicates found in
+    // linear time.
+    let mut seen: std::collections::HashMap<(Target, u32, u16, u16), Vec<usize>> = Default::default();
     for entry in &file.rule {
         let rule = entry.get_ref();
-        let ports = PortSpec::parse(rule.ports.get_ref())
-            .map_err(|e| error(Some(rule.ports.span()), e.to_string()))?;
+        let target = target_of(rule).map_err(|(span, why)| error(Some(span.unwrap_or(entry.span())), why))?;
+        let ports = match &rule.ports {
+            Some(p) => PortSpec::parse(p.get_ref()).map_err(|e| error(Some(p.span()), e.to_string()))?,
+            None if target.selector != Selector::Ports => PortSpec::EVERY,
+            None => return Err(error(Some(entry.span()), "missing field `ports`".into())),
+        };
+        // Rules that name containers are about container ports.
+        let docker = target.selector != Selector::Ports;
+        if docker && ports != PortSpec::EVERY && ports.port_count() > MAX_RANGE {
+            let why = format!(
+                "{ports} covers {} ports; a rule that names containers takes at most {MAX_RANGE}, or every port",
+                ports.port_count()
+            );
+            return Err(error(rule.ports.as_ref().map(|p| p.span()), why));
+        }
         let scope = match &rule.scope {
+            None if docker => Scope::Container,
             None => Scope::Dialed,
             Some(s) => match s.get_ref().as_str() {
+                "dialed" if docker => {
+                    return Err(error(
+                        Some(s.span()),
+                        "a rule that names containers is about container ports: scope must be container"
+                            .into(),
+                    ))
+                }
                 "dialed" => Scope::Dialed,
                 "container" => Scope::Container,
                 other => {
@@ -122,16 +188,19 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<RuleSpec>> {
                 }
             },
         };
+        if rule.from_containers && !docker {
+            let why = "from_containers needs container, label or compose_project".to_string();
+            return Err(error(Some(entry.span()), why));
+        }
         let mut allow = Vec::new();
         for value in &rule.allow_from {
             let net = parse_net(value.get_ref()).map_err(|e| error(Some(value.span()), e.to_string()))?;
             allow.push(net);
         }
-        let spec = RuleSpec {
-            options: RuleOptions::new(allow, rule.dry_run, rule.log),
-            ..RuleSpec::plain(scope, ports)
-        };
-        let same = seen.entry((scope.raw(), ports.lo, ports.hi)).or_default();
+        let options =
+            RuleOptions::new(allow, rule.dry_run, rule.log).with_from_containers(rule.from_containers);
+        let spec = RuleSpec { options, target: target.clone(), ..RuleSpec::plain(scope, ports) };
+        let same = seen.entry((target, scope.raw(), ports.lo, ports.hi)).or_default();
         if let Some(&i) = same.iter().find(|&&i| specs[i].0.ports.protos & ports.protos != 0) {
             let why =
                 format!("{scope} {ports} is already a rule on line {}", line_of(text, specs[i].1.start));
@@ -143,16 +212,85 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<RuleSpec>> {
     Ok(specs.into_iter().map(|(s, _)| s).collect())
 }
 
-/// The rules in the file format, ordered by id.
+/// The target a file entry names; the span of the bad key and why not.
+fn target_of(rule: &RuleIn) -> std::result::Result<Target, (Option<Range<usize>>, String)> {
+    let given: Vec<&Spanned<String>> =
+        [&rule.container, &rule.label, &rule.compose_project, &rule.policy].into_iter().flatten().collect();
+    if given.len() > 1 {
+        let why = "give one of container, label, compose_project, policy".to_string();
+        return Err((Some(given[1].span()), why));
+    }
+    let value = |s: &Spanned<String>| s.get_ref().clone();
+    let selector = if let Some(name) = &rule.container {
+        Selector::Container { name: value(name) }
+    } else if let Some(label) = &rule.label {
+        match label.get_ref().split_once('=') {
+            Some((k, v)) => Selector::Label { key: k.into(), value: Some(v.into()) },
+            None => Selector::Label { key: value(label), value: None },
+        }
+    } else if let Some(project) = &rule.compose_project {
+        Selector::Compose { project: value(project), service: rule.compose_service.as_ref().map(value) }
+    } else if let Some(policy) = &rule.policy {
+        if policy.get_ref() != POLICY_PUBLISHED_DENY {
+            return Err((
+                Some(policy.span()),
+                format!("policy `{}`: expected published-deny", policy.get_ref()),
+            ));
+        }
+        Selector::PublishedPolicy
+    } else {
+        Selector::Ports
+    };
+    if let (Some(service), false) = (&rule.compose_service, matches!(selector, Selector::Compose { .. })) {
+        return Err((Some(service.span()), "compose_service needs compose_project".into()));
+    }
+    let span = given.first().map(|s| s.span());
+    selector.validate().map_err(|e| (span.clone(), e.to_string()))?;
+    let action = match rule.action.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
+        None | Some(("block", _)) => Action::Block,
+        Some(("allow", _)) if selector != Selector::PublishedPolicy => Action::Allow,
+        Some((other, span)) => {
+            return Err((Some(span), format!("action `{other}`: expected block or allow (not on a policy)")))
+        }
+    };
+    Ok(Target { selector, action })
+}
+
+const POLICY_PUBLISHED_DENY: &str = "published-deny";
+
+/// The user rules in the file format, ordered by id (rules the engine
+/// state made are left out: they are made again).
 pub fn format(rules: &[Rule]) -> String {
     let rule = rules
         .iter()
-        .map(|r| RuleOut {
-            ports: r.ports.to_string(),
-            scope: r.scope.to_string(),
-            allow_from: r.options.allow_from.iter().map(|n| n.to_string()).collect(),
-            dry_run: r.options.dry_run,
-            log: r.options.log,
+        .filter(|r| r.is_user())
+        .map(|r| {
+            let mut out = RuleOut {
+                ports: r.ports.to_string(),
+                scope: r.scope.to_string(),
+                allow_from: r.options.allow_from.iter().map(|n| n.to_string()).collect(),
+                dry_run: r.options.dry_run,
+                log: r.options.log,
+                container: None,
+                label: None,
+                compose_project: None,
+                compose_service: None,
+                action: (r.target.action == Action::Allow).then_some("allow"),
+                from_containers: r.options.from_containers,
+                policy: None,
+            };
+            match &r.target.selector {
+                Selector::Container { name } => out.container = Some(name.clone()),
+                Selector::Label { key, value: Some(v) } => out.label = Some(format!("{key}={v}")),
+                Selector::Label { key, value: None } => out.label = Some(key.clone()),
+                Selector::Compose { project, service } => {
+                    out.compose_project = Some(project.clone());
+                    out.compose_service = service.clone();
+                }
+                Selector::PublishedPolicy => out.policy = Some(POLICY_PUBLISHED_DENY),
+                Selector::Ports | Selector::OwnLabels { .. } | Selector::Derived { .. } => {}
+            }
+            out
         })
         .collect();
     let body = toml::to_string(&FileOut { rule }).expect("plain strings and bools serialize");
@@ -223,6 +361,110 @@ mod tests {
             assert_eq!(got, line, "{text:?}: {msg}");
             assert!(msg.contains(why), "{text:?}: {msg}");
             assert!(err.to_string().starts_with(&format!("rules.toml:{line}: ")), "{err}");
+        }
+    }
+
+    #[test]
+    fn targets_round_trip_and_engine_made_rules_are_left_out() {
+        let t = |selector, action| Target { selector, action };
+        let rule = |id, ports: &str, target: Target, options: RuleOptions| Rule {
+            target,
+            ..rule(id, ports, Scope::Container, options)
+        };
+        let rules = vec![
+            rule(
+                1,
+                "3306/tcp",
+                t(Selector::Container { name: "db".into() }, Action::Block),
+                RuleOptions::new([], false, true).with_from_containers(true),
+            ),
+            rule(
+                2,
+                "1-65535",
+                t(Selector::Label { key: "tier".into(), value: Some("web".into()) }, Action::Block),
+                RuleOptions::default(),
+            ),
+            rule(
+                3,
+                "80/tcp",
+                t(Selector::Label { key: "public".into(), value: None }, Action::Allow),
+                RuleOptions::new(["203.0.113.0/24".parse().unwrap()], false, false),
+            ),
+            rule(
+                4,
+                "5432/tcp",
+                t(Selector::Compose { project: "shop".into(), service: Some("pg".into()) }, Action::Block),
+                RuleOptions::default(),
+            ),
+            rule(
+                5,
+                "6379/tcp",
+                t(Selector::Compose { project: "shop".into(), service: None }, Action::Block),
+                RuleOptions::default(),
+            ),
+            rule(6, "1-65535", t(Selector::PublishedPolicy, Action::Block), RuleOptions::default()),
+            Rule {
+                scope: Scope::Dialed,
+                ..rule(7, "8443/tcp", t(Selector::Ports, Action::Allow), RuleOptions::default())
+            },
+            rule(
+                8,
+                "80/tcp",
+                t(Selector::OwnLabels { container: "ab".repeat(32) }, Action::Block),
+                RuleOptions::default(),
+            ),
+            Rule {
+                scope: Scope::Dialed,
+                ..rule(
+                    9,
+                    "13306/tcp",
+                    t(Selector::Derived { parent: 1 }, Action::Block),
+                    RuleOptions::default(),
+                )
+            },
+        ];
+        let text = format(&rules);
+        assert!(
+            text.contains("container = \"db\"") && text.contains("policy = \"published-deny\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains("13306") && !text.contains("abab"),
+            "engine-made rules are not exported: {text}"
+        );
+        let specs = parse("x.toml", &text).unwrap();
+        assert_eq!(specs, rules[..7].iter().map(Rule::spec).collect::<Vec<_>>(), "{text}");
+        // Written by hand: no ports on a Docker rule is every port.
+        let specs =
+            parse("x.toml", "[[rule]]\ncontainer = \"db\"\n[[rule]]\npolicy = \"published-deny\"\n").unwrap();
+        assert_eq!(specs[0].ports, PortSpec::EVERY);
+        assert_eq!(specs[0].scope, Scope::Container);
+        assert_eq!(specs[1], rules[5].spec());
+    }
+
+    #[test]
+    fn bad_targets_name_the_line() {
+        for (text, line, why) in [
+            ("[[rule]]\nports = \"80/tcp\"\ncontainer = \"-x\"\n", 3, "container name `-x`"),
+            ("[[rule]]\nports = \"80/tcp\"\ncontainer = \"a\"\nlabel = \"b\"\n", 4, "give one of"),
+            ("[[rule]]\nports = \"80/tcp\"\nlabel = \"=v\"\n", 3, "label key"),
+            ("[[rule]]\nports = \"80/tcp\"\ncompose_service = \"s\"\n", 3, "needs compose_project"),
+            ("[[rule]]\nports = \"1-2000/tcp\"\ncontainer = \"a\"\n", 2, "at most 1024"),
+            ("[[rule]]\nports = \"80/tcp\"\ncontainer = \"a\"\nscope = \"dialed\"\n", 4, "container ports"),
+            ("[[rule]]\nports = \"80/tcp\"\nfrom_containers = true\n", 1, "from_containers needs"),
+            ("[[rule]]\npolicy = \"published-allow\"\n", 2, "expected published-deny"),
+            ("[[rule]]\ncontainer = \"a\"\naction = \"open\"\n", 3, "action `open`"),
+            ("[[rule]]\nscope = \"dialed\"\n", 1, "missing field `ports`"),
+            (
+                "[[rule]]\ncontainer = \"a\"\nports = \"80/tcp\"\n[[rule]]\ncontainer = \"a\"\nports = \"80\"\n",
+                4,
+                "already a rule on line 1",
+            ),
+        ] {
+            let err = parse("r.toml", text).unwrap_err();
+            let Error::RulesFile { line: got, why: ref msg, .. } = err else { panic!("{err}") };
+            assert_eq!(got, line, "{text:?}: {msg}");
+            assert!(msg.contains(why), "{text:?}: {msg}");
         }
     }
 }

@@ -1,26 +1,56 @@
 use dockblock_agent::{
     paths::PinDir,
+    reconcile::reconcile,
     require_root,
     rulefile::parse_net,
     rules::{RuleOptions, RuleSpec},
-    teardown, Result,
+    store,
+    target::{Action, Selector, Target},
+    Error, Result,
 };
 
-use super::BlockArgs;
+use super::{output::describe_options, targeted, BlockArgs};
 
-/// Every spec and address is validated, and the whole change planned,
-/// before anything is written; all under the pin folder lock.
+/// Every spec, address and selector is validated, and the whole change
+/// planned, before anything is written; all under the pin folder lock.
 pub fn run(pins: &PinDir, args: BlockArgs) -> Result<()> {
-    let (scope, ports) = args.ports.parse()?;
-    let allow = args.allow_from.iter().map(|v| parse_net(v)).collect::<Result<Vec<_>>>()?;
-    let options = RuleOptions::new(allow, args.dry_run, args.log);
-    let specs: Vec<RuleSpec> =
-        ports.iter().map(|p| RuleSpec { options: options.clone(), ..RuleSpec::plain(scope, *p) }).collect();
-    require_root()?;
-    let (_lock, mut store) = teardown::begin_change(pins)?;
-    for (spec, changed) in specs.iter().zip(store.block(&specs)?) {
-        let what = if changed { "blocked" } else { "already blocked:" };
-        println!("{what} {} {}{}", spec.scope, spec.ports, super::output::describe_options(&spec.options));
+    let (selector, scope, ports) = args.ports.resolve()?;
+    if args.from_containers && selector == Selector::Ports {
+        return Err(Error::BadSelector {
+            what: "--from-containers needs --container, --label or --compose-project: plain port rules \
+                   are judged where clients' packets arrive (uplink, bridge), not between containers"
+                .into(),
+        });
     }
+    let allow = args.allow_from.iter().map(|v| parse_net(v)).collect::<Result<Vec<_>>>()?;
+    let options = RuleOptions::new(allow, args.dry_run, args.log).with_from_containers(args.from_containers);
+    let target = Target { selector, action: Action::Block };
+    let specs: Vec<RuleSpec> = ports
+        .iter()
+        .map(|p| RuleSpec { options: options.clone(), target: target.clone(), ..RuleSpec::plain(scope, *p) })
+        .collect();
+    require_root()?;
+    let view = targeted::view(&target)?;
+    targeted::check_known(&target, view.as_ref())?;
+    let mut changed = Vec::new();
+    let applied = reconcile(pins, view.as_ref(), |draft| store::block_specs(draft, &specs, &mut changed))?;
+    for (spec, changed) in specs.iter().zip(changed) {
+        let what = if changed { "blocked" } else { "already blocked:" };
+        println!("{what} {}{}", describe(spec), describe_options(&spec.options));
+    }
+    targeted::report(pins, &target, &applied);
     Ok(())
+}
+
+/// "dialed 3306/tcp" for a plain rule, "80/tcp for container db" else.
+pub fn describe(spec: &RuleSpec) -> String {
+    // The verb already says whether it blocks or allows.
+    let target = Target { action: Action::Block, ..spec.target.clone() };
+    match spec.target.is_plain() {
+        true => format!("{} {}", spec.scope, spec.ports),
+        false if spec.ports == dockblock_agent::ports::PortSpec::EVERY => {
+            format!("every port for {target}")
+        }
+        false => format!("{} for {target}", spec.ports),
+    }
 }

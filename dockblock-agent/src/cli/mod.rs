@@ -1,6 +1,7 @@
 //! The command line: clap definitions here, one file per verb. Every verb
 //! validates its arguments, then calls the library.
 
+mod allow;
 mod apply;
 mod attach;
 mod block;
@@ -10,11 +11,13 @@ mod explain;
 mod export;
 mod list;
 mod output;
+mod policy;
 mod ports;
 mod repair;
 mod run;
 mod stats;
 mod status;
+mod targeted;
 mod unblock;
 
 use std::path::PathBuf;
@@ -23,8 +26,6 @@ use clap::{Args, Parser, Subcommand};
 use dockblock_agent::{
     loader::{Capacities, Settings, XdpModeChoice},
     paths::{PinDir, DEFAULT_PIN_DIR, PIN_DIR_ENV},
-    ports::PortSpec,
-    rules::Scope,
     Result,
 };
 
@@ -51,6 +52,13 @@ enum Command {
     Block(BlockArgs),
     /// Open PORTS again (trims or splits the rules that cover them).
     Unblock(PortArgs),
+    /// Open published ports that `policy published deny` closes (for
+    /// everyone, or only --from CIDR); explicit block rules still win.
+    Allow(AllowArgs),
+    /// `policy published deny|allow`: close every port Docker publishes
+    /// unless an `allow` rule opens it (deny), or leave them open (allow,
+    /// Docker's behaviour, the default). Without a setting: print it.
+    Policy(PolicyArgs),
     /// Replace the whole rule set with the rules in FILE (TOML), atomically.
     Apply {
         /// Rules file, as `export` writes it; `-` for standard input.
@@ -236,6 +244,50 @@ struct BlockArgs {
     /// Emit a rate-limited event per dropped packet (see `events`).
     #[arg(long)]
     log: bool,
+    /// Also drop new connections from other containers (judged on the
+    /// container's veth); only with --container, --label or --compose-project.
+    #[arg(long)]
+    from_containers: bool,
+}
+
+#[derive(Debug, Args)]
+struct AllowArgs {
+    #[command(flatten)]
+    ports: PortArgs,
+    /// Open only to this source (address or CIDR); repeat for more. Without
+    /// it the ports are open to everyone.
+    #[arg(long, value_name = "CIDR")]
+    from: Vec<String>,
+    /// Remove the allow rule (with these ports and selector) instead.
+    #[arg(long)]
+    remove: bool,
+}
+
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    /// What the policy is about: `published` (ports Docker publishes).
+    #[arg(value_parser = ["published"])]
+    what: Option<String>,
+    /// deny or allow.
+    #[arg(value_parser = ["deny", "allow"], requires = "what")]
+    setting: Option<String>,
+}
+
+/// Which containers a rule is about; none: a plain port rule.
+#[derive(Debug, Args)]
+struct SelectorArgs {
+    /// A container, by name (follows it across re-creation with that name).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["label", "compose_project"])]
+    container: Option<String>,
+    /// Every container with this label: K=V, or K for any value.
+    #[arg(long, value_name = "K[=V]", conflicts_with = "compose_project")]
+    label: Option<String>,
+    /// Every container of this compose project.
+    #[arg(long, value_name = "P")]
+    compose_project: Option<String>,
+    /// With --compose-project: only this service.
+    #[arg(long, value_name = "S", requires = "compose_project")]
+    compose_service: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -262,20 +314,15 @@ struct EventsArgs {
 #[derive(Debug, Args)]
 struct PortArgs {
     /// Port specs: 3306/tcp, 53/udp, 30000-30010/tcp, 8080 (tcp and udp).
-    #[arg(required = true, value_name = "PORTS")]
+    /// With a selector they are container ports, and none means every port.
+    #[arg(value_name = "PORTS")]
     ports: Vec<String>,
     /// Match the container port after DNAT, at the Docker bridge, instead of
     /// the port clients dial on this host.
     #[arg(long)]
     container_port: bool,
-}
-
-impl PortArgs {
-    /// The scope and the parsed specs; a bad spec is a usage error.
-    fn parse(&self) -> Result<(Scope, Vec<PortSpec>)> {
-        let specs = self.ports.iter().map(|s| PortSpec::parse(s)).collect::<Result<Vec<_>>>()?;
-        Ok((if self.container_port { Scope::Container } else { Scope::Dialed }, specs))
-    }
+    #[command(flatten)]
+    selector: SelectorArgs,
 }
 
 #[derive(Debug, Args)]
@@ -303,6 +350,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Attach(args) => attach::run(&pins, args),
         Command::Block(args) => block::run(&pins, args),
         Command::Unblock(args) => unblock::run(&pins, args),
+        Command::Allow(args) => allow::run(&pins, args),
+        Command::Policy(args) => policy::run(&pins, args),
         Command::Apply { file } => apply::run(&pins, &file),
         Command::Export => export::run(&pins),
         Command::List(args) => list::run(&pins, args.json),

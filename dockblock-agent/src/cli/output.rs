@@ -1,7 +1,13 @@
 //! JSON shapes and table rows shared by `list` and `stats` (documented in
 //! the README).
 
-use dockblock_agent::{ports::proto_name, rules::RuleOptions, store::RuleWithStats};
+use dockblock_agent::{
+    ports::proto_name,
+    rules::RuleOptions,
+    store::RuleWithStats,
+    target::{Action, Selector, Target},
+    translate::Covers,
+};
 use dockblock_common::Counter;
 use serde::Serialize;
 
@@ -29,6 +35,17 @@ pub struct RuleJson {
     pub allow_from: Vec<String>,
     pub dry_run: bool,
     pub log: bool,
+    /// What the rule names: {"kind": "ports"} for a plain rule, else
+    /// {"kind": "container", "name": ..}, "label" (key, value), "compose"
+    /// (project, service), "own_labels" (container), "published_policy",
+    /// "derived" (parent).
+    pub target: Selector,
+    pub action: Action,
+    pub from_containers: bool,
+    /// The rule a derived rule was made from.
+    pub derived_from: Option<u32>,
+    /// What the rule covers now (`list --json` with an engine), else null.
+    pub covers: Option<Covers>,
     /// New connections dropped (and later fragments of dropped datagrams).
     pub dropped: CounterJson,
     /// Replies and established traffic on the rule's ports.
@@ -53,6 +70,14 @@ impl From<&RuleWithStats> for RuleJson {
             allow_from: options.allow_from.iter().map(|n| n.to_string()).collect(),
             dry_run: options.dry_run,
             log: options.log,
+            target: r.rule.target.selector.clone(),
+            action: r.rule.target.action,
+            from_containers: options.from_containers,
+            derived_from: match r.rule.target.selector {
+                Selector::Derived { parent } => Some(parent),
+                _ => None,
+            },
+            covers: None,
             dropped: r.stats.dropped.into(),
             passed: r.stats.passed.into(),
             allowed: r.stats.allowed.into(),
@@ -63,6 +88,15 @@ impl From<&RuleWithStats> for RuleJson {
 
 /// " (allow 203.0.113.0/24; dry-run; log)", or "" for a plain rule.
 pub fn describe_options(options: &RuleOptions) -> String {
+    let parts = option_parts(options);
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join("; "))
+    }
+}
+
+fn option_parts(options: &RuleOptions) -> Vec<String> {
     let mut parts = Vec::new();
     if !options.allow_from.is_empty() {
         let nets: Vec<String> = options.allow_from.iter().map(|n| n.to_string()).collect();
@@ -74,11 +108,21 @@ pub fn describe_options(options: &RuleOptions) -> String {
     if options.log {
         parts.push("log".to_string());
     }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", parts.join("; "))
+    if options.from_containers {
+        parts.push("from containers".to_string());
     }
+    parts
+}
+
+/// The OPTIONS column: "(allow ..; log)" for a plain rule; the target
+/// first for the others ("container db; log", "derived from rule 3").
+fn describe_rule(target: &Target, options: &RuleOptions) -> String {
+    if target.is_plain() {
+        return describe_options(options).trim_start().to_string();
+    }
+    let mut parts = vec![target.to_string()];
+    parts.extend(option_parts(options));
+    parts.join("; ")
 }
 
 pub const RULE_HEADER: &str = "  ID  SCOPE      PORTS                 DROPPED  DROPPED_BYTES       PASSED      ALLOWED   WOULD_DROP  OPTIONS";
@@ -94,7 +138,7 @@ pub fn rule_row(r: &RuleWithStats) -> String {
         r.stats.passed.packets,
         r.stats.allowed.packets,
         r.stats.dry_run.packets,
-        describe_options(&r.rule.options).trim_start(),
+        describe_rule(&r.rule.target, &r.rule.options),
     )
 }
 

@@ -1,14 +1,27 @@
-use dockblock_agent::{paths::PinDir, require_root, teardown, Result};
+use dockblock_agent::{
+    paths::PinDir,
+    reconcile::reconcile,
+    require_root,
+    rules::RuleSpec,
+    store,
+    target::{Action, Target},
+    Result,
+};
 
-use super::PortArgs;
+use super::{block::describe, targeted, PortArgs};
 
+/// Opens the ports among the rules of the selector given (none: plain
+/// rules); `NotBlocked` when no such rule covers one of them.
 pub fn run(pins: &PinDir, args: PortArgs) -> Result<()> {
-    let (scope, ports) = args.parse()?;
+    let (selector, scope, ports) = args.resolve()?;
+    let target = Target { selector, action: Action::Block };
     require_root()?;
-    let (_lock, mut store) = teardown::begin_change(pins)?;
-    store.unblock(scope, &ports)?;
+    let view = targeted::view(&target)?;
+    let applied = reconcile(pins, view.as_ref(), |d| store::unblock_specs(d, &target, scope, &ports))?;
     for spec in ports {
-        println!("unblocked {scope} {spec}");
+        let spec = RuleSpec { target: target.clone(), ..RuleSpec::plain(scope, spec) };
+        println!("unblocked {}", describe(&spec));
     }
+    targeted::report(pins, &target, &applied);
     Ok(())
 }
