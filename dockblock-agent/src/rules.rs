@@ -191,7 +191,7 @@ impl Rule {
             def.flags & rule_flag::LOG != 0,
         )
         .with_from_containers(def.flags & rule_flag::FROM_CONTAINERS != 0);
-        let target = Target::decode(target).ok()?;
+        let target = Target::decode(target)?;
         valid.then_some(Rule { id, scope, ports, options, target })
     }
 }

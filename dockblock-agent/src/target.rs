@@ -175,20 +175,20 @@ impl Target {
     }
 
     /// Reads a `RULE_TARGETS` entry (`None`: no entry, a plain rule).
-    /// `Err(())` for an entry this version cannot interpret: the rule is
+    /// `None` for an entry this version cannot interpret: the rule is
     /// then left alone, as any damaged catalog entry.
-    pub fn decode(raw: Option<&RuleTarget>) -> std::result::Result<Target, ()> {
-        let Some(raw) = raw else { return Ok(Target::default()) };
+    pub fn decode(raw: Option<&RuleTarget>) -> Option<Target> {
+        let Some(raw) = raw else { return Some(Target::default()) };
         let action = match raw.action {
             target_action::BLOCK => Action::Block,
             target_action::ALLOW => Action::Allow,
-            _ => return Err(()),
+            _ => return None,
         };
-        let len = usize::try_from(raw.len).map_err(|_| ())?;
-        let text = std::str::from_utf8(raw.text.get(..len).ok_or(())?).map_err(|_| ())?.to_string();
+        let len = usize::try_from(raw.len).ok()?;
+        let text = std::str::from_utf8(raw.text.get(..len)?).ok()?.to_string();
         let needs_text = !matches!(raw.kind, 0 | target_kind::PUBLISHED_POLICY | target_kind::DERIVED);
         if needs_text == text.is_empty() || (raw.kind != target_kind::DERIVED && raw.parent != 0) {
-            return Err(());
+            return None;
         }
         let selector = match raw.kind {
             0 => Selector::Ports,
@@ -204,17 +204,17 @@ impl Target {
             target_kind::OWN_LABELS => Selector::OwnLabels { container: text },
             target_kind::PUBLISHED_POLICY => Selector::PublishedPolicy,
             target_kind::DERIVED if raw.parent != 0 => Selector::Derived { parent: raw.parent },
-            _ => return Err(()),
+            _ => return None,
         };
         if !matches!(selector, Selector::OwnLabels { .. }) && selector.validate().is_err() {
-            return Err(());
+            return None;
         }
         let target = Target { selector, action };
         // A plain rule has no entry: an entry that says "plain" is damaged.
         if target.is_plain() {
-            return Err(());
+            return None;
         }
-        Ok(target)
+        Some(target)
     }
 }
 
@@ -243,10 +243,10 @@ mod tests {
             t(Selector::Ports, Action::Allow),
         ] {
             let raw = target.encode().unwrap().expect("a targeted rule has an entry");
-            assert_eq!(Target::decode(Some(&raw)), Ok(target.clone()), "{target:?}");
+            assert_eq!(Target::decode(Some(&raw)), Some(target.clone()), "{target:?}");
         }
         assert_eq!(Target::default().encode().unwrap(), None, "plain: no entry");
-        assert_eq!(Target::decode(None), Ok(Target::default()));
+        assert_eq!(Target::decode(None), Some(Target::default()));
     }
 
     #[test]
@@ -269,7 +269,7 @@ mod tests {
             },
         ];
         for raw in damaged {
-            assert_eq!(Target::decode(Some(&raw)), Err(()), "{raw:?}");
+            assert_eq!(Target::decode(Some(&raw)), None, "{raw:?}");
         }
     }
 
