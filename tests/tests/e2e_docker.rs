@@ -64,7 +64,8 @@ fn a_published_port_rule_closes_every_path() {
     t.assert_opens(&web, 80, "unblock 19000/tcp");
 }
 
-/// `block --container NAME` closes every published port, `NAME 80/tcp`
+/// `block --container NAME` (of a container that exists: an unknown name
+/// is refused) closes every published port, `NAME 80/tcp`
 /// that port only, `--allow-from` keeps it open to that source; `unblock
 /// --container` opens again; `list` shows what the rule covers; an unknown
 /// container is refused (exit 2) and changes nothing.
@@ -219,11 +220,11 @@ fn container_to_container_is_judged_only_with_from_containers() {
 #[test]
 fn a_container_rule_follows_the_container() {
     let t = Topology::with_daemon("dkf", 210);
-    t.agent.ok(&["block", "--container", "dbt-dkf", "80/tcp"]);
     let web = Web::run("dbt-dkf", 19050, &[]);
+    t.agent.ok(&["block", "--container", "dbt-dkf", "80/tcp"]);
     t.wait_reviewed(&web);
     t.assert_opens(&web, CONTROL_PORT, "control port");
-    t.assert_paths(&web, 80, false, "started after the rule");
+    t.assert_paths(&web, 80, false, "block --container dbt-dkf 80/tcp");
 
     run_ok("docker", &["restart", "-t", "1", "dbt-dkf"]);
     web.wait_serving();
@@ -451,8 +452,8 @@ impl Drop for Dockerd {
 fn rules_hold_while_dockerd_restarts_and_the_daemon_resyncs() {
     let t = Topology::with_daemon("dkd", 216);
     let dockerd = Dockerd::live_restore();
-    t.agent.ok(&["block", "--container", "dbt-dkd", "80/tcp"]);
     let web = Web::run("dbt-dkd", 19080, &[]);
+    t.agent.ok(&["block", "--container", "dbt-dkd", "80/tcp"]);
     t.wait_reviewed(&web);
     t.assert_opens(&web, CONTROL_PORT, "control port");
     t.assert_paths(&web, 80, false, "before the restart");
@@ -492,8 +493,8 @@ fn rules_hold_while_dockerd_restarts_and_the_daemon_resyncs() {
 #[test]
 fn a_daemon_killed_and_restarted_leaves_no_gap() {
     let mut t = Topology::with_daemon("dkk", 218);
-    t.agent.ok(&["block", "--container", "dbt-dkk", "80/tcp"]);
     let web = Web::run("dbt-dkk", 19090, &[]);
+    t.agent.ok(&["block", "--container", "dbt-dkk", "80/tcp"]);
     t.wait_reviewed(&web);
     t.assert_opens(&web, CONTROL_PORT, "control port");
     t.assert_paths(&web, 80, false, "before the kill");

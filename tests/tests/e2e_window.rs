@@ -90,8 +90,10 @@ fn no_window_with_the_containers_own_label() {
 fn no_window_with_a_container_rule_by_name() {
     let t = Topology::with_daemon("dwc", 232);
     let (net, ip) = network("dwc", 232);
+    let web = Web::create(NAME, &[]);
     t.agent.ok(&["block", "--container", NAME, "80/tcp"]);
-    starts(&t, &net, &ip, &[], "block --container dbt-win 80/tcp");
+    drop(web);
+    starts(&t, &net, &ip, &[], "block --container dbt-win 80/tcp (named before the first start)");
 }
 
 #[test]
@@ -107,7 +109,9 @@ fn no_window_with_the_deny_policy() {
     let t = Topology::with_daemon("dwp", 236);
     let (net, ip) = network("dwp", 236);
     t.agent.ok(&["policy", "published", "deny"]);
+    let web = Web::create(NAME, &[]);
     t.agent.ok(&["allow", "--container", NAME, &format!("{CONTROL_PORT}/tcp")]);
+    drop(web);
     starts(&t, &net, &ip, &[], "policy published deny, allow --container dbt-win 81/tcp");
 }
 
@@ -119,9 +123,11 @@ fn no_window_with_the_deny_policy() {
 fn while_the_daemon_is_stopped() {
     let mut t = Topology::with_daemon("dwd", 238);
     let (net, ip) = network("dwd", 238);
-    t.agent.ok(&["block", "--container", "dbt-wdold", "80/tcp"]);
-    t.agent.ok(&["block", "--container", NAME, "80/tcp"]);
     let old = Web::run("dbt-wdold", 19210, &[]);
+    t.agent.ok(&["block", "--container", "dbt-wdold", "80/tcp"]);
+    let named = Web::create(NAME, &[]);
+    t.agent.ok(&["block", "--container", NAME, "80/tcp"]);
+    drop(named);
     t.wait_reviewed(&old);
     t.assert_opens(&old, CONTROL_PORT, "control port");
     t.assert_paths(&old, 80, false, "before the daemon stops");

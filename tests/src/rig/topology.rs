@@ -231,6 +231,18 @@ impl Web {
         web
     }
 
+    /// `docker create --name <name> <args> IMAGE true`, not started: a
+    /// name the engine knows (`block --container` refuses unknown names).
+    pub fn create(name: &str, args: &[&str]) -> Web {
+        remove_container(name);
+        let web = Web { name: name.to_string(), host_port: 0 };
+        let mut full = vec!["create", "--name", name];
+        full.extend_from_slice(args);
+        full.extend([IMAGE, "true"]);
+        run_ok("docker", &full);
+        web
+    }
+
     /// `start`, then waits until the host gets the page from port 80 at the
     /// container's address (host traffic passes every dockblock hook).
     pub fn run(name: &str, host_port: u16, extra: &[&str]) -> Web {
