@@ -8,6 +8,7 @@
 //! hook and the rule's counters must move by exactly that one packet.
 
 use dockblock_agent::{
+    explain::{self, Query},
     model::{At, Model},
     rules::{RuleOptions, Scope::Container},
 };
@@ -337,4 +338,58 @@ fn evasive_shapes_are_dropped_on_the_veth_reviewed_or_not() {
         // remembered (it cannot be reassembled without its first).
         rig.check(&whole[1], OUTSIDE, later, "and its last fragment");
     }
+}
+
+/// `explain` at the veth hook: its probe (the same program over the pinned
+/// veth table), the model and the program run directly agree, and the
+/// probe moves no counter.
+#[test]
+fn explain_at_the_veth_hook_agrees_with_the_program() {
+    let allow = Datapath::allow(&["203.0.113.0/24"]);
+    let mut rig = Rig::new("veth-explain", &[("3306/tcp", no_options()), ("5432/tcp", allow)]);
+    let mut queries = Vec::new();
+    for (src, port, flags) in [
+        ("203.0.113.7:40000", 3306, None),
+        ("198.51.100.7:40000", 5432, None),
+        ("203.0.113.7:40000", 5432, None),
+        ("198.51.100.7:40000", 5432, Some("ack")),
+        ("198.51.100.7:40000", 80, None),
+    ] {
+        for from in [HOST, CONTAINER, OUTSIDE] {
+            let q = Query::parse("tcp", src, &format!("198.18.0.1:{port}"), flags, &[], false).unwrap();
+            queries.push(q.at_veth(VETH, Some(from)).unwrap());
+        }
+    }
+    let mut outcomes = std::collections::BTreeSet::new();
+    for reviewed in [false, true] {
+        if reviewed {
+            rig.entry(proto::TCP, 3306, "3306/tcp", 0);
+            rig.entry(proto::TCP, 5432, "5432/tcp", rule_flag::FROM_CONTAINERS);
+            rig.state(VETH, veth_flag::REVIEWED | veth_flag::HAS_PORTS);
+        }
+        let before: Vec<u64> = (0..COUNT).map(|o| rig.dp.veth_counter(o).packets).collect();
+        let reports = explain::explain_all(&rig.dp.pins, &queries, &[hook::VETH]).expect("explain");
+        let after: Vec<u64> = (0..COUNT).map(|o| rig.dp.veth_counter(o).packets).collect();
+        assert_eq!(before, after, "the probe counted nothing in the pinned maps");
+        for (q, report) in queries.iter().zip(&reports) {
+            assert!(report.agree(), "{q:?}: {:?}", report.hooks);
+            let d = report.hooks[0].kernel.decision;
+            let v = q.veth.unwrap();
+            rig.check(&q.frame(), v.from, d.outcome, &format!("{q:?}, reviewed {reviewed}"));
+            outcomes.insert(d.outcome_name());
+        }
+    }
+    let want = [
+        "dropped",
+        "dropped_unreviewed",
+        "passed_allowed",
+        "passed_from_container",
+        "passed_host",
+        "passed_no_rule",
+        "passed_not_new",
+    ];
+    assert_eq!(outcomes.into_iter().collect::<Vec<_>>(), want);
+    let no_veth = Query::parse("tcp", "203.0.113.7", "198.18.0.1:3306", None, &[], false).unwrap();
+    let err = explain::explain_all(&rig.dp.pins, &[no_veth], &[hook::VETH]).unwrap_err();
+    assert!(err.to_string().contains("--veth"), "{err}");
 }

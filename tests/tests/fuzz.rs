@@ -5,7 +5,10 @@
 //! frames with every header kind and bends them (truncation at every byte,
 //! fragments, VLAN tags 0-3, IPv6 extension chains 0-10, v4-mapped sources,
 //! length fields, padding, byte flips, random bytes). Every frame runs
-//! through both loaded programs (BPF_PROG_TEST_RUN) and the model; the
+//! through the three loaded judging programs (BPF_PROG_TEST_RUN: XDP,
+//! bridge TC, and the veth hook under a drawn veth table: unreviewed or
+//! reviewed with exact and wildcard entries naming the case's rules, the
+//! frame from the host, another container or outside) and the model; the
 //! fragment table carries across the frames of a case in both.
 //!
 //! Checked per frame: the verdict. Per case (1,000 frames): the per-hook
@@ -20,17 +23,18 @@ use std::{cell::RefCell, fmt::Write as _, time::Instant};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use dockblock_agent::{
     loader::Capacities,
-    model::{Judgement, Model, Verdict as ModelVerdict},
+    model::{At, Judgement, Model, Verdict as ModelVerdict},
     ports::PortSpec,
     rulefile::parse_net,
     rules::{RuleOptions, RuleSpec, Scope},
     store::open_pinned,
 };
 use dockblock_common::{
-    config_flag, hook, hook_stats_index, map_names, outcome, seen, Counter, FlowKey, FragSlot, RuleStats,
+    config_flag, hook, hook_stats_index, map_names, outcome, proto, rule_flag, seen, veth_flag, Counter,
+    FlowKey, FragSlot, PortRule, RuleStats, VethRuleKey, VethState, VETH_ANY_PORT,
 };
 use dockblock_tests::{
-    datapath::{Datapath, From, TC_NEXT, TC_SHOT, XDP_DROP, XDP_PASS},
+    datapath::{Datapath, From, TC_NEXT, TC_SHOT, VETH, XDP_DROP, XDP_PASS},
     packet::*,
 };
 use proptest::{
@@ -52,14 +56,55 @@ const V6: [&str; 6] =
     ["2001:db8::1", "2001:db8::2", "2001:db8:1::5", "fd00::9", "::ffff:198.18.0.2", "::ffff:203.0.113.9"];
 const EXT: [u8; 5] = [IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_FRAGMENT, IPV6_AUTH, IPV6_DEST_OPTS];
 
-/// One proptest case: a rule set, the config flag, the UDP flows, and the
-/// seed of its frames.
+/// The judging hooks, in the order each frame goes through them.
+const HOOKS: [u32; 3] = [hook::XDP, hook::TC, hook::VETH];
+
+/// Ingress ifindexes of the veth hook's frames besides the host (0):
+/// another container's veth (a `VETHS` entry when the case says so) and an
+/// uplink.
+const PEER: u32 = 7;
+const OUTSIDE: u32 = 99;
+
+/// One proptest case: a rule set, the config flag, the UDP flows, the veth
+/// table, and the seed of its frames.
 #[derive(Clone, Debug)]
 struct Case {
     rules: Vec<RuleSpec>,
     judge_host: bool,
     flows: Vec<FlowKey>,
+    veth: VethCase,
     seed: u64,
+}
+
+/// The `VETHS`/`VETH_RULES` state of the veth under test ([`VETH`]).
+#[derive(Clone, Debug, Default)]
+struct VethCase {
+    /// `None`: no entry (unreviewed).
+    flags: Option<u32>,
+    /// Entries: the index of the case's rule they name, protocol, port
+    /// ([`VETH_ANY_PORT`] for the wildcard), from-containers.
+    entries: Vec<(usize, u32, u32, bool)>,
+    /// Whether `PEER` has a `VETHS` entry (is a container).
+    peer: bool,
+}
+
+fn veth_case() -> impl Strategy<Value = VethCase> {
+    use veth_flag::{HAS_PORTS, HAS_WILDCARD, REVIEWED};
+    let flags = prop::sample::select(vec![
+        None,
+        None,
+        Some(REVIEWED),
+        Some(REVIEWED | HAS_PORTS),
+        Some(REVIEWED | HAS_WILDCARD),
+        Some(REVIEWED | HAS_PORTS | HAS_WILDCARD),
+        Some(REVIEWED | HAS_PORTS | HAS_WILDCARD),
+        Some(HAS_PORTS | HAS_WILDCARD),
+    ]);
+    let port =
+        prop_oneof![3 => prop::sample::select(PORTS.to_vec()).prop_map(u32::from), 1 => Just(VETH_ANY_PORT)];
+    let entry = (0usize..8, 0u32..2, port, prop::bool::weighted(0.3));
+    (flags, prop::collection::vec(entry, 0..6), prop::bool::weighted(0.7))
+        .prop_map(|(flags, entries, peer)| VethCase { flags, entries, peer })
 }
 
 fn net() -> impl Strategy<Value = String> {
@@ -101,8 +146,28 @@ fn flow() -> impl Strategy<Value = FlowKey> {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (prop::collection::vec(rule(), 0..8), any::<bool>(), prop::collection::vec(flow(), 0..4), any::<u64>())
-        .prop_map(|(rules, judge_host, flows, seed)| Case { rules, judge_host, flows, seed })
+    let rules = prop::collection::vec(rule(), 0..8);
+    (rules, any::<bool>(), prop::collection::vec(flow(), 0..4), veth_case(), any::<u64>())
+        .prop_map(|(rules, judge_host, flows, veth, seed)| Case { rules, judge_host, flows, veth, seed })
+}
+
+/// Where frame `index` is judged at `hook`: the veth hook sees a frame the
+/// host sends from the host (0), others from the peer or from outside.
+fn at(hook: u32, from_host: bool, index: usize) -> At {
+    match hook {
+        hook::XDP => At::Xdp,
+        hook::TC => At::Bridge { from_host },
+        _ => {
+            let from = if from_host {
+                0
+            } else if index.is_multiple_of(3) {
+                PEER
+            } else {
+                OUTSIDE
+            };
+            At::Veth { ifindex: VETH, from }
+        }
+    }
 }
 
 /// splitmix64: the frame generator's randomness, from the case's seed.
@@ -156,6 +221,7 @@ impl FrameGen {
         let mut rule_ports: Vec<u16> = case.rules.iter().flat_map(|r| [r.ports.lo, r.ports.hi]).collect();
         rule_ports.extend(case.rules.iter().map(|r| r.ports.lo + (r.ports.hi - r.ports.lo) / 2));
         rule_ports.extend(case.flows.iter().map(|f| f.local_port));
+        rule_ports.extend(case.veth.entries.iter().filter(|e| e.2 != VETH_ANY_PORT).map(|e| e.2 as u16));
         Self { rng: Rng(case.seed), rule_ports, datagrams: Vec::new() }
     }
 
@@ -363,9 +429,9 @@ enum Kernel {
 
 struct Harness {
     dp: Datapath,
-    refused: [u64; 2],
+    refused: [u64; 3],
     /// Frames per hook and outcome over the run, to show what it covered.
-    coverage: [[u64; outcome::COUNT as usize]; 2],
+    coverage: [[u64; outcome::COUNT as usize]; 3],
 }
 
 /// Counters by rule id and per hook, as the kernel holds them.
@@ -400,8 +466,8 @@ impl Harness {
         };
         Self {
             dp: Datapath::load_with(tag, caps),
-            refused: [0; 2],
-            coverage: [[0; outcome::COUNT as usize]; 2],
+            refused: [0; 3],
+            coverage: [[0; outcome::COUNT as usize]; 3],
         }
     }
 
@@ -430,9 +496,28 @@ impl Harness {
             let mut seen_map: Array<MapData, u32> = open_pinned(&dp.pins, map_names::SEEN).unwrap();
             seen_map.set(seen::FLOWS, 1, 0).unwrap();
         }
-        let mut model = Model::new(&dp.store.rules().unwrap(), &dp.store.config().unwrap());
+        let rules = dp.store.rules().unwrap();
+        let mut model = Model::new(&rules, &dp.store.config().unwrap());
         for key in &case.flows {
             model.add_flow(*key);
+        }
+        dp.clear_veths();
+        let state = |flags| VethState { flags, _pad: 0, container: [0x5a; 32] };
+        if case.veth.peer {
+            dp.set_veth(PEER, state(veth_flag::REVIEWED));
+            model.set_veth(PEER, state(veth_flag::REVIEWED));
+        }
+        if let Some(flags) = case.veth.flags {
+            dp.set_veth(VETH, state(flags));
+            model.set_veth(VETH, state(flags));
+        }
+        for &(i, proto, port, from_containers) in &case.veth.entries {
+            let Some(rule) = (!rules.is_empty()).then(|| &rules[i % rules.len()]) else { break };
+            let extra = if from_containers { rule_flag::FROM_CONTAINERS } else { 0 };
+            let value = PortRule { rule_id: rule.id, flags: rule.options.flags() | extra };
+            let key = VethRuleKey { ifindex: VETH, proto, port };
+            dp.set_veth_rule(key, value);
+            model.set_veth_rule(key, value);
         }
         model
     }
@@ -442,16 +527,20 @@ impl Harness {
         Snapshot { hooks: self.dp.store.hook_stats().unwrap(), rules }
     }
 
-    fn run(&mut self, hook: u32, frame: &[u8], from_host: bool) -> Kernel {
-        let result = if hook == hook::XDP {
-            self.dp.try_xdp(frame)
-        } else {
-            self.dp.try_tc(frame, if from_host { From::Host } else { From::Outside })
+    fn run(&mut self, at: At, frame: &[u8]) -> Kernel {
+        let result = match at {
+            At::Xdp => self.dp.try_xdp(frame),
+            At::Bridge { from_host } => {
+                self.dp.try_tc(frame, if from_host { From::Host } else { From::Outside })
+            }
+            At::Veth { ifindex, from } => self.dp.try_veth(frame, ifindex, from),
         };
-        match (hook, result) {
+        match (at, result) {
             (_, Err(_)) => Kernel::Refused,
-            (hook::XDP, Ok(XDP_PASS)) | (hook::TC, Ok(TC_NEXT)) => Kernel::Pass,
-            (hook::XDP, Ok(XDP_DROP)) | (hook::TC, Ok(TC_SHOT)) => Kernel::Drop,
+            (At::Xdp, Ok(XDP_PASS)) => Kernel::Pass,
+            (At::Xdp, Ok(XDP_DROP)) => Kernel::Drop,
+            (At::Bridge { .. } | At::Veth { .. }, Ok(TC_NEXT)) => Kernel::Pass,
+            (At::Bridge { .. } | At::Veth { .. }, Ok(TC_SHOT)) => Kernel::Drop,
             (_, Ok(other)) => Kernel::Returned(other),
         }
     }
@@ -480,13 +569,14 @@ impl Harness {
         let start = self.snapshot();
         let mut before = start.clone();
         for (index, (frame, from_host)) in frames.iter().enumerate() {
-            for hook in [hook::XDP, hook::TC] {
-                let kernel = self.run(hook, frame, *from_host);
+            for hook in HOOKS {
+                let at = at(hook, *from_host, index);
+                let kernel = self.run(at, frame);
                 if kernel == Kernel::Refused {
                     self.refused[hook as usize] += 1;
                     continue;
                 }
-                let j = model.judge(hook, frame, *from_host);
+                let j = model.judge_at(at, frame);
                 let want = match j.verdict {
                     ModelVerdict::Pass => Kernel::Pass,
                     ModelVerdict::Drop => Kernel::Drop,
@@ -508,19 +598,19 @@ impl Harness {
                     continue;
                 }
                 if let Some(what) = wrong {
-                    return Err(report(case, index, hook, frame, *from_host, &what, &j));
+                    return Err(report(case, index, at, frame, *from_host, &what, &j));
                 }
             }
         }
         let end = self.snapshot();
         let mut problems = String::new();
         let tally = model.tally();
-        for h in [hook::XDP, hook::TC] {
+        for h in HOOKS {
             for o in 0..outcome::COUNT {
                 self.coverage[h as usize][o as usize] += tally.hook(h, o).packets;
             }
         }
-        for h in [hook::XDP, hook::TC] {
+        for h in HOOKS {
             for o in 0..outcome::SLOTS {
                 let i = hook_stats_index(h, o) as usize;
                 let (k, m) = (delta(start.hooks[i], end.hooks[i]), tally.hook(h, o));
@@ -588,10 +678,10 @@ fn frame_counters_differ(
 type Survey = std::collections::BTreeMap<String, (u64, String)>;
 
 fn hook_name(hook: u32) -> &'static str {
-    if hook == hook::XDP {
-        "xdp (dialed)"
-    } else {
-        "tc (container)"
+    match hook {
+        hook::XDP => "xdp (dialed)",
+        hook::TC => "tc (container)",
+        _ => "veth (container's own)",
     }
 }
 
@@ -602,17 +692,17 @@ fn hex(bytes: &[u8]) -> String {
 fn report(
     case: &Case,
     index: usize,
-    hook: u32,
+    at: At,
     frame: &[u8],
     from_host: bool,
     kernel: &str,
     j: &Judgement,
 ) -> String {
     let mut s = String::new();
-    let hook_name = hook_name(hook);
+    let hook_name = hook_name(at.hook());
     let _ = writeln!(
         s,
-        "MISMATCH at frame {index} of case seed {:#x}, hook {hook_name}, from_host {from_host}",
+        "MISMATCH at frame {index} of case seed {:#x}, hook {hook_name} ({at:?}), from_host {from_host}",
         case.seed
     );
     let _ = writeln!(s, "  frame ({} bytes): {}", frame.len(), hex(frame));
@@ -628,6 +718,10 @@ fn report(
     for f in &case.flows {
         let remote = dockblock_agent::addr::addr_from_mapped(f.remote);
         let _ = writeln!(s, "  flow {remote}:{} -> local {} scope {}", f.remote_port, f.local_port, f.scope);
+    }
+    let _ = writeln!(s, "  veth {VETH}: {:?} (peer {PEER} a container: {})", case.veth.flags, case.veth.peer);
+    for (i, proto, port, fc) in &case.veth.entries {
+        let _ = writeln!(s, "  veth entry: rule #{i} proto {proto} port {port} from_containers {fc}");
     }
     s
 }
@@ -672,13 +766,14 @@ fn kernel_and_model_agree_on_random_frames() {
     let refused = harness.borrow().refused;
     println!(
         "fuzz: seed {seed:#x}: {done} frames ({} test runs) in {elapsed:.1} s, {:.0} frames/s; \
-         test runs the kernel refused: xdp {}, tc {}",
-        2 * done,
+         test runs the kernel refused: xdp {}, tc {}, veth {}",
+        3 * done,
         done as f64 / elapsed,
         refused[0],
-        refused[1]
+        refused[1],
+        refused[2]
     );
-    for h in [hook::XDP, hook::TC] {
+    for h in HOOKS {
         let counts = harness.borrow().coverage[h as usize];
         let shown: Vec<String> =
             counts.iter().zip(outcome::NAMES).map(|(n, name)| format!("{name} {n}")).collect();
@@ -779,23 +874,32 @@ fn unhex(s: &str) -> Vec<u8> {
 fn regressions_agree_with_the_spec() {
     let mut h = Harness::new("fuzz-regress");
     let every = |scope| RuleSpec::plain(scope, PortSpec::parse("1-65535").unwrap());
+    // The veth reviewed, every port of it closed by the container rule: the
+    // same outcomes as the bridge.
+    let veth = VethCase {
+        flags: Some(veth_flag::REVIEWED | veth_flag::HAS_WILDCARD),
+        entries: vec![(1, proto::TCP, VETH_ANY_PORT, false), (1, proto::UDP, VETH_ANY_PORT, false)],
+        peer: false,
+    };
     let case = Case {
         rules: vec![every(Scope::Dialed), every(Scope::Container)],
         judge_host: false,
         flows: vec![],
+        veth,
         seed: 0,
     };
     let mut model = h.prepare(&case);
     let mut failures = Vec::new();
     for (what, frame, want) in REGRESSIONS {
         let frame = unhex(frame);
-        for hook in [hook::XDP, hook::TC] {
+        for hook in HOOKS {
             let before = h.snapshot();
-            let kernel = h.run(hook, &frame, false);
+            let at = at(hook, false, 1);
+            let kernel = h.run(at, &frame);
             if kernel == Kernel::Refused {
                 continue;
             }
-            let j = model.judge(hook, &frame, false);
+            let j = model.judge_at(at, &frame);
             let counters = frame_counters_differ(&before, &h.snapshot(), hook, &j, frame.len());
             if j.outcome != want || counters.is_some() {
                 failures.push(format!(
@@ -826,14 +930,24 @@ fn the_model_read_from_the_pinned_maps_is_the_live_state() {
             local_port: 5000,
             scope: dockblock_common::scope::DIALED,
         }],
+        veth: VethCase {
+            flags: Some(veth_flag::REVIEWED | veth_flag::HAS_PORTS | veth_flag::HAS_WILDCARD),
+            entries: vec![
+                (3, proto::UDP, 53, false),
+                (4, proto::TCP, 80, true),
+                (0, proto::TCP, VETH_ANY_PORT, false),
+            ],
+            peer: true,
+        },
         seed: 7,
     };
     let mut watched = h.prepare(&case);
     let frames = FrameGen::new(&case).frames(FRAMES_PER_CASE);
-    for (frame, from_host) in &frames {
-        for hook in [hook::XDP, hook::TC] {
-            if h.run(hook, frame, *from_host) != Kernel::Refused {
-                watched.judge(hook, frame, *from_host);
+    for (index, (frame, from_host)) in frames.iter().enumerate() {
+        for hook in HOOKS {
+            let at = at(hook, *from_host, index);
+            if h.run(at, frame) != Kernel::Refused {
+                watched.judge_at(at, frame);
             }
         }
     }
@@ -841,15 +955,13 @@ fn the_model_read_from_the_pinned_maps_is_the_live_state() {
     assert!(!watched.frag_slots().is_empty(), "the frames left datagrams remembered");
     assert_eq!(read.frag_slots(), watched.frag_slots());
     assert_eq!(read.rules(), watched.rules());
+    assert_eq!(read.veths(), watched.veths(), "the veth table");
     let reply = Packet::udp(5000).sport(53).build();
-    for (frame, from_host) in frames.iter().map(|(f, h)| (f.as_slice(), *h)).chain([(&reply[..], false)]) {
-        for hook in [hook::XDP, hook::TC] {
-            assert_eq!(
-                read.judge(hook, frame, from_host),
-                watched.judge(hook, frame, from_host),
-                "{}",
-                hex(frame)
-            );
+    let frames = frames.iter().map(|(f, h)| (f.as_slice(), *h)).chain([(&reply[..], false)]);
+    for (index, (frame, from_host)) in frames.enumerate() {
+        for hook in HOOKS {
+            let at = at(hook, from_host, index);
+            assert_eq!(read.judge_at(at, frame), watched.judge_at(at, frame), "{at:?} {}", hex(frame));
         }
     }
 }

@@ -15,18 +15,30 @@ use super::{
 
 pub fn run(pins: &PinDir, args: ExplainArgs) -> Result<()> {
     require_root()?;
-    let query =
+    let mut query =
         Query::parse(&args.proto, &args.src, &args.dst, args.flags.as_deref(), &args.vlan, args.from_host)?;
+    if let Some(ifindex) = args.veth {
+        query = query.at_veth(ifindex, args.from_ifindex)?;
+    }
     let hooks = match args.hook {
+        None if args.veth.is_some() => vec![hook::XDP, hook::TC, hook::VETH],
         None => explain::HOOKS.to_vec(),
         Some(HookChoice::Xdp) => vec![hook::XDP],
         Some(HookChoice::Tc) => vec![hook::TC],
+        Some(HookChoice::Veth) => vec![hook::VETH],
     };
-    if args.from_host && !hooks.contains(&hook::TC) {
+    if hooks.contains(&hook::VETH) && args.veth.is_none() {
+        return Err(Error::BadArgument {
+            what: "--hook",
+            value: "veth".into(),
+            why: "needs --veth IFINDEX (the container's host-side veth)".into(),
+        });
+    }
+    if args.from_host && hooks == [hook::XDP] {
         return Err(Error::BadArgument {
             what: "--from-host",
             value: "xdp".into(),
-            why: "only the tc hook sees packets the host sends".into(),
+            why: "only the tc hook (and the veth hook) sees packets the host sends".into(),
         });
     }
     output::warn_if_interrupted(pins);
@@ -58,7 +70,14 @@ fn print_text(report: &Report) {
         extras.push(format!("vlan {}", vids.join(",")));
     }
     if q.from_host {
-        extras.push("sent by the host (tc)".into());
+        extras.push("sent by the host".into());
+    }
+    if let Some(v) = q.veth {
+        let from = match v.from {
+            0 => "the host".to_string(),
+            n => format!("ifindex {n}"),
+        };
+        extras.push(format!("veth ifindex {}, from {from}", v.ifindex));
     }
     extras.push(format!("{} bytes", report.frame_len));
     println!("packet: {} {src} -> {dst}, {}", q.proto.name(), extras.join(", "));
@@ -92,8 +111,11 @@ fn print_text(report: &Report) {
 
 fn print_hook(h: &HookReport) {
     let name = hook_name(h.hook);
-    let place =
-        if h.hook == hook::XDP { "dialed port, at the uplink" } else { "container port, at the bridge" };
+    let place = match h.hook {
+        hook::XDP => "dialed port, at the uplink",
+        hook::TC => "container port, at the bridge",
+        _ => "container port, at the container's veth",
+    };
     println!("{name} ({place})");
     let rule = match &h.rule {
         Some(r) => format!("rule {}: {} {}{}", r.id, r.scope, r.ports, describe_options(&r.options)),
@@ -107,5 +129,5 @@ fn print_hook(h: &HookReport) {
 }
 
 fn decision(d: &Decision) -> String {
-    format!("{}  {:<17}", d.verdict(), d.outcome_name())
+    format!("{}  {:<21}", d.verdict(), d.outcome_name())
 }

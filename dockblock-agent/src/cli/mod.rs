@@ -112,18 +112,26 @@ struct ExplainArgs {
     /// without one, an ephemeral port is used.
     src: String,
     /// Destination address and port (198.51.100.1:3306, [2001:db8::1]:443):
-    /// the dialed port for xdp, the container port for tc.
+    /// the dialed port for xdp, the container port for tc and veth.
     dst: String,
     /// TCP flags, comma-separated (default syn): ack, syn,ack, fin, rst, psh, urg.
     #[arg(long)]
     flags: Option<String>,
-    /// Only this hook (default both).
+    /// Only this hook (default xdp and tc, and veth with --veth).
     #[arg(long, value_enum)]
     hook: Option<HookChoice>,
+    /// For veth: the container's host-side veth the packet leaves through,
+    /// by interface index (`ip -o link`).
+    #[arg(long, value_name = "IFINDEX")]
+    veth: Option<u32>,
+    /// For veth: the interface the packet came in on (0: the host sent it;
+    /// another container's veth; default an outside one).
+    #[arg(long, value_name = "N", requires = "veth")]
+    from_ifindex: Option<u32>,
     /// VLAN id of an 802.1Q tag; twice for QinQ (outer first).
     #[arg(long, value_name = "ID")]
     vlan: Vec<u16>,
-    /// For tc: the host itself sent the packet into the bridge.
+    /// For tc and veth: the host itself sent the packet.
     #[arg(long)]
     from_host: bool,
     #[command(flatten)]
@@ -134,6 +142,7 @@ struct ExplainArgs {
 enum HookChoice {
     Xdp,
     Tc,
+    Veth,
 }
 
 #[derive(Debug, Args)]

@@ -9,7 +9,8 @@ use serde_json::{json, Map, Value};
 
 use super::output::{print_json, rule_row, CounterJson, RuleJson, RULE_HEADER};
 
-const HOOKS: [(u32, &str); 2] = [(hook::XDP, "xdp"), (hook::TC, "tc")];
+const HOOKS: [(u32, &str); hook::COUNT as usize] =
+    [(hook::XDP, "xdp"), (hook::TC, "tc"), (hook::VETH, "veth")];
 
 /// One reading of every counter.
 struct Snapshot {
@@ -80,7 +81,7 @@ fn print(now: &Snapshot, before: Option<&Snapshot>, json: bool) {
         }
         return;
     }
-    println!("{:<5} {:<17} {:>14} {:>16} {:>12}", "HOOK", "OUTCOME", "PACKETS", "BYTES", "PKTS/S");
+    println!("{:<5} {:<21} {:>14} {:>16} {:>12}", "HOOK", "OUTCOME", "PACKETS", "BYTES", "PKTS/S");
     for (h, hook_name) in HOOKS {
         for (o, name) in outcome::NAMES.iter().enumerate() {
             let i = hook_stats_index(h, o as u32) as usize;
@@ -88,7 +89,7 @@ fn print(now: &Snapshot, before: Option<&Snapshot>, json: bool) {
             let r = before
                 .and_then(|b| rate(c.packets, b.hooks[i].packets))
                 .map_or(String::new(), |r| format!("{r:.0}"));
-            println!("{hook_name:<5} {name:<17} {:>14} {:>16} {r:>12}", c.packets, c.bytes);
+            println!("{hook_name:<5} {name:<21} {:>14} {:>16} {r:>12}", c.packets, c.bytes);
         }
     }
     println!("events suppressed by the rate limit: {}", now.suppressed);
