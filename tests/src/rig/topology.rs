@@ -427,6 +427,8 @@ while True:
             tally[p[1]][0 if err == 0 else 1] += 1
             p[0].close()
             pending.remove(p)
+    if running:
+        time.sleep(max(0, tick_end - time.time()))
     now = time.time()
     for p in [p for p in pending if now >= p[2]]:
         tally[p[1]][2] += 1
