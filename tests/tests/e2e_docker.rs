@@ -9,6 +9,8 @@
 //! Needs root and a running Docker daemon; run serially:
 //! `cargo build -p dockblock-agent && cargo test -p dockblock-tests --test e2e_docker -- --test-threads=1`
 
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dockblock_tests::docker::MARKER;
@@ -566,4 +568,104 @@ fn a_flood_at_a_container_rule_dies_in_xdp() {
     let ct = run("conntrack", &["-L", "-s", source]);
     let entries = String::from_utf8_lossy(&ct.stdout).lines().filter(|l| l.contains(source)).count();
     assert_eq!(entries, 0, "conntrack entries for the flood's source: {}", describe(&ct));
+}
+
+/// The engine's socket seen through a socat proxy the test owns (its own
+/// process group, so stopping it cuts the daemon's event stream too): the
+/// engine goes away and comes back for the daemon, without touching dockerd.
+struct EngineProxy {
+    path: String,
+    child: Option<Child>,
+}
+
+impl EngineProxy {
+    fn new(path: &str) -> EngineProxy {
+        let mut p = EngineProxy { path: path.to_string(), child: None };
+        p.start();
+        p
+    }
+
+    fn docker_host(&self) -> String {
+        format!("unix://{}", self.path)
+    }
+
+    fn start(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listen = format!("UNIX-LISTEN:{},fork", self.path);
+        let child = Command::new("timeout")
+            .args(["300", "socat", &listen, "UNIX-CONNECT:/var/run/docker.sock"])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start socat");
+        self.child = Some(child);
+        let up = eventually(Duration::from_secs(5), || std::path::Path::new(&self.path).exists());
+        assert!(up, "proxy socket {} not there", self.path);
+    }
+
+    /// SIGTERM to the proxy's process group: the listener and every
+    /// forwarded connection end.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: the group of our own child, not reaped yet.
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for EngineProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The engine goes away under the daemon (its socket cut) and comes back:
+/// rules stay enforced throughout (probe loop: zero connections to the
+/// blocked port, the control port answers); a container started while the
+/// daemon has no engine is closed (its veth unreviewed), and reviewed once
+/// the daemon has reconnected and synced again.
+#[test]
+fn rules_hold_while_the_engine_is_away_and_the_daemon_resyncs() {
+    let mut proxy = EngineProxy::new("/tmp/dockblock-test-dke.sock");
+    let mut t = Topology::new("dke", 222);
+    t.start_daemon_env(&[("DOCKER_HOST", &proxy.docker_host())]);
+    let web = Web::run("dbt-dke", 19110, &[]);
+    t.agent.ok(&["block", "--container", "dbt-dke", "80/tcp"]);
+    t.agent.ok(&["block", "--label", "dke=late", "80/tcp"]);
+    t.wait_reviewed(&web);
+    t.assert_opens(&web, CONTROL_PORT, "control port");
+    t.assert_paths(&web, 80, false, "before the engine goes away");
+
+    let every = Duration::from_millis(20);
+    let host = t.xdp.host_ip().to_string();
+    let xdp_targets = [(host.clone(), 19110), (web.ip(), 80), (host, 19111)];
+    let xdp = ProbeLoop::start(&t.xdp, &xdp_targets, every, Duration::from_secs(120));
+    let plain = ProbeLoop::start(
+        &t.plain,
+        &[(t.plain.host_ip().to_string(), 19110)],
+        every,
+        Duration::from_secs(120),
+    );
+    proxy.stop();
+    let late = Web::run("dbt-dke2", 19112, &["-l", "dke=late"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let away = t.paths(&late, CONTROL_PORT);
+    println!("a container started while the engine is away, control port: {away:?}");
+    assert_eq!(away, [false; 3], "unreviewed, it must be closed\n{}", t.context());
+    proxy.start();
+    t.wait_reviewed(&late);
+    t.assert_opens(&late, CONTROL_PORT, "reviewed after the reconnect");
+    t.assert_paths(&late, 80, false, "its --label rule after the reconnect");
+    t.assert_paths(&web, 80, false, "after the reconnect");
+
+    assert_probe(
+        &xdp.finish(),
+        &[("xdp uplink :19110", false), ("container ip :80", false), ("xdp uplink :19111 (control)", true)],
+        "engine away",
+    );
+    assert_probe(&plain.finish(), &[("uplink without XDP :19110", false)], "engine away");
 }

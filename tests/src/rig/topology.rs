@@ -67,6 +67,15 @@ impl Topology {
         self.daemon = Some(Daemon::started(bin, self.agent.pin_dir(), &[self.xdp.host_if()]));
     }
 
+    /// `start_daemon` with extra environment (e.g. `DOCKER_HOST`).
+    pub fn start_daemon_env(&mut self, env: &[(&str, &str)]) {
+        assert!(self.daemon.is_none(), "a daemon runs already");
+        let bin = std::path::Path::new(self.agent.bin());
+        let d = Daemon::start_env(bin, self.agent.pin_dir(), &[self.xdp.host_if()], env)
+            .unwrap_or_else(|e| panic!("daemon did not start: {e}"));
+        self.daemon = Some(d);
+    }
+
     pub fn daemon(&self) -> &Daemon {
         self.daemon.as_ref().expect("no daemon runs")
     }
