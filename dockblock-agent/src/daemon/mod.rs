@@ -73,6 +73,14 @@ pub fn run(pins: &PinDir, opts: RunOptions) -> Result<()> {
 async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::bpf("watch SIGTERM", e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::bpf("watch SIGINT", e))?;
+    if let (status, Some(s)) = state::DaemonStatus::read(&pins)? {
+        if status.running && s.pid != std::process::id() {
+            return Err(Error::Unhealthy {
+                what: format!("a daemon already runs for {} (pid {})", pins.root().display(), s.pid),
+                fix: format!("kill {}", s.pid),
+            });
+        }
+    }
     let since = state::now_rfc3339();
     // The Docker bridges there are now get their programs with the uplinks'
     // (one load of the object); later ones at the sync that finds them.
@@ -114,7 +122,10 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
     use futures_util::StreamExt as _;
     loop {
         tokio::select! {
-            _ = &mut sync => unreachable!("the sync loop never ends"),
+            e = &mut sync => {
+                tracing::error!("{e}: exiting");
+                return Err(e);
+            }
             ev = link_events.next() => match ev {
                 Some(ev) => daemon.on_link(ev).await,
                 None => {

@@ -13,10 +13,12 @@ use std::{
 use super::{kernel, lock, state, Daemon};
 use crate::{
     docker::{engine::Engine, netns, snapshot::Snapshot},
-    error::Result,
+    error::{Error, Result},
 };
 
-pub(super) async fn sync_loop(daemon: Arc<Daemon>) {
+/// Ends only when the pin folder is gone (a full `detach`): there is
+/// nothing left to keep in sync.
+pub(super) async fn sync_loop(daemon: Arc<Daemon>) -> Error {
     let mut snapshot: Option<Snapshot> = None;
     loop {
         daemon.dirty.notified().await;
@@ -37,6 +39,7 @@ pub(super) async fn sync_loop(daemon: Arc<Daemon>) {
                 s.problems = hook_problems;
                 s.problems.push("engine down: following nothing until it is back".into());
             }),
+            Err(e @ Error::NotAttached { .. }) => return e,
             Err(e) => {
                 tracing::warn!("sync failed: {e}");
                 lock(&daemon.pending).full = true;
