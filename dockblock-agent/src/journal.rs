@@ -217,3 +217,47 @@ pub fn set_change(pins: &PinDir, change: Option<Change>) -> Result<()> {
     journal.change = change;
     write(pins, &journal)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        ports::PortSpec,
+        rules::{RuleOptions, RuleSpec, Scope},
+        target::{Action, Selector, Target},
+    };
+
+    #[test]
+    fn a_stored_rule_keeps_its_target_through_json() {
+        let targets = [
+            Target::default(),
+            Target {
+                selector: Selector::Label { key: "tier".into(), value: Some("db".into()) },
+                action: Action::Allow,
+            },
+            Target { selector: Selector::Derived { parent: 4 }, action: Action::Block },
+            Target { selector: Selector::PublishedPolicy, action: Action::Block },
+        ];
+        for target in targets {
+            let spec = RuleSpec {
+                options: RuleOptions::new(["10.0.0.0/8".parse().unwrap()], false, true)
+                    .with_from_containers(true),
+                target,
+                ..RuleSpec::plain(Scope::Container, PortSpec::EVERY)
+            };
+            let rule = Rule::from_spec(9, spec);
+            let stored = StoredRule::from(&rule);
+            assert_eq!(stored.target.is_none(), rule.target.is_plain());
+            let back: StoredRule = serde_json::from_str(&serde_json::to_string(&stored).unwrap()).unwrap();
+            assert_eq!(back.to_rule(), Some(rule));
+        }
+        // A journal written before targets existed reads as plain rules.
+        let old = r#"{"id":1,"scope":0,"protos":1,"port_lo":22,"port_hi":22}"#;
+        let rule = serde_json::from_str::<StoredRule>(old).unwrap().to_rule().unwrap();
+        assert!(rule.target.is_plain());
+        // A damaged target: the rule is not rolled forward as something else.
+        let mut stored = StoredRule::from(&rule);
+        stored.target = Some(StoredTarget { kind: 42, action: 0, parent: 0, text: "x".into() });
+        assert_eq!(stored.to_rule(), None);
+    }
+}
