@@ -46,10 +46,10 @@ pub fn lookup(ifindex: u32, from: u32, l4: &L4) -> Match {
     let Some(rule) = rule(ifindex, flags, l4.proto, l4.dport) else {
         return Match::Pass(outcome::PASSED_NO_RULE);
     };
-    // Only read when a rule matched: most packets never pay for it.
+    // Read only when it decides: a rule matched that leaves containers'
+    // traffic alone, and the packet was not sent by the host.
     // SAFETY: only the presence is read.
-    let from_container = from != 0 && unsafe { VETHS.get(from) }.is_some();
-    if from_container && rule.flags & rule_flag::FROM_CONTAINERS == 0 {
+    if rule.flags & rule_flag::FROM_CONTAINERS == 0 && from != 0 && unsafe { VETHS.get(from) }.is_some() {
         return Match::Pass(outcome::PASSED_FROM_CONTAINER);
     }
     Match::Rule(rule)

@@ -155,6 +155,22 @@ impl Datapath {
         (result.duration, info.size_translated().unwrap_or(0) / 8)
     }
 
+    /// As [`Datapath::time`] for the veth judge, the packet leaving
+    /// through `ifindex` come in on `from`.
+    pub fn time_veth(
+        &mut self,
+        frame: &[u8],
+        ifindex: u32,
+        from: u32,
+        repeat: u32,
+    ) -> (std::time::Duration, u32) {
+        let ctx = skb_ctx_at(ifindex, from);
+        let opts = TestRunOptions { repeat, ctx_in: Some(&ctx), ..options(frame) };
+        let prog = loader::tc_program(&mut self.ebpf, program_names::VETH_TC).unwrap();
+        let result = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        (result.duration, prog.info().unwrap().size_translated().unwrap_or(0) / 8)
+    }
+
     /// Runs a flow-tracking program on an outgoing `frame`; it never drops.
     pub fn track(&mut self, program: &str, frame: &[u8]) {
         let ctx = skb_ctx(From::Outside);

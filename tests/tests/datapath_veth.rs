@@ -393,3 +393,38 @@ fn explain_at_the_veth_hook_agrees_with_the_program() {
     let err = explain::explain_all(&rig.dp.pins, &[no_veth], &[hook::VETH]).unwrap_err();
     assert!(err.to_string().contains("--veth"), "{err}");
 }
+
+/// Cost of the veth judge beside the bridge program on the same frames,
+/// printed (run by hand: `cargo test --release -p dockblock-tests --test
+/// datapath_veth -- --ignored --nocapture cost`): median of 5 rounds of 2M
+/// test runs, raw (the test-run floor included).
+#[test]
+#[ignore]
+fn cost_of_the_veth_hook() {
+    let mut rig = Rig::new("veth-cost", &[("18080", no_options())]);
+    let frames = [
+        ("syn_blocked", Packet::syn(18080).build()),
+        ("syn_open", Packet::syn(18081).build()),
+        ("ack_blocked", Packet::tcp(18080, ACK).build()),
+        ("udp_blocked", Packet::udp(18080).build()),
+        ("syn6_blocked", Packet::syn(18080).v6().build()),
+    ];
+    let median = |mut runs: Vec<u128>| {
+        runs.sort();
+        runs[2]
+    };
+    for (state, reviewed) in [("unreviewed", false), ("reviewed", true)] {
+        if reviewed {
+            rig.entry(proto::TCP, 18080, "18080", 0);
+            rig.entry(proto::UDP, 18080, "18080", 0);
+            rig.state(VETH, veth_flag::REVIEWED | veth_flag::HAS_PORTS);
+        }
+        for (name, frame) in &frames {
+            let veth = median(
+                (0..5).map(|_| rig.dp.time_veth(frame, VETH, OUTSIDE, 2_000_000).0.as_nanos()).collect(),
+            );
+            let tc = median((0..5).map(|_| rig.dp.time(true, frame, 2_000_000).0.as_nanos()).collect());
+            println!("cost veth {state:10} {name:13} median {veth:3} ns (bridge tc {tc:3} ns)");
+        }
+    }
+}
