@@ -66,8 +66,14 @@ impl Daemon {
 
     pub(super) async fn on_link(&self, ev: LinkEvent) {
         match ev {
-            LinkEvent::New(info) => {
+            LinkEvent::New(mut info) => {
                 let mut l = lock(&self.hooks);
+                // The bridge's own port notices (AF_BRIDGE RTM_NEWLINK, at
+                // every port state change) carry no IFLA_LINKINFO: the kind
+                // stays what the link's own messages said.
+                if info.kind.is_none() {
+                    info.kind = l.all.get(&info.ifindex).and_then(|b| b.kind.clone());
+                }
                 let before = l.all.insert(info.ifindex, info.clone());
                 let new_or_moved =
                     before.as_ref().is_none_or(|b| b.master != info.master || b.name != info.name);

@@ -47,10 +47,6 @@ pub struct RunOptions {
     pub settings: Settings,
 }
 
-/// How often the catalog's journal folder is looked at for changes made by
-/// the CLI (a `stat`; the CLI reconciles its own changes itself, this only
-/// makes the daemon's next view include them at once).
-const CATALOG_POLL: Duration = Duration::from_millis(500);
 /// A full snapshot this often even without events: an audit of what the
 /// events may have missed.
 const AUDIT: Duration = Duration::from_secs(300);
@@ -168,8 +164,6 @@ struct Daemon {
     /// Problems of the fast path (a veth that could not be hooked), by
     /// interface, kept until it is hooked or gone.
     hook_problems: Mutex<std::collections::BTreeMap<String, String>>,
-    /// The journal folder's mtime after our own last write.
-    catalog_seen: Mutex<Option<std::time::SystemTime>>,
     /// A sync runs (its own commit changes the journal folder).
     syncing: AtomicBool,
 }
@@ -198,7 +192,6 @@ impl Daemon {
             engine: Mutex::new(None),
             state: Mutex::new(state),
             hook_problems: Mutex::new(Default::default()),
-            catalog_seen: Mutex::new(None),
             syncing: AtomicBool::new(false),
         }
     }
@@ -226,7 +219,6 @@ impl Daemon {
         if let Err(e) = state::write(&self.pins, &s) {
             tracing::warn!("cannot write the daemon state file: {e}");
         }
-        *lock(&self.catalog_seen) = journal_dir_mtime();
     }
 
     fn write_state(&self) {
@@ -234,36 +226,90 @@ impl Daemon {
     }
 }
 
-fn journal_dir_mtime() -> Option<std::time::SystemTime> {
-    std::fs::metadata(Path::new(JOURNAL_DIR)).and_then(|m| m.modified()).ok()
-}
-
-/// A CLI change (`block`, `apply`, ...) journals into the journal folder,
-/// which changes its mtime: then sync, so the daemon's view includes it.
-/// Our own writes there are recorded after each (`update_state`).
+/// A CLI change (`block`, `apply`, ...) writes this pin folder's journal
+/// (renamed into place) and removes it when done: inotify on the journal
+/// folder tells, and a sync follows, so the daemon's view includes it at
+/// once. Our own commits' journals are ignored while we sync; other pin
+/// folders' files (their journals, other daemons' state files) never count.
 async fn watch_catalog(daemon: Arc<Daemon>) {
-    let mut tick = tokio::time::interval(CATALOG_POLL);
     let mut audit = tokio::time::interval(AUDIT);
     audit.tick().await;
+    let journal = daemon.pins.journal();
+    let watch = match JournalWatch::new(&journal) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch {} ({e}): CLI changes are seen at the next event",
+                journal.display()
+            );
+            None
+        }
+    };
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                if daemon.syncing.load(Ordering::Acquire) {
-                    continue;
-                }
-                let now = journal_dir_mtime();
-                let changed = {
-                    let mut seen = lock(&daemon.catalog_seen);
-                    let changed = now.is_some() && *seen != now;
-                    *seen = now;
-                    changed
-                };
-                if changed {
-                    tracing::debug!("catalog folder changed: sync");
+            hit = async { match &watch { Some(w) => w.next().await, None => std::future::pending().await } } => {
+                if hit && !daemon.syncing.load(Ordering::Acquire) {
+                    tracing::debug!("the catalog changed (journal): sync");
                     daemon.mark_dirty(false);
                 }
             }
             _ = audit.tick() => daemon.mark_dirty(true),
+        }
+    }
+}
+
+/// inotify on the journal's folder, for the journal's own name.
+struct JournalWatch {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    name: Vec<u8>,
+}
+
+impl JournalWatch {
+    fn new(journal: &Path) -> std::io::Result<JournalWatch> {
+        use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+        let dir = journal.parent().unwrap_or(Path::new(JOURNAL_DIR));
+        std::fs::create_dir_all(dir)?;
+        let name = journal.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+        // SAFETY: plain syscall; the fd is owned right below.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: valid fd and NUL-terminated path.
+        if unsafe { libc::inotify_add_watch(raw, path.as_ptr(), libc::IN_MOVED_TO | libc::IN_DELETE) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: we own `fd` and it stays open (inside the AsyncFd) for as
+        // long as it is registered.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
+        Ok(JournalWatch { fd, name })
+    }
+
+    /// Waits for the next batch of events; true when one names the journal.
+    async fn next(&self) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let Ok(mut guard) = self.fd.readable().await else { return false };
+        let mut buf = [0u8; 4096];
+        let mut hit = false;
+        loop {
+            // SAFETY: reading into a buffer we own, of its length.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                guard.clear_ready();
+                return hit;
+            }
+            let mut at = 0;
+            let header = std::mem::size_of::<libc::inotify_event>();
+            while at + header <= n as usize {
+                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().expect("4 bytes")) as usize;
+                let name = &buf[at + header..(at + header + len).min(n as usize)];
+                let name = name.split(|b| *b == 0).next().unwrap_or_default();
+                hit |= name == self.name.as_slice();
+                at += header + len;
+            }
         }
     }
 }
