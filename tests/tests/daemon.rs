@@ -434,3 +434,26 @@ fn sigterm_exits_zero_and_rules_stay() {
     let status = agent.json(&["status"]);
     assert_eq!(status["daemon"]["running"], false, "{status}");
 }
+
+/// A container that runs before the daemon starts stays reviewed when its
+/// bridge port changes afterwards (the bridge's port notices carry no link
+/// kind: the daemon once forgot the veth was a veth and closed it).
+#[test]
+fn veths_present_at_start_stay_reviewed_after_port_notices() {
+    require_env();
+    let agent = Agent::new("dmk");
+    let first = Ctr::web("dbt-dmk-a", &[]);
+    let mut d = start_daemon(&agent, &[]);
+    let (ifindex, name) = first.veths()[0].clone();
+    assert!(eventually(Duration::from_secs(10), || reviewed(&agent, ifindex)), "{}", d.log_tail());
+    // One AF_BRIDGE RTM_NEWLINK for the port, without IFLA_LINKINFO (fails
+    // without the fix, as `ip link set .. type bridge_slave` does not:
+    // that one is followed by a full notice).
+    run_ok("bridge", &["link", "set", "dev", &name, "cost", "7"]);
+    let last = d.last_sync();
+    let second = Ctr::web("dbt-dmk-b", &[]);
+    let (other, _) = second.veths()[0].clone();
+    assert!(eventually(Duration::from_secs(10), || reviewed(&agent, other)), "{}", d.log_tail());
+    d.wait_sync_after(last.as_deref(), Duration::from_secs(10)).unwrap();
+    assert!(reviewed(&agent, ifindex), "{name} lost its review after a port notice\n{}", d.log_tail());
+}
