@@ -94,6 +94,12 @@ impl Daemon {
                 }
             }
             LinkEvent::Del { ifindex, name } => {
+                // The bridge also sends RTM_DELLINK (AF_BRIDGE) for port
+                // changes of a live interface (`bridge vlan del`): only a
+                // link that is really gone loses its hooks.
+                if crate::link_info::ifindex(&name) == Some(ifindex) {
+                    return;
+                }
                 let mut l = lock(&self.hooks);
                 let gone = l.all.remove(&ifindex);
                 let hooked = l.hooked.contains_key(&ifindex);
