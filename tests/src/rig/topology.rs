@@ -181,6 +181,25 @@ pub fn veth_state(pin_dir: &str, ifindex: u32) -> Option<VethState> {
     states.into_iter().find(|(i, _)| *i == ifindex).map(|(_, s)| s)
 }
 
+/// Pids of daemons of other pin folders running now, from their state
+/// files in /run/dockblock (no `stopped`, pid alive). Each hooks every
+/// container veth on the host and honours every `dockblock.*` label and its
+/// own policy, so it can close what a test expects open.
+pub fn other_daemons(pin_dir: &str) -> Vec<u32> {
+    let mine = format!("{}.daemon.json", pin_dir.trim_matches('/').replace('/', "_"));
+    let Ok(dir) = std::fs::read_dir("/run/dockblock") else { return vec![] };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name().to_string_lossy().ends_with(".daemon.json") && e.file_name() != mine.as_str()
+        })
+        .filter_map(|e| serde_json::from_str::<Value>(&std::fs::read_to_string(e.path()).ok()?).ok())
+        .filter(|v| v["stopped"].is_null())
+        .filter_map(|v| v["pid"].as_u64().map(|p| p as u32))
+        // SAFETY: signal 0 only checks that the pid exists.
+        .filter(|p| unsafe { libc::kill(*p as libc::pid_t, 0) } == 0)
+        .collect()
+}
+
 /// Polls `f` every 100 ms until it holds, for at most `within`.
 pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
