@@ -111,11 +111,14 @@ impl Topology {
     /// own address by direct routing from the XDP namespace).
     pub fn paths(&self, web: &Web, port: u16) -> [bool; 3] {
         let host_port = web.host_port(port);
-        [
-            http(&self.xdp, None, self.xdp.host_ip(), host_port),
-            http(&self.plain, None, self.plain.host_ip(), host_port),
-            http(&self.xdp, None, &web.ip(), port),
-        ]
+        let ip = web.ip();
+        // At once: a closed path costs its whole connect timeout.
+        std::thread::scope(|s| {
+            let xdp = s.spawn(|| http(&self.xdp, None, self.xdp.host_ip(), host_port));
+            let plain = s.spawn(|| http(&self.plain, None, self.plain.host_ip(), host_port));
+            let direct = s.spawn(|| http(&self.xdp, None, &ip, port));
+            [xdp, plain, direct].map(|h| h.join().expect("probe thread"))
+        })
     }
 
     /// Panics with the log unless `web`'s `port` is `open` on every path.
