@@ -63,11 +63,12 @@ impl Rig {
     }
 }
 
-/// The rule with this scope and spec from `list --json`.
+/// The plain port rule with this scope and spec from `list --json` (not a
+/// rule of a container's own labels or one derived from another).
 pub fn rule(agent: &Agent, scope: &str, spec: &str) -> Option<Value> {
     let list = agent.json(&["list"]);
     let rules = list["rules"].as_array().unwrap_or_else(|| panic!("list --json: {list}"));
-    rules.iter().find(|r| r["scope"] == scope && r["spec"] == spec).cloned()
+    rules.iter().find(|r| r["scope"] == scope && r["spec"] == spec && r["target"]["kind"] == "ports").cloned()
 }
 
 pub fn dropped_packets(rule: &Value) -> u64 {
