@@ -235,6 +235,9 @@ fn a_container_rule_follows_the_container() {
     t.assert_paths(&web, 80, false, "after docker restart");
 
     drop(web);
+    // Before the container, so it drops after it (a network with an
+    // endpoint cannot be removed).
+    let net = Net::create("dbt-dkf", "172.29.210.0/24", "dbbrdkf");
     let mut web = Web::run("dbt-dkf", 19056, &[]);
     t.wait_reviewed(&web);
     t.assert_opens(&web, CONTROL_PORT, "re-created on 19056");
@@ -242,7 +245,6 @@ fn a_container_rule_follows_the_container() {
 
     // A second network: its address is reachable only where forwarding is
     // opened (Docker accepts published ports on the first network only).
-    let net = Net::create("dbt-dkf", "172.29.210.0/24", "dbbrdkf");
     let _forward = ForwardAll::from(&[t.xdp.host_if()]);
     run_ok("docker", &["network", "connect", net.name(), "dbt-dkf"]);
     let ip2 = web.ip_on(Some(net.name()));
