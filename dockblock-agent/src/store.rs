@@ -228,7 +228,7 @@ pub fn map_mismatches(pins: &PinDir) -> Result<Vec<Error>> {
             why.push(format!("max entries {}, expected {}", info.max_entries(), want.max_entries()));
         }
         if !why.is_empty() {
-            log::debug!("{}: {why:?}", path.display());
+            tracing::debug!("{}: {why:?}", path.display());
             found.push(Error::MapMismatch { name: name.to_string(), why: why.join(", ") });
         }
     }
@@ -315,7 +315,7 @@ impl RuleStore {
             let (id, def) = entry.map_err(|e| Error::bpf("read RULES", e))?;
             match Rule::from_def(id, &def, allow.remove(&id).unwrap_or_default(), targets.get(&id)) {
                 Some(rule) => rules.push(rule),
-                None => log::warn!("ignoring rule {id} that this version cannot read: {def:?}"),
+                None => tracing::warn!("ignoring rule {id} that this version cannot read: {def:?}"),
             }
         }
         rules.sort_by_key(|r| r.id);

@@ -116,7 +116,7 @@ fn dedup(plans: &[VethPlan]) -> Vec<VethPlan> {
             .iter()
             .filter(|(k, _)| {
                 if k.ifindex != plan.ifindex {
-                    log::warn!("veth plan {}: entry for veth {} ignored", plan.ifindex, k.ifindex);
+                    tracing::warn!("veth plan {}: entry for veth {} ignored", plan.ifindex, k.ifindex);
                     return false;
                 }
                 keys.insert(*k)

@@ -64,8 +64,21 @@ pub mod map_names {
 
     /// Every map the agent pins, in a fixed order.
     pub const ALL: [&str; 15] = [
-        PORT_RULES, RULES, RULE_ALLOW, RULE_STATS, HOOK_STATS, CONFIG, ALLOW, FLOWS, SEEN, FRAGS, EVENTS,
-        LOG_BUDGET, VETHS, VETH_RULES, RULE_TARGETS,
+        PORT_RULES,
+        RULES,
+        RULE_ALLOW,
+        RULE_STATS,
+        HOOK_STATS,
+        CONFIG,
+        ALLOW,
+        FLOWS,
+        SEEN,
+        FRAGS,
+        EVENTS,
+        LOG_BUDGET,
+        VETHS,
+        VETH_RULES,
+        RULE_TARGETS,
     ];
 }
 

@@ -185,3 +185,27 @@ fn agent_bin() -> PathBuf {
     );
     bin
 }
+
+/// Points DOCKER_HOST (inherited by the agent) at a missing socket until
+/// dropped: the agent then works as without Docker. For tests about the
+/// CLI without Docker: with an engine, every changing verb also writes the
+/// rules of the host's containers' own `dockblock.*` labels (other tests'
+/// containers), and `list` shows what rules cover now.
+pub struct NoEngine(Option<std::ffi::OsString>);
+
+impl NoEngine {
+    pub fn set() -> NoEngine {
+        let old = std::env::var_os("DOCKER_HOST");
+        std::env::set_var("DOCKER_HOST", "unix:///nonexistent/dockblock-tests-no-engine.sock");
+        NoEngine(old)
+    }
+}
+
+impl Drop for NoEngine {
+    fn drop(&mut self) {
+        match self.0.take() {
+            Some(v) => std::env::set_var("DOCKER_HOST", v),
+            None => std::env::remove_var("DOCKER_HOST"),
+        }
+    }
+}

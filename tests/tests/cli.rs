@@ -4,20 +4,12 @@
 use std::process::Command;
 
 use dockblock_tests::{
-    agent::Agent,
+    agent::{Agent, NoEngine},
     describe,
     netns::Outside,
     rig::{connects, host_service},
     run_ok,
 };
-
-/// These tests are about the CLI without Docker: with an engine, every
-/// changing verb also writes the rules of the host's containers' own
-/// `dockblock.*` labels (other tests' containers), which these counts and
-/// capacities do not expect. The agent's children inherit this.
-fn without_docker() {
-    std::env::set_var("DOCKER_HOST", "unix:///nonexistent/dockblock-tests-no-engine.sock");
-}
 
 /// The XDP links in `status --json`.
 fn xdp_links(agent: &Agent) -> Vec<serde_json::Value> {
@@ -57,7 +49,7 @@ fn non_root_is_refused_and_nothing_is_created() {
 
 #[test]
 fn parallel_cli_calls_lose_no_update() {
-    without_docker();
+    let _no_engine = NoEngine::set();
     let outside = Outside::new("par", 41);
     let agent = Agent::new("par");
     agent.ok(&["attach", outside.host_if(), "--no-bridge"]);
@@ -81,7 +73,7 @@ fn parallel_cli_calls_lose_no_update() {
 
 #[test]
 fn a_full_rule_table_refuses_the_whole_change() {
-    without_docker();
+    let _no_engine = NoEngine::set();
     let outside = Outside::new("full", 42);
     let agent = Agent::new("full");
     agent.ok(&["attach", outside.host_if(), "--no-bridge", "--max-rules", "3"]);
@@ -143,7 +135,7 @@ fn an_interface_that_disappears_goes_defunct_and_attach_replaces_it() {
 
 #[test]
 fn detaching_one_interface_keeps_the_rules_for_the_others() {
-    without_docker();
+    let _no_engine = NoEngine::set();
     let a = Outside::new("dta", 44);
     let b = Outside::new("dtb", 45);
     let agent = Agent::new("detach1");
@@ -184,7 +176,7 @@ fn xdp_mode_auto_picks_skb_on_veth_and_a_mode_change_needs_detach() {
 
 #[test]
 fn stats_watch_streams_rates_and_export_apply_round_trips() {
-    without_docker();
+    let _no_engine = NoEngine::set();
     let outside = Outside::new("watch", 47);
     let agent = Agent::new("watch");
     agent.ok(&["attach", outside.host_if(), "--no-bridge"]);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use dockblock_tests::agent::Agent;
+use dockblock_tests::agent::{Agent, NoEngine};
 use dockblock_tests::docker::{self, Container, MARKER};
 use dockblock_tests::netns::{Background, Capture, Outside};
 use dockblock_tests::rig::{connects, dropped_packets, host_service, require_env, rule, Rig};
@@ -24,27 +24,6 @@ use serde_json::Value;
 /// `allowed`, `would_drop`).
 fn packets(rule: &Value, counter: &str) -> u64 {
     rule[counter]["packets"].as_u64().unwrap_or_else(|| panic!("no {counter}.packets: {rule}"))
-}
-
-/// Points DOCKER_HOST (inherited by the agent) at a missing socket until
-/// dropped: the agent then works as without Docker.
-struct NoEngine(Option<std::ffi::OsString>);
-
-impl NoEngine {
-    fn set() -> NoEngine {
-        let old = std::env::var_os("DOCKER_HOST");
-        std::env::set_var("DOCKER_HOST", "unix:///nonexistent/dockblock-tests-no-engine.sock");
-        NoEngine(old)
-    }
-}
-
-impl Drop for NoEngine {
-    fn drop(&mut self) {
-        match self.0.take() {
-            Some(v) => std::env::set_var("DOCKER_HOST", v),
-            None => std::env::remove_var("DOCKER_HOST"),
-        }
-    }
 }
 
 /// The rule with this scope and spec; panics if it is not listed.

@@ -16,7 +16,7 @@ use dockblock_agent::{
 };
 use dockblock_common::{hook, map_names, outcome, program_names, seen, FragSlot};
 use dockblock_tests::{
-    agent::Agent,
+    agent::{Agent, NoEngine},
     datapath::{Datapath, From, Verdict},
     packet::Packet,
     quiet, run_ok,
@@ -121,6 +121,7 @@ fn expect(answer: &Value, hook: &str, verdict: &str, outcome: &str, rule_id: Opt
 
 #[test]
 fn explain_shows_each_outcome_and_moves_nothing() {
+    let _no_engine = NoEngine::set();
     let rig = Rig::new("out");
     let agent = &rig.agent;
     agent.ok(&["block", "3306/tcp", "--log"]);
@@ -203,6 +204,7 @@ fn explain_shows_each_outcome_and_moves_nothing() {
 
 #[test]
 fn explain_json_shape_and_text() {
+    let _no_engine = NoEngine::set();
     let rig = Rig::new("shape");
     rig.agent.ok(&["block", "3306/tcp"]);
     let a = rig.explain(&["tcp", "203.0.113.7:40000", "198.51.100.1:3306"]);
@@ -251,6 +253,7 @@ fn explain_json_shape_and_text() {
 
 #[test]
 fn explain_refuses_bad_input_and_needs_attach() {
+    let _no_engine = NoEngine::set();
     let agent = Agent::new("explain-bad");
     for (args, why) in [
         (vec!["icmp", "203.0.113.7", "198.51.100.1:1"], "expected tcp or udp"),
@@ -286,6 +289,7 @@ fn query(proto: &str, src: &str, dst: &str, flags: Option<&str>, vlans: &[u16], 
 /// the harness's counters do not move for the probe.
 #[test]
 fn probe_model_and_program_agree() {
+    let _no_engine = NoEngine::set();
     let mut dp = Datapath::load("explain");
     dp.block_with(Scope::Dialed, "3306/tcp", RuleOptions::new([], false, true));
     dp.block_with(Scope::Dialed, "5432", Datapath::allow(&["203.0.113.0/24", "2001:db8:aa::/48"]));
@@ -366,6 +370,7 @@ fn probe_model_and_program_agree() {
 /// pass as allowed. Either way, exit code, `agree` and the columns match.
 #[test]
 fn explain_fails_when_kernel_and_model_disagree() {
+    let _no_engine = NoEngine::set();
     let rig = Rig::new("dis");
     rig.agent.ok(&["block", "5432/tcp", "--allow-from", "203.0.113.0/24"]);
     let args =
