@@ -14,12 +14,6 @@
 //! lives as long as the pins do, in memory, and is replaced by rename, so a
 //! reader sees the old or the new journal.
 
-use std::{
-    io::Write as _,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
-    path::PathBuf,
-};
-
 use dockblock_common::{RuleDef, RuleTarget, RULE_TARGET_TEXT};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -27,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     error::{Error, Result},
     paths::PinDir,
+    private_file,
     rules::Rule,
     testhook,
 };
@@ -192,21 +187,8 @@ pub fn write(pins: &PinDir, journal: &Journal) -> Result<()> {
         testhook::step();
         return Ok(());
     }
-    let dir = path.parent().expect("journal path has a folder");
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    let tmp: PathBuf = path.with_extension(format!("tmp{}", std::process::id()));
     let text = serde_json::to_vec(journal).expect("journal serializes");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::io("write journal", &tmp, e))?;
-    file.write_all(&text).map_err(|e| Error::io("write journal", &tmp, e))?;
-    drop(file);
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io("write journal", &path, e))?;
+    private_file::write(&path, &text, "write journal")?;
     testhook::step();
     Ok(())
 }

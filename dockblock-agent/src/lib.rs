@@ -31,6 +31,7 @@ pub mod lock;
 pub mod model;
 pub mod paths;
 pub mod ports;
+pub mod private_file;
 pub mod published;
 pub mod reconcile;
 pub mod rulefile;

@@ -75,6 +75,21 @@ pub fn dropped_packets(rule: &Value) -> u64 {
     rule["dropped"]["packets"].as_u64().unwrap_or_else(|| panic!("no dropped.packets: {rule}"))
 }
 
+/// Drops of `rule` plus those of the rules derived from it: with an engine,
+/// a container-port rule also gets rules on the published host ports that
+/// lead to its port, and XDP drops there first.
+pub fn dropped_with_derived(agent: &Agent, rule: &Value) -> u64 {
+    let list = agent.json(&["list"]);
+    let derived: u64 = list["rules"]
+        .as_array()
+        .unwrap_or_else(|| panic!("list --json: {list}"))
+        .iter()
+        .filter(|d| d["derived_from"] == rule["id"])
+        .map(dropped_packets)
+        .sum();
+    dropped_packets(rule) + derived
+}
+
 /// Links from `status --json` on `iface` with `hook` (any hook if None).
 pub fn links(agent: &Agent, iface: &str, hook: Option<&str>) -> Vec<Value> {
     let status = agent.json(&["status"]);

@@ -11,7 +11,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData};
 use dockblock_common::{map_names, veth_flag, PortRule, VethRuleKey, VethState};
@@ -19,6 +19,7 @@ use dockblock_testkit::daemon::Daemon;
 use dockblock_tests::agent::Agent;
 use dockblock_tests::docker::{self, remove_container, remove_network, IMAGE, MARKER};
 use dockblock_tests::netns::Outside;
+use dockblock_tests::rig::topology::eventually;
 use dockblock_tests::{is_root, run, run_ok};
 
 fn require_env() {
@@ -29,20 +30,6 @@ fn require_env() {
 
 fn start_daemon(agent: &Agent, args: &[&str]) -> Daemon {
     Daemon::started(Path::new(agent.bin()), agent.pin_dir(), args)
-}
-
-/// Polls `f` every 100 ms until it holds, for at most `within`.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > within {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A container removed on drop, under a fixed name.

@@ -2,11 +2,7 @@
 //! (dis)connects, read by `status`. A small JSON file next to the journal,
 //! replaced by rename so a reader sees the old or the new one.
 
-use std::{
-    io::Write as _,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,20 +73,8 @@ pub fn read(pins: &PinDir) -> Result<Option<DaemonState>> {
 
 pub fn write(pins: &PinDir, state: &DaemonState) -> Result<()> {
     let path = pins.daemon_state();
-    let dir = path.parent().expect("state path has a folder");
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let text = serde_json::to_vec(state).expect("daemon state serializes");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", &tmp, e))?;
-    file.write_all(&text).map_err(|e| Error::io("write", &tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io("rename to", &path, e))
+    crate::private_file::write(&path, &text, "write daemon state")
 }
 
 /// Whether a process with this pid exists (EPERM counts: it exists).
