@@ -27,6 +27,7 @@ pub fn run(opts: &Options) -> Result<()> {
     const HOST: [&str; 4] = ["--workspace", "--exclude", "dockblock-ebpf", "--all-targets"];
     const KERNEL: [&str; 2] = ["dockblock-ebpf", "dockblock-bench-ebpf"];
 
+    sweep_leftovers();
     util::run(&mut util::cargo(["fmt", "--all", "--check"]))?;
     util::run(util::cargo(["clippy"]).args(HOST).args(["--", "-D", "warnings"]))?;
     for krate in KERNEL {
@@ -62,6 +63,53 @@ pub fn run(opts: &Options) -> Result<()> {
 }
 
 /// Runs cargo test, echoing its output, and adds up the `test result:` lines.
+/// Pin folders of the tests' agents (`dockblock-test-*`) and of the
+/// datapath harness (`dockblock-dp-pins-*`).
+const TEST_PIN_PREFIXES: [&str; 2] = ["dockblock-test-", "dockblock-dp-pins-"];
+
+/// Removes what a test run that was killed left behind (its guards never
+/// ran): daemons of test pin folders, and the pin folders themselves, whose
+/// links would stay attached (a bridge judge left on docker0 drops what
+/// later tests expect to pass). Never touches a pin folder of a real install.
+fn sweep_leftovers() {
+    let is_test_pin = |name: &str| TEST_PIN_PREFIXES.iter().any(|p| name.starts_with(p));
+    // The daemon state files are named after the pin folder ('/' as '_').
+    if let Ok(states) = std::fs::read_dir("/run/dockblock") {
+        for state in states.flatten() {
+            let name = state.file_name().to_string_lossy().into_owned();
+            let Some(pin) = name.strip_prefix("sys_fs_bpf_").and_then(|n| n.strip_suffix(".daemon.json"))
+            else {
+                continue;
+            };
+            if !is_test_pin(pin) {
+                continue;
+            }
+            let pid = std::fs::read_to_string(state.path())
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["pid"].as_i64());
+            // Only a process that still is that daemon: a pid may be reused.
+            let is_daemon = |pid: i64| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!("/sys/fs/bpf/{pin}")))
+            };
+            if let Some(pid) = pid.filter(|&p| p > 1 && p <= i64::from(i32::MAX) && is_daemon(p)) {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            let _ = std::fs::remove_file(state.path());
+        }
+    }
+    if let Ok(pins) = std::fs::read_dir("/sys/fs/bpf") {
+        for pin in pins.flatten() {
+            if is_test_pin(&pin.file_name().to_string_lossy()) {
+                eprintln!("test: removing leftover pin folder {}", pin.path().display());
+                let _ = std::fs::remove_dir_all(pin.path());
+            }
+        }
+    }
+}
+
 fn run_tallied(cmd: &mut std::process::Command) -> Result<(u64, u64)> {
     use std::io::{BufRead, BufReader};
     println!("+ {}", util::show(cmd));
