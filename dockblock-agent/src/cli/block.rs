@@ -1,15 +1,12 @@
 use dockblock_agent::{
     paths::PinDir,
-    reconcile::reconcile,
-    require_root,
     rulefile::parse_net,
     rules::{RuleOptions, RuleSpec},
-    store,
     target::{Action, Selector, Target},
     Error, Result,
 };
 
-use super::{output::describe_options, targeted, BlockArgs};
+use super::{targeted, BlockArgs};
 
 /// Every spec, address and selector is validated, and the whole change
 /// planned, before anything is written; all under the pin folder lock.
@@ -25,21 +22,8 @@ pub fn run(pins: &PinDir, args: BlockArgs) -> Result<()> {
     let allow = args.allow_from.iter().map(|v| parse_net(v)).collect::<Result<Vec<_>>>()?;
     let options = RuleOptions::new(allow, args.dry_run, args.log).with_from_containers(args.from_containers);
     let target = Target { selector, action: Action::Block };
-    let specs: Vec<RuleSpec> = ports
-        .iter()
-        .map(|p| RuleSpec { options: options.clone(), target: target.clone(), ..RuleSpec::plain(scope, *p) })
-        .collect();
-    require_root()?;
-    let view = targeted::view(&target)?;
-    targeted::check_known(&target, view.as_ref())?;
-    let mut changed = Vec::new();
-    let applied = reconcile(pins, view.as_ref(), |draft| store::block_specs(draft, &specs, &mut changed))?;
-    for (spec, changed) in specs.iter().zip(changed) {
-        let what = if changed { "blocked" } else { "already blocked:" };
-        println!("{what} {}{}", describe(spec), describe_options(&spec.options));
-    }
-    targeted::report(pins, &target, &applied);
-    Ok(())
+    let specs = targeted::specs(scope, &ports, &options, &target);
+    targeted::add(pins, &target, &specs, "blocked", "already blocked:")
 }
 
 /// "dialed 3306/tcp" for a plain rule, "80/tcp for container db" else.

@@ -8,12 +8,14 @@ use dockblock_agent::{
     paths::PinDir,
     ports::PortSpec,
     reconcile::{self, Applied, EngineView},
-    rules::Scope,
+    require_root,
+    rules::{RuleOptions, RuleSpec, Scope},
+    store,
     target::{Selector, Target},
     Error, Result,
 };
 
-use super::{PortArgs, SelectorArgs};
+use super::{block::describe, output::describe_options, PortArgs, SelectorArgs};
 
 impl SelectorArgs {
     /// The selector asked for (`Ports` when none), its values checked.
@@ -95,6 +97,62 @@ pub(super) fn check_known(target: &Target, view: Option<&EngineView>) -> Result<
     Err(Error::BadSelector {
         what: format!("no container named `{name}` (`docker ps -a` lists them); nothing changed"),
     })
+}
+
+/// One spec per port spec, all with `options` and `target`.
+pub(super) fn specs(
+    scope: Scope,
+    ports: &[PortSpec],
+    options: &RuleOptions,
+    target: &Target,
+) -> Vec<RuleSpec> {
+    ports
+        .iter()
+        .map(|p| RuleSpec { options: options.clone(), target: target.clone(), ..RuleSpec::plain(scope, *p) })
+        .collect()
+}
+
+/// Adds `specs` (all of `target`) through reconcile and says, per spec,
+/// `done` or `unchanged` (the verb's words: "blocked", "already blocked:").
+pub(super) fn add(
+    pins: &PinDir,
+    target: &Target,
+    specs: &[RuleSpec],
+    done: &str,
+    unchanged: &str,
+) -> Result<()> {
+    require_root()?;
+    let view = view(target)?;
+    check_known(target, view.as_ref())?;
+    let mut changed = Vec::new();
+    let applied = reconcile::reconcile(pins, view.as_ref(), |d| store::block_specs(d, specs, &mut changed))?;
+    for (spec, changed) in specs.iter().zip(changed) {
+        let what = if changed { done } else { unchanged };
+        println!("{what} {}{}", describe(spec), describe_options(&spec.options));
+    }
+    report(pins, target, &applied);
+    Ok(())
+}
+
+/// Opens `ports` among the rules of `target` through reconcile and says
+/// `done` for each (`NotBlocked` when no such rule covers one of them).
+pub(super) fn remove(
+    pins: &PinDir,
+    target: &Target,
+    scope: Scope,
+    ports: &[PortSpec],
+    done: &str,
+) -> Result<()> {
+    require_root()?;
+    let view = view(target)?;
+    let applied =
+        reconcile::reconcile(pins, view.as_ref(), |d| store::unblock_specs(d, target, scope, ports))?;
+    for spec in ports {
+        let spec = RuleSpec { target: target.clone(), ..RuleSpec::plain(scope, *spec) };
+        println!("{done} {}", describe(&spec));
+    }
+    report(pins, target, &applied);
+    Ok(())
 }
 
 /// Warnings of containers' labels, and, for a Docker rule with no daemon
