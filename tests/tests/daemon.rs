@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{HashMap, Map, MapData};
-use dockblock_common::{map_names, veth_flag, PortRule, VethRuleKey, VethState};
+use dockblock_agent::{paths::PinDir, vethtable};
+use dockblock_common::{veth_flag, PortRule, VethRuleKey, VethState};
 use dockblock_testkit::daemon::Daemon;
 use dockblock_tests::agent::Agent;
 use dockblock_tests::docker::{self, remove_container, remove_network, IMAGE, MARKER};
@@ -109,17 +109,11 @@ fn live_links(agent: &Agent, iface: &str) -> usize {
 }
 
 fn vethmap(agent: &Agent) -> Vec<(u32, VethState)> {
-    let path = format!("{}/maps/{}", agent.pin_dir(), map_names::VETHS);
-    let map: HashMap<MapData, u32, VethState> =
-        HashMap::try_from(Map::HashMap(MapData::from_pin(&path).expect("VETHS pinned"))).unwrap();
-    map.iter().map(|e| e.unwrap()).collect()
+    vethtable::read(&PinDir::new(agent.pin_dir())).expect("VETHS pinned").0
 }
 
 fn veth_rules(agent: &Agent) -> Vec<(VethRuleKey, PortRule)> {
-    let path = format!("{}/maps/{}", agent.pin_dir(), map_names::VETH_RULES);
-    let map: HashMap<MapData, VethRuleKey, PortRule> =
-        HashMap::try_from(Map::HashMap(MapData::from_pin(&path).expect("VETH_RULES pinned"))).unwrap();
-    map.iter().map(|e| e.unwrap()).collect()
+    vethtable::read(&PinDir::new(agent.pin_dir())).expect("VETH_RULES pinned").1
 }
 
 fn reviewed(agent: &Agent, ifindex: u32) -> bool {
