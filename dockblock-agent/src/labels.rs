@@ -16,12 +16,10 @@ use crate::{
     docker::snapshot::{Container, ALLOW_FROM_LABEL, BLOCK_LABEL, FROM_CONTAINERS_LABEL},
     ports::PortSpec,
     rulefile::parse_net,
+    target::{too_wide, MAX_RANGE},
 };
 
 const EVERY: PortSpec = PortSpec::EVERY;
-
-/// Largest explicit range a Docker rule takes (each port is a veth entry).
-pub const MAX_RANGE: u32 = 1024;
 
 /// A label the daemon could not use; it logs it, the CLI prints it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -96,7 +94,7 @@ fn block_ports(value: &str) -> Result<Vec<PortSpec>, String> {
         } else {
             PortSpec::parse(item).map_err(|e| e.to_string())?
         };
-        if spec != EVERY && spec.port_count() > MAX_RANGE {
+        if too_wide(&spec) {
             return Err(format!(
                 "`{item}` covers {} ports; a container rule takes at most {MAX_RANGE}, or `all`",
                 spec.port_count()

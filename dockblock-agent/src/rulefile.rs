@@ -31,10 +31,9 @@ use toml::Spanned;
 
 use crate::{
     error::{Error, Result},
-    labels::MAX_RANGE,
     ports::PortSpec,
     rules::{Rule, RuleOptions, RuleSpec, Scope},
-    target::{Action, Selector, Target},
+    target::{too_wide, Action, Selector, Target, MAX_RANGE},
 };
 
 #[derive(Deserialize)]
@@ -160,7 +159,7 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<RuleSpec>> {
         };
         // Rules that name containers are about container ports.
         let docker = target.selector != Selector::Ports;
-        if docker && ports != PortSpec::EVERY && ports.port_count() > MAX_RANGE {
+        if docker && too_wide(&ports) {
             let why = format!(
                 "{ports} covers {} ports; a rule that names containers takes at most {MAX_RANGE}, or every port",
                 ports.port_count()

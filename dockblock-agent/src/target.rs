@@ -5,7 +5,19 @@
 use dockblock_common::{target_action, target_kind, RuleTarget, RULE_TARGET_TEXT};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    ports::PortSpec,
+};
+
+/// Largest explicit range a rule that names containers takes (each port is
+/// a veth entry); `PortSpec::EVERY` is one wildcard entry per protocol.
+pub const MAX_RANGE: u32 = 1024;
+
+/// Whether `spec` is too wide for a rule that names containers.
+pub fn too_wide(spec: &PortSpec) -> bool {
+    *spec != PortSpec::EVERY && spec.port_count() > MAX_RANGE
+}
 
 /// Who a rule is about.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

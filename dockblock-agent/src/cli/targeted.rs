@@ -4,14 +4,13 @@
 use dockblock_agent::{
     daemon::state::DaemonStatus,
     docker::engine,
-    labels::MAX_RANGE,
     paths::PinDir,
     ports::PortSpec,
     reconcile::{self, Applied, EngineView},
     require_root,
     rules::{RuleOptions, RuleSpec, Scope},
     store,
-    target::{Selector, Target},
+    target::{too_wide, Selector, Target, MAX_RANGE},
     Error, Result,
 };
 
@@ -56,7 +55,7 @@ impl PortArgs {
             }
             return Ok((selector, if self.container_port { Scope::Container } else { Scope::Dialed }, specs));
         }
-        if let Some(wide) = specs.iter().find(|s| **s != PortSpec::EVERY && s.port_count() > MAX_RANGE) {
+        if let Some(wide) = specs.iter().find(|s| too_wide(s)) {
             return Err(Error::BadSelector {
                 what: format!(
                     "`{wide}` covers {} ports; a rule that names containers takes at most {MAX_RANGE} \
