@@ -1,46 +1,29 @@
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, time::Duration};
 
-use dockblock_agent::{paths::PinDir, require_root, store::RuleStore, Result};
-use dockblock_common::{hook, hook_stats_index, outcome, Counter};
+use dockblock_agent::{
+    paths::PinDir,
+    require_root,
+    stats::{self, Reading, HOOKS},
+    store::RuleStore,
+    Result,
+};
+use dockblock_common::outcome;
 use serde_json::{json, Map, Value};
 
 use super::output::{print_json, rule_row, CounterJson, RuleJson, RULE_HEADER};
-
-const HOOKS: [(u32, &str); hook::COUNT as usize] =
-    [(hook::XDP, "xdp"), (hook::TC, "tc"), (hook::VETH, "veth")];
-
-/// One reading of every counter.
-struct Snapshot {
-    at: Instant,
-    hooks: Vec<Counter>,
-    rules: Vec<dockblock_agent::store::RuleWithStats>,
-    suppressed: u64,
-}
-
-fn read(store: &RuleStore) -> Result<Snapshot> {
-    Ok(Snapshot {
-        at: Instant::now(),
-        hooks: store.hook_stats()?,
-        rules: store.rules_with_stats()?,
-        suppressed: store.suppressed_events()?,
-    })
-}
 
 pub fn run(pins: &PinDir, json: bool, watch: bool, count: Option<u64>) -> Result<()> {
     require_root()?;
     super::output::warn_if_interrupted(pins);
     let store = RuleStore::open_read_only(pins)?;
-    let mut last = read(&store)?;
+    let mut last = stats::read(&store)?;
     if !watch {
         print(&last, None, json);
         return Ok(());
     }
     for _ in 0..count.unwrap_or(u64::MAX) {
         std::thread::sleep(Duration::from_secs(1));
-        let now = read(&store)?;
+        let now = stats::read(&store)?;
         print(&now, Some(&last), json);
         last = now;
     }
@@ -49,7 +32,7 @@ pub fn run(pins: &PinDir, json: bool, watch: bool, count: Option<u64>) -> Result
 
 /// Prints `now`; with `before`, adds per-second rates (one JSON object per
 /// line in JSON mode, so `--watch --json` is a stream).
-fn print(now: &Snapshot, before: Option<&Snapshot>, json: bool) {
+fn print(now: &Reading, before: Option<&Reading>, json: bool) {
     let secs = before.map(|b| now.at.duration_since(b.at).as_secs_f64().max(1e-3));
     let rate = |n: u64, b: u64| secs.map(|s| (n.saturating_sub(b)) as f64 / s);
     if json {
@@ -60,11 +43,10 @@ fn print(now: &Snapshot, before: Option<&Snapshot>, json: bool) {
                     .iter()
                     .enumerate()
                     .map(|(o, oname)| {
-                        let i = hook_stats_index(*h, o as u32) as usize;
-                        let c = now.hooks[i];
+                        let c = now.hook(*h, o as u32);
                         let mut v = serde_json::to_value(CounterJson::from(c)).expect("plain");
                         if let Some(b) = before {
-                            v["packets_per_sec"] = json!(rate(c.packets, b.hooks[i].packets));
+                            v["packets_per_sec"] = json!(rate(c.packets, b.hook(*h, o as u32).packets));
                         }
                         (oname.to_string(), v)
                     })
@@ -84,10 +66,9 @@ fn print(now: &Snapshot, before: Option<&Snapshot>, json: bool) {
     println!("{:<5} {:<21} {:>14} {:>16} {:>12}", "HOOK", "OUTCOME", "PACKETS", "BYTES", "PKTS/S");
     for (h, hook_name) in HOOKS {
         for (o, name) in outcome::NAMES.iter().enumerate() {
-            let i = hook_stats_index(h, o as u32) as usize;
-            let c = now.hooks[i];
+            let c = now.hook(h, o as u32);
             let r = before
-                .and_then(|b| rate(c.packets, b.hooks[i].packets))
+                .and_then(|b| rate(c.packets, b.hook(h, o as u32).packets))
                 .map_or(String::new(), |r| format!("{r:.0}"));
             println!("{hook_name:<5} {name:<21} {:>14} {:>16} {r:>12}", c.packets, c.bytes);
         }
