@@ -37,6 +37,7 @@ pub mod published;
 pub mod reconcile;
 pub mod rulefile;
 pub mod rules;
+pub mod saved;
 pub mod stats;
 pub mod status;
 pub mod store;

@@ -138,11 +138,35 @@ pub struct LinkPin {
 #[derive(Clone, Debug)]
 pub struct PinDir {
     root: PathBuf,
+    /// Where the saved rule set lives (`saved`); none: not saved.
+    state_dir: Option<PathBuf>,
 }
 
 impl PinDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), state_dir: None }
+    }
+
+    /// The same pin folder, its rule set saved in `dir` (see [`state_file`](Self::state_file)).
+    pub fn with_state_dir(self, dir: impl Into<PathBuf>) -> Self {
+        Self { state_dir: Some(dir.into()), ..self }
+    }
+
+    /// The saved rule set (`saved`), outside bpffs so it outlives a reboot:
+    /// `<state dir>/<pin folder name>.rules.toml`; none without a state dir.
+    pub fn state_file(&self) -> Option<PathBuf> {
+        self.state_path("rules.toml")
+    }
+
+    /// The rule set an `apply --confirm` restores at its deadline:
+    /// `<state dir>/<pin folder name>.pending.toml`.
+    pub fn pending_file(&self) -> Option<PathBuf> {
+        self.state_path("pending.toml")
+    }
+
+    fn state_path(&self, suffix: &str) -> Option<PathBuf> {
+        let name = self.root.file_name().map_or("dockblock".into(), |n| n.to_string_lossy());
+        self.state_dir.as_ref().map(|d| d.join(format!("{name}.{suffix}")))
     }
 
     pub fn root(&self) -> &Path {

@@ -15,7 +15,8 @@ use crate::{
     error::{Error, Result},
     paths::PinDir,
     rules::{Draft, Rule, RuleSpec},
-    store::{CommitSummary, Derive},
+    saved,
+    store::{CommitSummary, Derive, RuleStore},
     teardown,
     translate::{self, Translator, Warning},
     vethtable::{self, VethSync},
@@ -47,7 +48,34 @@ pub fn reconcile(
     view: Option<&EngineView>,
     edit: impl FnOnce(&mut Draft) -> Result<()>,
 ) -> Result<Applied> {
+    locked(pins, |store| commit(pins, store, view, edit))
+}
+
+/// For the daemon only: commits `edit`, Docker rules included, without an
+/// engine view (at start, before the engine answers; a revert at an
+/// `apply --confirm` deadline). Engine-made rules stay as they are (those
+/// of a rule gone go) and the veth table is left alone: a rule just added
+/// covers no container yet, none is opened. The caller syncs right after.
+pub fn reconcile_unviewed(pins: &PinDir, edit: impl FnOnce(&mut Draft) -> Result<()>) -> Result<Applied> {
+    locked(pins, |store| Ok(Applied { catalog: store.commit_with(edit, None)?, ..Default::default() }))
+}
+
+/// Runs `commit` under the pin folder lock, then saves the user rule set
+/// when it changed (`saved`): the one place every change is saved.
+fn locked(pins: &PinDir, commit: impl FnOnce(&mut RuleStore) -> Result<Applied>) -> Result<Applied> {
     let (_lock, mut store) = teardown::begin_change(pins)?;
+    let applied = commit(&mut store)?;
+    saved::after_commit(pins, &store, &applied.catalog);
+    Ok(applied)
+}
+
+/// `reconcile` under the lock, before the save.
+fn commit(
+    pins: &PinDir,
+    store: &mut RuleStore,
+    view: Option<&EngineView>,
+    edit: impl FnOnce(&mut Draft) -> Result<()>,
+) -> Result<Applied> {
     let Some(view) = view else {
         let catalog = store.commit_with(
             |draft| {
@@ -65,7 +93,7 @@ pub fn reconcile(
     let translator = Translator { snapshot: &view.snapshot, veths: &view.veths };
     let catalog = store.commit_with(edit, Some(&translator as &dyn Derive))?;
     let rules = store.rules()?;
-    let veths = vethtable::sync(pins, &translate::veth_plans(&rules, &view.snapshot, &view.veths))?;
+    let veths = vethtable::sync(pins, &translate::veth_plans_except(&rules, &view.snapshot, &view.veths, &view.failsafe))?;
     let warnings = translate::own_label_rules(&view.snapshot).1;
     Ok(Applied { catalog, veths, links: Vec::new(), warnings })
 }
