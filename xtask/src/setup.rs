@@ -5,7 +5,7 @@ use crate::util::{self, output, probe};
 use anyhow::{bail, Context, Result};
 use std::{
     fs::{self, OpenOptions},
-    os::unix::fs::symlink,
+    os::unix::{fs::symlink, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -243,11 +243,109 @@ fn docker_up() -> bool {
     probe(Command::new("docker").arg("info"), DOCKER_PROBE_TIMEOUT)
 }
 
-/// Without systemd nobody starts dockerd for us, so start it ourselves.
-fn docker() -> Result<Outcome> {
-    if docker_up() {
-        return Ok(Outcome::AlreadyThere);
+/// dockerd's config file: the IPv6 settings the tests need go here (so
+/// every later start of dockerd, by anyone, keeps them).
+const DOCKERD_CONFIG: &str = "/etc/docker/daemon.json";
+/// docker0's IPv6 subnet unless the config names one: a ULA /64
+/// (fd00:db8:d0c::/48 is the tests' IPv6 space; 17 echoes 172.17).
+const FIXED_CIDR_V6: &str = "fd00:db8:d0c:17::/64";
+const DOCKERD_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `config` lacks for Docker's IPv6 end to end on 20.10: IPv6 on
+/// docker0, a subnet for it, and ip6tables (DNAT of published ports over
+/// IPv6; without it docker-proxy carries them, experimental on 20.10). The
+/// keys the config has already and other keys are kept.
+fn with_ipv6(config: &serde_json::Value) -> Result<serde_json::Value> {
+    let serde_json::Value::Object(map) = config else { bail!("{DOCKERD_CONFIG} is not a JSON object") };
+    let mut map = map.clone();
+    for key in ["ipv6", "experimental", "ip6tables"] {
+        map.insert(key.into(), true.into());
     }
+    map.entry("fixed-cidr-v6").or_insert_with(|| FIXED_CIDR_V6.into());
+    Ok(serde_json::Value::Object(map))
+}
+
+/// Writes the IPv6 settings into `DOCKERD_CONFIG`; true if it changed.
+fn ensure_ipv6_config() -> Result<bool> {
+    let old = match fs::read_to_string(DOCKERD_CONFIG) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {DOCKERD_CONFIG}")),
+    };
+    let config = match &old {
+        Some(text) => serde_json::from_str(text).with_context(|| format!("parsing {DOCKERD_CONFIG}"))?,
+        None => serde_json::json!({}),
+    };
+    let new = with_ipv6(&config)?;
+    if new == config && old.is_some() {
+        return Ok(false);
+    }
+    let dir = Path::new(DOCKERD_CONFIG).parent().expect("an absolute path");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let text = serde_json::to_string_pretty(&new)? + "\n";
+    fs::write(DOCKERD_CONFIG, text).with_context(|| format!("writing {DOCKERD_CONFIG}"))?;
+    println!("setup: docker engine ... {DOCKERD_CONFIG}: ipv6, ip6tables, experimental, fixed-cidr-v6");
+    Ok(true)
+}
+
+/// Whether the running engine has what `with_ipv6` asks for: IPv6 on the
+/// default bridge with a subnet, experimental, and its ip6tables NAT chain.
+fn engine_has_ipv6() -> bool {
+    let inspect = |format: &str| {
+        output(Command::new("docker").args(["network", "inspect", "bridge", "-f", format]))
+            .unwrap_or_default()
+    };
+    let ipv6 = inspect("{{.EnableIPv6}}").trim() == "true" && inspect("{{json .IPAM.Config}}").contains(':');
+    let experimental = output(Command::new("docker").args(["info", "-f", "{{.ExperimentalBuild}}"]))
+        .is_ok_and(|o| o.trim() == "true");
+    let ip6tables =
+        probe(Command::new("ip6tables").args(["-w", "-t", "nat", "-S", "DOCKER"]), DOCKER_PROBE_TIMEOUT);
+    ipv6 && experimental && ip6tables
+}
+
+/// Without systemd nobody starts dockerd for us, so start it ourselves;
+/// one that runs without the IPv6 settings is restarted. A restart stops
+/// the containers (unless live-restore is on): run setup while no Docker
+/// test runs.
+fn docker() -> Result<Outcome> {
+    let changed = ensure_ipv6_config()?;
+    if docker_up() {
+        if !changed && engine_has_ipv6() {
+            return Ok(Outcome::AlreadyThere);
+        }
+        println!("setup: docker engine ... restarting dockerd for its IPv6 settings");
+        stop_dockerd()?;
+    }
+    start_dockerd()?;
+    if !engine_has_ipv6() {
+        bail!(
+            "dockerd runs without IPv6 on docker0 after a restart with {DOCKERD_CONFIG}; see {DOCKERD_LOG}"
+        );
+    }
+    Ok(Outcome::Done(if changed { "started dockerd with IPv6" } else { "started dockerd" }))
+}
+
+/// SIGTERM to every dockerd, then waits until they are gone.
+fn stop_dockerd() -> Result<()> {
+    if Path::new("/run/systemd/system").is_dir() {
+        bail!("dockerd runs under systemd: `systemctl restart docker` to apply {DOCKERD_CONFIG}");
+    }
+    let pids = output(Command::new("pidof").arg("dockerd")).unwrap_or_default();
+    let pids: Vec<&str> = pids.split_whitespace().collect();
+    for pid in &pids {
+        util::run(Command::new("kill").args(["-TERM", pid]))?;
+    }
+    let deadline = Instant::now() + DOCKERD_STOP_TIMEOUT;
+    while pids.iter().any(|pid| Path::new("/proc").join(pid).exists()) {
+        if Instant::now() > deadline {
+            bail!("dockerd {pids:?} did not exit within {}s of SIGTERM", DOCKERD_STOP_TIMEOUT.as_secs());
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn start_dockerd() -> Result<()> {
     // /usr/sbin may be missing from a non-login PATH.
     let dockerd = if probe(Command::new("dockerd").arg("--version"), Duration::from_secs(10)) {
         PathBuf::from("dockerd")
@@ -265,6 +363,15 @@ fn docker() -> Result<Outcome> {
     // hold is dockerd's own: we can notice if it dies during start-up.
     let mut cmd = Command::new("setsid");
     cmd.arg(&dockerd).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // dockerd (and containerd under it) runs for good: it must not keep a
+    // descriptor we inherited, such as a `flock` lock taken around setup.
+    // SAFETY: close_range only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close_range(3, u32::MAX, 0);
+            Ok(())
+        })
+    };
     println!("+ {} >>{DOCKERD_LOG} 2>&1 &", util::show(&cmd));
     let mut child = cmd.spawn().with_context(|| format!("could not start `{}`", util::show(&cmd)))?;
 
@@ -272,7 +379,7 @@ fn docker() -> Result<Outcome> {
     while Instant::now() < deadline {
         if docker_up() {
             // Dropping `child` neither kills nor waits: dockerd keeps running.
-            return Ok(Outcome::Done("started dockerd"));
+            return Ok(());
         }
         if let Some(status) = child.try_wait()? {
             bail!("dockerd exited during start-up ({status}); see {DOCKERD_LOG}");
@@ -287,7 +394,7 @@ fn docker() -> Result<Outcome> {
 
 #[cfg(test)]
 mod tests {
-    use super::{has_nightly, llvm_major};
+    use super::{has_nightly, llvm_major, with_ipv6, FIXED_CIDR_V6};
 
     #[test]
     fn finds_nightly() {
@@ -302,5 +409,20 @@ mod tests {
         let vv = "rustc 1.97.0-nightly\nhost: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
         assert_eq!(llvm_major(vv), Some(22));
         assert_eq!(llvm_major("rustc 1.0\n"), None);
+    }
+
+    #[test]
+    fn ipv6_settings_keep_the_rest_of_the_config() {
+        let got = with_ipv6(&serde_json::json!({"live-restore": true, "fixed-cidr-v6": "2001:db8:1::/64"}))
+            .unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!({"live-restore": true, "fixed-cidr-v6": "2001:db8:1::/64",
+                "ipv6": true, "experimental": true, "ip6tables": true})
+        );
+        let got = with_ipv6(&serde_json::json!({"ipv6": false})).unwrap();
+        assert_eq!(got["ipv6"], true);
+        assert_eq!(got["fixed-cidr-v6"], FIXED_CIDR_V6);
+        assert!(with_ipv6(&serde_json::json!([1])).is_err());
     }
 }
