@@ -60,6 +60,15 @@ pub enum Error {
     #[error("{path}:{line}: {why}")]
     RulesFile { path: String, line: usize, why: String },
 
+    /// A config file that does not parse or names bad values.
+    #[error("{path}:{line}: {why}")]
+    Config { path: String, line: usize, why: String },
+
+    /// A block that would close a failsafe port (config `failsafe`),
+    /// without `--force`.
+    #[error("{what}")]
+    Failsafe { what: String },
+
     /// An interface without an Ethernet header (wireguard, tun, ...).
     #[error("interface `{name}` has no Ethernet header (link type {link_type}); dockblock judges Ethernet frames only")]
     NotEthernet { name: String, link_type: u32 },
@@ -138,6 +147,8 @@ impl Error {
             Self::BadPortSpec { .. }
             | Self::BadCidr { .. }
             | Self::RulesFile { .. }
+            | Self::Config { .. }
+            | Self::Failsafe { .. }
             | Self::RulesFileTooBig { .. }
             | Self::BadArgument { .. }
             | Self::BadSelector { .. } => ExitCode::Usage,

@@ -18,6 +18,7 @@
 
 pub mod addr;
 pub mod bpffs;
+pub mod config;
 pub mod daemon;
 pub mod docker;
 pub mod error;

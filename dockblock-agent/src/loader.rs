@@ -54,7 +54,7 @@ pub enum XdpModeChoice {
 
 /// Map capacities, fixed when the maps are first created. `None` keeps the
 /// default (or, on re-attach, what the pinned maps have).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capacities {
     /// Rules (a range is one rule).
     pub max_rules: Option<u32>,
@@ -74,7 +74,7 @@ pub struct Capacities {
 }
 
 /// Runtime settings in `CONFIG`; `None` keeps the current value.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     pub judge_host_traffic: Option<bool>,
     pub log_rate: Option<u32>,

@@ -27,6 +27,9 @@ use crate::{
 pub struct EngineView {
     pub snapshot: Snapshot,
     pub veths: Vec<VethOwner>,
+    /// Ports the published-ports policy never closes (config `failsafe`);
+    /// empty: none.
+    pub failsafe: Vec<crate::ports::PortSpec>,
 }
 
 /// What one reconcile did.
@@ -90,7 +93,7 @@ fn commit(
         )?;
         return Ok(Applied { catalog, ..Default::default() });
     };
-    let translator = Translator { snapshot: &view.snapshot, veths: &view.veths };
+    let translator = Translator { snapshot: &view.snapshot, veths: &view.veths, failsafe: &view.failsafe };
     let catalog = store.commit_with(edit, Some(&translator as &dyn Derive))?;
     let rules = store.rules()?;
     let veths = vethtable::sync(pins, &translate::veth_plans_except(&rules, &view.snapshot, &view.veths, &view.failsafe))?;

@@ -38,6 +38,8 @@ pub(crate) use claims::{role, Claim, Policy, Role, Roles};
 pub struct Translator<'a> {
     pub snapshot: &'a Snapshot,
     pub veths: &'a [VethOwner],
+    /// Host ports the policy leaves open (config `failsafe`).
+    pub failsafe: &'a [PortSpec],
 }
 
 impl Derive for Translator<'_> {
@@ -46,7 +48,7 @@ impl Derive for Translator<'_> {
     }
 
     fn derived(&self, rules: &[Rule]) -> Vec<RuleSpec> {
-        derived_rules(rules, self.snapshot)
+        derived_rules_except(rules, self.snapshot, self.failsafe)
     }
 }
 
@@ -85,7 +87,12 @@ pub fn own_label_rules(s: &Snapshot) -> (Vec<RuleSpec>, Vec<Warning>) {
 /// consecutive host ports with one parent and protocols, ordered by port. Host ports a plain dialed rule owns
 /// get none: that rule is in `PORT_RULES` already and would win.
 pub fn derived_rules(rules: &[Rule], s: &Snapshot) -> Vec<RuleSpec> {
-    let roles = Roles::new(rules);
+    derived_rules_except(rules, s, &[])
+}
+
+/// [`derived_rules`], the policy leaving `failsafe` host ports open.
+pub fn derived_rules_except(rules: &[Rule], s: &Snapshot, failsafe: &[PortSpec]) -> Vec<RuleSpec> {
+    let roles = Roles::new(rules).with_failsafe(failsafe);
     let mut slots: BTreeMap<(u16, u32), Claim> = BTreeMap::new();
     for c in &s.containers {
         for b in c.ports.iter().filter(|b| b.host_port != 0 && b.proto < proto::COUNT) {
@@ -145,7 +152,18 @@ fn derived_parent(spec: &RuleSpec) -> Option<u32> {
 /// A plan for each veth whose container is in the snapshot and running,
 /// ordered by ifindex. Other veths get none and stay unreviewed (closed).
 pub fn veth_plans(rules: &[Rule], s: &Snapshot, veths: &[VethOwner]) -> Vec<VethPlan> {
-    let roles = Roles::new(rules);
+    veth_plans_except(rules, s, veths, &[])
+}
+
+/// [`veth_plans`], the policy leaving the container ports behind
+/// `failsafe` host ports open.
+pub fn veth_plans_except(
+    rules: &[Rule],
+    s: &Snapshot,
+    veths: &[VethOwner],
+    failsafe: &[PortSpec],
+) -> Vec<VethPlan> {
+    let roles = Roles::new(rules).with_failsafe(failsafe);
     let running: HashMap<&str, &Container> =
         s.containers.iter().filter(|c| c.running).map(|c| (c.id.as_str(), c)).collect();
     let mut claims: HashMap<&str, BTreeMap<(u32, u32), Claim>> = HashMap::new();
@@ -469,6 +487,30 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_leaves_failsafe_host_ports_open() {
+        let fs = [PortSpec::parse("22/tcp").unwrap()];
+        let s = snapshot([
+            running(2, "ssh").publish("22:22").publish("8022:22").publish("18080:80"),
+            running(3, "web").publish("2222:22"),
+        ]);
+        let rules = [policy(1)];
+        let derived: Vec<String> =
+            derived_rules_except(&rules, &s, &fs).into_iter().map(|d| d.ports.to_string()).collect();
+        // 22 stays open; 8022 (another host port) and 2222 close.
+        assert_eq!(derived, ["2222/tcp", "8022/tcp", "18080/tcp"]);
+        // At the veth, the container port behind 22 stays open although
+        // 8022 maps to it too; web's 22 (behind 2222) closes.
+        let plans = veth_plans_except(&rules, &s, &[veth(40, 2), veth(41, 3)], &fs);
+        assert_eq!(entries(&plans), [e(40, "80/tcp", 1), e(41, "22/tcp", 1)]);
+        // An explicit block still closes it.
+        let rules = [policy(1), block(2, name("ssh"), "22/tcp")];
+        let plans = veth_plans_except(&rules, &s, &[veth(40, 2)], &fs);
+        assert_eq!(entries(&plans), [e(40, "22/tcp", 2), e(40, "80/tcp", 1)]);
+        // No failsafe: as before.
+        assert_eq!(derived_rules_except(&[policy(1)], &s, &[]), derived_rules(&[policy(1)], &s));
+    }
+
+    #[test]
     fn an_allow_without_list_beats_one_with_a_list() {
         let s = snapshot([running(2, "web").publish("18443:443")]);
         let rules = [
@@ -667,7 +709,7 @@ mod tests {
     #[test]
     fn translator_is_the_derive_of_a_commit() {
         let s = snapshot([running(2, "db").publish("13306:3306").label(BLOCK_LABEL, "3306/tcp")]);
-        let t = Translator { snapshot: &s, veths: &[] };
+        let t = Translator { snapshot: &s, veths: &[], failsafe: &[] };
         assert_eq!(t.own_labels(), own_label_rules(&s).0);
         let rules = [block(1, name("db"), "3306/tcp")];
         assert_eq!(t.derived(&rules), derived_rules(&rules, &s));

@@ -23,6 +23,7 @@ pub fn run(pins: &PinDir, args: BlockArgs) -> Result<()> {
     let options = RuleOptions::new(allow, args.dry_run, args.log).with_from_containers(args.from_containers);
     let target = Target { selector, action: Action::Block };
     let specs = targeted::specs(scope, &ports, &options, &target);
+    super::config::check_failsafe(&specs, args.force)?;
     targeted::add(pins, &target, &specs, "blocked", "already blocked:")
 }
 

@@ -5,6 +5,7 @@ mod allow;
 mod apply;
 mod attach;
 mod block;
+mod config;
 mod detach;
 mod events;
 mod explain;
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use dockblock_agent::{
+    config::{LogFormat, CONFIG_ENV},
     loader::{Capacities, Settings, XdpModeChoice},
     paths::{PinDir, DEFAULT_PIN_DIR, PIN_DIR_ENV},
     Result,
@@ -38,6 +40,17 @@ pub struct Cli {
     /// Folder in bpffs that holds dockblock's pinned maps and links.
     #[arg(long, global = true, env = PIN_DIR_ENV, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+
+    /// Config file (TOML); default /etc/dockblock/dockblock.toml when it
+    /// exists. `run` takes its settings from it (flags override), every
+    /// verb its `state_dir` and `failsafe`.
+    #[arg(long, global = true, env = CONFIG_ENV, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log lines as text or JSON (one object a line); default: the
+    /// config's `log_format`, else text.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     command: Command,
@@ -91,15 +104,26 @@ enum Command {
     /// port, container port, networks), its verdict from outside and the
     /// rules that decide it.
     Ports(JsonArg),
+    /// The config file: `config check FILE`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check FILE (exit 0 and print the settings `run` would start with;
+    /// exit 2 with FILE:LINE: why). Changes nothing.
+    Check { file: PathBuf },
 }
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Uplink interface(s) where clients' packets arrive (XDP).
+    /// Uplink interface(s) where clients' packets arrive (XDP); default
+    /// the config's `uplinks`.
     interfaces: Vec<String>,
-    /// XDP mode on the uplinks.
-    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
-    xdp_mode: XdpModeChoice,
+    /// XDP mode on the uplinks (default the config's `xdp_mode`, else auto).
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpModeChoice>,
     #[command(flatten)]
     tuning: TuningArgs,
 }
@@ -257,6 +281,9 @@ struct BlockArgs {
     /// container's veth); only with --container, --label or --compose-project.
     #[arg(long)]
     from_containers: bool,
+    /// Block a failsafe port (config `failsafe`, default 22/tcp) anyway.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -353,6 +380,22 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// Reads the config file (`--config`, `$DOCKBLOCK_CONFIG`, the default
+    /// one) for the verbs; `config check` reads only its FILE.
+    pub fn load_config(&self) -> Result<()> {
+        if !matches!(self.command, Command::Config(_)) {
+            config::load(self.config.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// `--log-format`, else the config's.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or(config::current().log_format)
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     let pins = PinDir::new(cli.pin_dir);
     match cli.command {
@@ -372,5 +415,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Explain(args) => explain::run(&pins, args),
         Command::Run(args) => run::run(&pins, args),
         Command::Ports(args) => ports::run(&pins, args.json),
+        Command::Config(ConfigCommand::Check { file }) => config::check(&file),
     }
 }

@@ -46,6 +46,8 @@ pub(super) fn sync(
     bridges: &[String],
     s: Snapshot,
     veths: Vec<VethOwner>,
+    failsafe: Vec<crate::ports::PortSpec>,
+    policy: Option<crate::config::PublishedPolicy>,
 ) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for bridge in bridges.iter().filter(|b| !bridge_hooked(pins, b)) {
@@ -61,7 +63,14 @@ pub(super) fn sync(
             }
         }
     }
-    let applied = reconcile::reconcile(pins, Some(&EngineView { snapshot: s, veths }), |_| Ok(()))?;
+    let view = EngineView { snapshot: s, veths, failsafe };
+    let applied = reconcile::reconcile(pins, Some(&view), |draft| match policy {
+        Some(p) => set_policy(draft, p),
+        None => Ok(()),
+    })?;
+    if let Some(p) = policy {
+        tracing::info!(policy = ?p, "published-ports policy from the config");
+    }
     let c = &applied.catalog;
     if c.added + c.removed + c.changed > 0 {
         tracing::info!(
@@ -90,4 +99,24 @@ pub(super) fn gc(pins: &PinDir) -> Result<()> {
         tracing::info!(interface = %pin.interface, kind = pin.kind.label(), "link of an interface gone unpinned");
     }
     Ok(())
+}
+
+/// The config's `policy`: the published-ports policy rule there (deny) or
+/// not (allow), as `policy published deny|allow` does.
+fn set_policy(draft: &mut crate::rules::Draft, policy: crate::config::PublishedPolicy) -> Result<()> {
+    use crate::{
+        ports::PortSpec,
+        rules::{Edit, RuleSpec, Scope},
+        target::{Action, Selector, Target},
+    };
+    let have: Vec<u32> =
+        draft.rules.iter().filter(|r| r.target.selector == Selector::PublishedPolicy).map(|r| r.id).collect();
+    match policy {
+        crate::config::PublishedPolicy::Deny if have.is_empty() => draft.apply(&[Edit::Add(RuleSpec {
+            target: Target { selector: Selector::PublishedPolicy, action: Action::Block },
+            ..RuleSpec::plain(Scope::Container, PortSpec::EVERY)
+        })]),
+        crate::config::PublishedPolicy::Deny => Ok(()),
+        crate::config::PublishedPolicy::Allow => draft.apply(&have.into_iter().map(Edit::Remove).collect::<Vec<_>>()),
+    }
 }

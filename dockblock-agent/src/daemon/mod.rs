@@ -13,6 +13,7 @@
 mod follow;
 mod hooks;
 mod kernel;
+mod reload;
 pub mod state;
 mod sync;
 
@@ -45,6 +46,10 @@ pub struct RunOptions {
     pub xdp_mode: XdpModeChoice,
     pub capacities: Capacities,
     pub settings: Settings,
+    /// The config file's settings (policy, failsafe, ...), and the file,
+    /// read again on SIGHUP.
+    pub config: crate::config::Config,
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// A full snapshot this often even without events: an audit of what the
@@ -69,6 +74,7 @@ pub fn run(pins: &PinDir, opts: RunOptions) -> Result<()> {
 async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::bpf("watch SIGTERM", e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::bpf("watch SIGINT", e))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::bpf("watch SIGHUP", e))?;
     if let (status, Some(s)) = state::DaemonStatus::read(&pins)? {
         if status.running && s.pid != std::process::id() {
             return Err(Error::Unhealthy {
@@ -102,7 +108,14 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
     // in between is missed.
     let mut link_events = links::watch()?;
     let dump = links::dump().await?;
-    let daemon = Arc::new(Daemon::new(pins, hooks, since));
+    let desired = reload::Desired {
+        config_path: opts.config_path.clone(),
+        uplinks: opts.uplinks.clone(),
+        xdp_mode: opts.xdp_mode,
+        policy_pending: opts.config.policy.is_some(),
+        config: opts.config.clone(),
+    };
+    let daemon = Arc::new(Daemon::new(pins, hooks, since, desired));
     daemon.links_reset(dump);
     daemon.write_state();
     tracing::info!(pid = std::process::id(), uplinks = ?opts.uplinks, "daemon started");
@@ -132,6 +145,7 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
                     daemon.on_link(links::LinkEvent::Lost).await;
                 }
             },
+            _ = hup.recv() => reload::reload(&daemon).await,
             _ = term.recv() => { tracing::info!("SIGTERM: exiting, rules and hooks stay in the kernel"); break }
             _ = int.recv() => { tracing::info!("SIGINT: exiting, rules and hooks stay in the kernel"); break }
         }
@@ -166,6 +180,8 @@ struct Daemon {
     hook_problems: Mutex<std::collections::BTreeMap<String, String>>,
     /// A sync runs (its own commit changes the journal folder).
     syncing: AtomicBool,
+    /// The config's uplinks, failsafe ports and policy (SIGHUP reloads).
+    desired: Mutex<reload::Desired>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -173,7 +189,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Daemon {
-    fn new(pins: PinDir, kernel_hooks: kernel::Hooks, since: String) -> Daemon {
+    fn new(pins: PinDir, kernel_hooks: kernel::Hooks, since: String, desired: reload::Desired) -> Daemon {
         let state = state::DaemonState {
             pid: std::process::id(),
             since,
@@ -193,6 +209,7 @@ impl Daemon {
             state: Mutex::new(state),
             hook_problems: Mutex::new(Default::default()),
             syncing: AtomicBool::new(false),
+            desired: Mutex::new(desired),
         }
     }
 

@@ -103,9 +103,12 @@ impl Daemon {
             bridges.iter().filter(|b| live.iter().any(|l| &l.name == *b)).cloned().collect();
         let pins = self.pins.clone();
         let snapshot = snapshot.clone();
-        let problems = tokio::task::spawn_blocking(move || kernel::sync(&pins, &present, snapshot, veths))
-            .await
-            .expect("sync panicked")?;
+        let (failsafe, policy) = self.take_config();
+        let problems =
+            tokio::task::spawn_blocking(move || kernel::sync(&pins, &present, snapshot, veths, failsafe, policy))
+                .await
+                .expect("sync panicked")
+                .inspect_err(|_| self.policy_again(policy))?;
         // A bad label is told once, not at every sync.
         let known = lock(&self.state).problems.clone();
         for p in problems.iter().filter(|p| !known.contains(p)) {

@@ -137,6 +137,8 @@ pub(crate) struct Roles<'r> {
     /// when no plain rule has that scope).
     dialed: Vec<Vec<Option<&'r Rule>>>,
     container: Vec<Vec<Option<&'r Rule>>>,
+    /// Host ports the policy never closes (config `failsafe`).
+    failsafe: &'r [PortSpec],
 }
 
 impl<'r> Roles<'r> {
@@ -165,7 +167,18 @@ impl<'r> Roles<'r> {
             policy: of(Role::Policy).first().copied(),
             dialed: owners(Role::Dialed, Scope::Dialed),
             container: owners(Role::Container, Scope::Container),
+            failsafe: &[],
         }
+    }
+
+    /// The policy leaves bindings on `failsafe` host ports open (and, at
+    /// the veth, their container ports).
+    pub fn with_failsafe(self, failsafe: &'r [PortSpec]) -> Self {
+        Roles { failsafe, ..self }
+    }
+
+    fn failsafe_binding(&self, b: &PortBinding) -> bool {
+        b.host_port != 0 && self.failsafe.iter().any(|f| holds(f, b.host_port, b.proto))
     }
 
     /// The plain dialed rule that owns host port `port`.
@@ -181,6 +194,9 @@ impl<'r> Roles<'r> {
     /// `None` without a policy rule.
     pub fn policy(&self, c: &Container, b: &PortBinding) -> Option<Policy<'r>> {
         let policy = self.policy?;
+        if self.failsafe_binding(b) {
+            return None;
+        }
         let mut allows = self.allows.iter().copied().filter(|a| covers_binding(a, c, b));
         let first = allows.next();
         Some(match first {
@@ -244,10 +260,17 @@ impl<'r> Roles<'r> {
                 }
             }
         }
+        // A container port behind a failsafe host port: the policy leaves
+        // it open even when another host port maps to it too.
+        let failsafe: Vec<(u32, u16)> =
+            c.ports.iter().filter(|b| self.failsafe_binding(b)).map(|b| (b.proto, b.container_port)).collect();
         for b in c.ports.iter().filter(|b| b.proto < proto::COUNT && b.container_port != 0) {
             let port = u32::from(b.container_port);
             if let Some(rule) = self.dialed_owner(b.host_port, b.proto).filter(|_| b.host_port != 0) {
                 claim(b.proto, port, Claim { role: Role::Dialed, rule });
+            }
+            if failsafe.contains(&(b.proto, b.container_port)) {
+                continue;
             }
             if let Some(policy) = self.policy_claim(c, b) {
                 claim(b.proto, port, policy);
