@@ -9,6 +9,8 @@ pub enum ExitCode {
     Failure = 1,
     /// The command line itself is wrong (clap errors, bad port specs).
     Usage = 2,
+    /// `apply --detailed-exitcode`: the rule set changed (0: it did not).
+    Changed = 3,
 }
 
 impl From<ExitCode> for std::process::ExitCode {
@@ -26,5 +28,6 @@ mod tests {
         assert_eq!(ExitCode::Ok as u8, 0);
         assert_eq!(ExitCode::Failure as u8, 1);
         assert_eq!(ExitCode::Usage as u8, 2);
+        assert_eq!(ExitCode::Changed as u8, 3);
     }
 }

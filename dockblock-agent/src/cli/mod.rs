@@ -5,7 +5,7 @@ mod allow;
 mod apply;
 mod attach;
 mod block;
-mod config;
+mod confirm;
 mod detach;
 mod events;
 mod explain;
@@ -25,10 +25,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use dockblock_agent::{
-    config::{LogFormat, CONFIG_ENV},
+    exit_code::ExitCode,
     loader::{Capacities, Settings, XdpModeChoice},
     paths::{PinDir, DEFAULT_PIN_DIR, PIN_DIR_ENV},
-    Result,
+    saved, Result,
 };
 
 /// Block ports on Docker hosts in the kernel (XDP on the uplink, TC on the
@@ -41,16 +41,11 @@ pub struct Cli {
     #[arg(long, global = true, env = PIN_DIR_ENV, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
 
-    /// Config file (TOML); default /etc/dockblock/dockblock.toml when it
-    /// exists. `run` takes its settings from it (flags override), every
-    /// verb its `state_dir` and `failsafe`.
-    #[arg(long, global = true, env = CONFIG_ENV, value_name = "FILE")]
-    config: Option<PathBuf>,
-
-    /// Log lines as text or JSON (one object a line); default: the
-    /// config's `log_format`, else text.
-    #[arg(long, global = true, value_enum)]
-    log_format: Option<LogFormat>,
+    /// Folder for the saved rule set (`<pin folder name>.rules.toml`, restored
+    /// by `run` after a reboot); default: the config's `state_dir`, else
+    /// /var/lib/dockblock.
+    #[arg(long, global = true, env = saved::STATE_DIR_ENV, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -73,10 +68,12 @@ enum Command {
     /// Docker's behaviour, the default). Without a setting: print it.
     Policy(PolicyArgs),
     /// Replace the whole rule set with the rules in FILE (TOML), atomically.
-    Apply {
-        /// Rules file, as `export` writes it; `-` for standard input.
-        file: String,
-    },
+    Apply(ApplyArgs),
+    /// Keep what `apply --confirm` made live (cancels the revert).
+    Confirm,
+    /// The detached reverter `apply --confirm` starts.
+    #[command(hide = true)]
+    RevertPending { token: String },
     /// Print the rule set in the format `apply` reads.
     Export,
     /// Rules, one a line, with drop counters.
@@ -104,26 +101,28 @@ enum Command {
     /// port, container port, networks), its verdict from outside and the
     /// rules that decide it.
     Ports(JsonArg),
-    /// The config file: `config check FILE`.
-    #[command(subcommand)]
-    Config(ConfigCommand),
 }
 
-#[derive(Debug, Subcommand)]
-enum ConfigCommand {
-    /// Check FILE (exit 0 and print the settings `run` would start with;
-    /// exit 2 with FILE:LINE: why). Changes nothing.
-    Check { file: PathBuf },
+#[derive(Debug, Args)]
+struct ApplyArgs {
+    /// Rules file, as `export` writes it; `-` for standard input.
+    file: String,
+    /// Live at once, but the rule set from before comes back after DURATION
+    /// (60s, 2m, 1h30m) unless `dockblock-agent confirm` runs first.
+    #[arg(long, value_name = "DURATION")]
+    confirm: Option<String>,
+    /// Exit 3 when the rule set changed, 0 when it did not.
+    #[arg(long)]
+    detailed_exitcode: bool,
 }
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Uplink interface(s) where clients' packets arrive (XDP); default
-    /// the config's `uplinks`.
+    /// Uplink interface(s) where clients' packets arrive (XDP).
     interfaces: Vec<String>,
-    /// XDP mode on the uplinks (default the config's `xdp_mode`, else auto).
-    #[arg(long, value_enum)]
-    xdp_mode: Option<XdpModeChoice>,
+    /// XDP mode on the uplinks.
+    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
+    xdp_mode: XdpModeChoice,
     #[command(flatten)]
     tuning: TuningArgs,
 }
@@ -281,9 +280,6 @@ struct BlockArgs {
     /// container's veth); only with --container, --label or --compose-project.
     #[arg(long)]
     from_containers: bool,
-    /// Block a failsafe port (config `failsafe`, default 22/tcp) anyway.
-    #[arg(long)]
-    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -380,31 +376,18 @@ impl Cli {
     }
 }
 
-impl Cli {
-    /// Reads the config file (`--config`, `$DOCKBLOCK_CONFIG`, the default
-    /// one) for the verbs; `config check` reads only its FILE.
-    pub fn load_config(&self) -> Result<()> {
-        if !matches!(self.command, Command::Config(_)) {
-            config::load(self.config.as_deref())?;
-        }
-        Ok(())
-    }
-
-    /// `--log-format`, else the config's.
-    pub fn log_format(&self) -> LogFormat {
-        self.log_format.unwrap_or(config::current().log_format)
-    }
-}
-
-pub fn run(cli: Cli) -> Result<()> {
-    let pins = PinDir::new(cli.pin_dir);
-    match cli.command {
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let state_dir = cli.state_dir.unwrap_or_else(|| PathBuf::from(saved::DEFAULT_STATE_DIR));
+    let pins = PinDir::new(cli.pin_dir).with_state_dir(state_dir);
+    let done = match cli.command {
         Command::Attach(args) => attach::run(&pins, args),
         Command::Block(args) => block::run(&pins, args),
         Command::Unblock(args) => unblock::run(&pins, args),
         Command::Allow(args) => allow::run(&pins, args),
         Command::Policy(args) => policy::run(&pins, args),
-        Command::Apply { file } => apply::run(&pins, &file),
+        Command::Apply(args) => return apply::run(&pins, args),
+        Command::Confirm => return confirm::run(&pins),
+        Command::RevertPending { token } => return confirm::revert(&pins, &token),
         Command::Export => export::run(&pins),
         Command::List(args) => list::run(&pins, args.json),
         Command::Stats(args) => stats::run(&pins, args.json.json, args.watch, args.count),
@@ -415,6 +398,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Explain(args) => explain::run(&pins, args),
         Command::Run(args) => run::run(&pins, args),
         Command::Ports(args) => ports::run(&pins, args.json),
-        Command::Config(ConfigCommand::Check { file }) => config::check(&file),
-    }
+    };
+    done.map(|()| ExitCode::Ok)
 }
