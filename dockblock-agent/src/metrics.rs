@@ -77,10 +77,14 @@ impl DaemonMetrics {
         self.oldest_unhandled.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// A sync ended; `events_since`: what [`Self::sync_starts`] returned.
-    pub fn sync_done(&self, ok: bool, events_since: Option<Instant>) {
-        if !ok {
-            self.sync_failures.fetch_add(1, Ordering::Relaxed);
+    /// A sync ended: `Some(true)` it matched the kernel to the engine,
+    /// `Some(false)` it failed, `None` it did nothing (engine down);
+    /// `events_since`: what [`Self::sync_starts`] returned.
+    pub fn sync_done(&self, ok: Option<bool>, events_since: Option<Instant>) {
+        if ok != Some(true) {
+            if ok == Some(false) {
+                self.sync_failures.fetch_add(1, Ordering::Relaxed);
+            }
             // Not handled: the next sync handles them.
             if let Some(at) = events_since {
                 let mut oldest = self.oldest_unhandled.lock().unwrap_or_else(|p| p.into_inner());
@@ -326,10 +330,10 @@ mod tests {
         let since = d.sync_starts();
         assert!(since.is_some());
         // A failed sync gives its events back to the next one.
-        d.sync_done(false, since);
+        d.sync_done(Some(false), since);
         let again = d.sync_starts();
         assert_eq!(again, since);
-        d.sync_done(true, again);
+        d.sync_done(Some(true), again);
         assert!(d.event_lag_us.load(Ordering::Relaxed) >= 20_000);
         assert_eq!(d.events.load(Ordering::Relaxed), 2);
         assert_eq!((d.syncs.load(Ordering::Relaxed), d.sync_failures.load(Ordering::Relaxed)), (1, 1));

@@ -25,6 +25,7 @@ pub(super) async fn follow(daemon: Arc<Daemon>) {
                 let mut events = engine.events().await;
                 tracing::info!(host = engine.host(), "engine connected: full sync");
                 *lock(&daemon.engine) = Some(engine);
+                daemon.metrics.set_engine_connected(true);
                 daemon.update_state(|s| {
                     s.engine = "connected".into();
                 });
@@ -39,6 +40,7 @@ pub(super) async fn follow(daemon: Arc<Daemon>) {
                     }
                 };
                 *lock(&daemon.engine) = None;
+                daemon.metrics.set_engine_connected(false);
                 tracing::warn!("engine down ({why}): rules stay enforced; reconnecting");
                 daemon.update_state(|s| s.engine = "down".into());
             }
@@ -58,6 +60,7 @@ pub(super) async fn follow(daemon: Arc<Daemon>) {
 impl Daemon {
     fn on_engine_event(&self, ev: EngineEvent) {
         tracing::debug!(?ev, "engine event");
+        self.metrics.event_received();
         match &ev {
             EngineEvent::Network { action, container: None, .. } => {
                 // create/destroy: the bridges to hook change.

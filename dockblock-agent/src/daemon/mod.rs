@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub xdp_mode: XdpModeChoice,
     pub capacities: Capacities,
     pub settings: Settings,
+    /// Serve Prometheus metrics here (`GET /metrics`); None: off.
+    pub metrics: Option<std::net::SocketAddr>,
     /// The config file's settings (policy, failsafe, ...), and the file,
     /// read again on SIGHUP.
     pub config: crate::config::Config,
@@ -83,6 +85,15 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
             });
         }
     }
+    // Bound first: a busy address fails the start before anything changes.
+    let metrics_listener = match opts.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::io("serve metrics on", addr.to_string(), e))?,
+        ),
+        None => None,
+    };
     let since = state::now_rfc3339();
     // The Docker bridges there are now get their programs with the uplinks'
     // (one load of the object); later ones at the sync that finds them.
@@ -120,6 +131,10 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
     daemon.write_state();
     tracing::info!(pid = std::process::id(), uplinks = ?opts.uplinks, "daemon started");
 
+    if let Some(listener) = metrics_listener {
+        tracing::info!(address = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics served at /metrics");
+        tokio::spawn(crate::metrics::serve(listener, daemon.pins.clone(), daemon.metrics.clone()));
+    }
     tokio::spawn(follow::follow(daemon.clone()));
     tokio::spawn(watch_catalog(daemon.clone()));
     // Not spawned: the engine's snapshot and the netns reader hold futures
@@ -180,6 +195,8 @@ struct Daemon {
     hook_problems: Mutex<std::collections::BTreeMap<String, String>>,
     /// A sync runs (its own commit changes the journal folder).
     syncing: AtomicBool,
+    /// What only the daemon knows, for `/metrics`.
+    metrics: Arc<crate::metrics::DaemonMetrics>,
     /// The config's uplinks, failsafe ports and policy (SIGHUP reloads).
     desired: Mutex<reload::Desired>,
 }
@@ -209,6 +226,7 @@ impl Daemon {
             state: Mutex::new(state),
             hook_problems: Mutex::new(Default::default()),
             syncing: AtomicBool::new(false),
+            metrics: Default::default(),
             desired: Mutex::new(desired),
         }
     }

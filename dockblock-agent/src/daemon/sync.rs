@@ -23,7 +23,14 @@ pub(super) async fn sync_loop(daemon: Arc<Daemon>) -> Error {
     loop {
         daemon.dirty.notified().await;
         daemon.syncing.store(true, Ordering::Release);
+        let events_since = daemon.metrics.sync_starts();
         let result = daemon.sync_once(&mut snapshot).await;
+        let outcome = match &result {
+            Ok(Some(_)) => Some(true),
+            Ok(None) => None,
+            Err(_) => Some(false),
+        };
+        daemon.metrics.sync_done(outcome, events_since);
         daemon.syncing.store(false, Ordering::Release);
         let hook_problems: Vec<String> = lock(&daemon.hook_problems).values().cloned().collect();
         match result {
