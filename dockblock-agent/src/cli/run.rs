@@ -33,7 +33,6 @@ pub fn run(pins: &PinDir, args: RunArgs) -> Result<()> {
                 flow_timeout_secs: set.flow_timeout_secs.or(s.flow_timeout_secs),
             },
             metrics: args.metrics.or(file.metrics),
-            metrics: args.metrics.or(file.metrics),
             config: file.clone(),
             config_path: config::path().map(|p| p.to_path_buf()),
         },
