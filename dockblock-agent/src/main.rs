@@ -3,7 +3,7 @@
 mod cli;
 
 use clap::Parser;
-use dockblock_agent::exit_code::ExitCode;
+use dockblock_agent::{config::LogFormat, exit_code::ExitCode};
 
 fn main() -> std::process::ExitCode {
     // Die quietly on a closed pipe (`dockblock-agent list | head`) as other
@@ -18,8 +18,11 @@ fn main() -> std::process::ExitCode {
             return code.into();
         }
     };
-    init_tracing(&LogConfig { default_level: cli.default_log_level(), format: LogFormat::Text });
-    match cli::run(cli) {
+    // The config first: it may choose the log format. A bad file is one
+    // error line and exit 2, before anything runs.
+    let loaded = cli.load_config();
+    init_tracing(&LogConfig { default_level: cli.default_log_level(), format: cli.log_format() });
+    match loaded.and_then(|()| cli::run(cli)) {
         Ok(code) => code.into(),
         Err(err) => {
             eprintln!("dockblock-agent: error: {}", error_chain(&err));
@@ -28,17 +31,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// How logs are written. Issue 10 fills it from the config file and flags
+/// How logs are written: `--log-format`, else the config's `log_format`
 /// (JSON lines for journald/Loki); `RUST_LOG` overrides the level.
 struct LogConfig {
     default_level: &'static str,
     format: LogFormat,
-}
-
-#[allow(dead_code)] // Json: issue 10's config file selects it.
-enum LogFormat {
-    Text,
-    Json,
 }
 
 /// One subscriber for `tracing` events and `log` records (through

@@ -5,8 +5,8 @@ mod allow;
 mod apply;
 mod attach;
 mod block;
-mod completions;
 mod confirm;
+mod config;
 mod detach;
 mod events;
 mod explain;
@@ -26,6 +26,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use dockblock_agent::{
+    config::{LogFormat, CONFIG_ENV},
     exit_code::ExitCode,
     loader::{Capacities, Settings, XdpModeChoice},
     paths::{PinDir, DEFAULT_PIN_DIR, PIN_DIR_ENV},
@@ -41,6 +42,17 @@ pub struct Cli {
     /// Folder in bpffs that holds dockblock's pinned maps and links.
     #[arg(long, global = true, env = PIN_DIR_ENV, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+
+    /// Config file (TOML); default /etc/dockblock/dockblock.toml when it
+    /// exists. `run` takes its settings from it (flags override), every
+    /// verb its `state_dir` and `failsafe`.
+    #[arg(long, global = true, env = CONFIG_ENV, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log lines as text or JSON (one object a line); default: the
+    /// config's `log_format`, else text.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
 
     /// Folder for the saved rule set (`<pin folder name>.rules.toml`, restored
     /// by `run` after a reboot); default: the config's `state_dir`, else
@@ -102,18 +114,16 @@ enum Command {
     /// port, container port, networks), its verdict from outside and the
     /// rules that decide it.
     Ports(JsonArg),
-    /// Print a shell completion script (bash, zsh or fish).
-    ///
-    /// `dockblock-agent completions bash > /etc/bash_completion.d/dockblock-agent`;
-    /// zsh: a `_dockblock-agent` file in $fpath; fish:
-    /// ~/.config/fish/completions/dockblock-agent.fish.
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// Print the man page (roff): `dockblock-agent man > dockblock-agent.1`.
-    #[command(hide = true)]
-    Man,
+    /// The config file: `config check FILE`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check FILE (exit 0 and print the settings `run` would start with;
+    /// exit 2 with FILE:LINE: why). Changes nothing.
+    Check { file: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -131,17 +141,14 @@ struct ApplyArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Uplink interface(s) where clients' packets arrive (XDP).
+    /// Uplink interface(s) where clients' packets arrive (XDP); default
+    /// the config's `uplinks`.
     interfaces: Vec<String>,
-    /// XDP mode on the uplinks.
-    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
-    xdp_mode: XdpModeChoice,
+    /// XDP mode on the uplinks (default the config's `xdp_mode`, else auto).
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpModeChoice>,
     #[command(flatten)]
     tuning: TuningArgs,
-    /// Serve Prometheus metrics at http://ADDR/metrics (overrides the
-    /// config's `metrics`), e.g. 127.0.0.1:9469.
-    #[arg(long, value_name = "ADDR")]
-    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +304,9 @@ struct BlockArgs {
     /// container's veth); only with --container, --label or --compose-project.
     #[arg(long)]
     from_containers: bool,
+    /// Block a failsafe port (config `failsafe`, default 22/tcp) anyway.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -393,8 +403,24 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// Reads the config file (`--config`, `$DOCKBLOCK_CONFIG`, the default
+    /// one) for the verbs; `config check` reads only its FILE.
+    pub fn load_config(&self) -> Result<()> {
+        if !matches!(self.command, Command::Config(_)) {
+            config::load(self.config.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// `--log-format`, else the config's.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or(config::current().log_format)
+    }
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let state_dir = cli.state_dir.unwrap_or_else(|| PathBuf::from(saved::DEFAULT_STATE_DIR));
+    let state_dir = cli.state_dir.unwrap_or_else(|| config::current().state_dir.clone());
     let pins = PinDir::new(cli.pin_dir).with_state_dir(state_dir);
     let done = match cli.command {
         Command::Attach(args) => attach::run(&pins, args),
@@ -415,8 +441,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Explain(args) => explain::run(&pins, args),
         Command::Run(args) => run::run(&pins, args),
         Command::Ports(args) => ports::run(&pins, args.json),
-        Command::Completions { shell } => completions::completions(shell),
-        Command::Man => completions::man(),
+        Command::Config(ConfigCommand::Check { file }) => config::check(&file),
     };
     done.map(|()| ExitCode::Ok)
 }
