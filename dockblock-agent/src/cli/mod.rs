@@ -5,6 +5,7 @@ mod allow;
 mod apply;
 mod attach;
 mod block;
+mod completions;
 mod confirm;
 mod config;
 mod detach;
@@ -114,6 +115,18 @@ enum Command {
     /// port, container port, networks), its verdict from outside and the
     /// rules that decide it.
     Ports(JsonArg),
+    /// Print a shell completion script (bash, zsh or fish).
+    ///
+    /// `dockblock-agent completions bash > /etc/bash_completion.d/dockblock-agent`;
+    /// zsh: a `_dockblock-agent` file in $fpath; fish:
+    /// ~/.config/fish/completions/dockblock-agent.fish.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `dockblock-agent man > dockblock-agent.1`.
+    #[command(hide = true)]
+    Man,
     /// The config file: `config check FILE`.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -149,6 +162,10 @@ struct RunArgs {
     xdp_mode: Option<XdpModeChoice>,
     #[command(flatten)]
     tuning: TuningArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (overrides the
+    /// config's `metrics`), e.g. 127.0.0.1:9469.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -441,6 +458,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Explain(args) => explain::run(&pins, args),
         Command::Run(args) => run::run(&pins, args),
         Command::Ports(args) => ports::run(&pins, args.json),
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man => completions::man(),
         Command::Config(ConfigCommand::Check { file }) => config::check(&file),
     };
     done.map(|()| ExitCode::Ok)
