@@ -320,6 +320,21 @@ mod tests {
     }
 
     #[test]
+    fn the_ipv6_binding_is_a_row_with_the_same_verdict() {
+        // Docker 20.10 on a host with IPv6: `-p 18090:80` is 0.0.0.0 and ::.
+        let s = snapshot([running(2, "web").publish("18090:80").publish("[::]:18090:80")]);
+        let ports = published(&[block(1, name("web"), "every")], &s);
+        let rows: Vec<(String, String)> =
+            ports.iter().map(|p| (host_ip_text(p.host_ip), p.verdict.to_string())).collect();
+        assert_eq!(rows, [("0.0.0.0".into(), "blocked".into()), ("::".into(), "blocked".into())]);
+        assert!(
+            table(&ports).lines().any(|l| l.split_whitespace().take(2).eq(["[::]:18090", "web"])),
+            "{}",
+            table(&ports)
+        );
+    }
+
+    #[test]
     fn table_aligns_columns() {
         let s = shop();
         let text = table(&published(&[policy(1), allow(2, compose("shop", None), "every")], &s));

@@ -313,8 +313,11 @@ fn private_by_default() {
 /// The `ports --json` entry of host port `port`/tcp.
 fn port_entry(ports: &Value, port: u16) -> Value {
     let all = ports["ports"].as_array().unwrap_or_else(|| panic!("ports --json: {ports}"));
-    let found: Vec<&Value> = all.iter().filter(|p| p["host_port"] == port && p["proto"] == "tcp").collect();
-    assert_eq!(found.len(), 1, "want one entry for {port}/tcp: {ports}");
+    let found: Vec<&Value> = all
+        .iter()
+        .filter(|p| p["host_port"] == port && p["proto"] == "tcp" && p["host_ip"] == "0.0.0.0")
+        .collect();
+    assert_eq!(found.len(), 1, "want one entry for 0.0.0.0:{port}/tcp (`::` has its own): {ports}");
     found[0].clone()
 }
 
@@ -375,8 +378,9 @@ fn assert_probe(tallies: &[Tally], names: &[(&str, bool)], context: &str) {
 }
 
 /// Turns live-restore on (containers keep running while dockerd is down)
-/// for the guard's lifetime, through /etc/docker/daemon.json and SIGHUP,
-/// and makes sure dockerd runs again at the end.
+/// for the guard's lifetime, through /etc/docker/daemon.json (its other
+/// settings, such as setup's IPv6 ones, kept) and SIGHUP, and makes sure
+/// dockerd runs again at the end with the file as it was.
 struct Dockerd {
     had_config: Option<String>,
 }
@@ -387,10 +391,14 @@ const DOCKERD_LOG: &str = "/var/log/dockblock-dockerd.log";
 impl Dockerd {
     fn live_restore() -> Dockerd {
         let had_config = std::fs::read_to_string(DOCKERD_CONFIG).ok();
-        assert!(had_config.is_none(), "{DOCKERD_CONFIG} exists; this test would overwrite it");
+        let mut config: Value = match &had_config {
+            Some(text) => serde_json::from_str(text).unwrap_or_else(|e| panic!("{DOCKERD_CONFIG}: {e}")),
+            None => serde_json::json!({}),
+        };
+        config["live-restore"] = true.into();
         let g = Dockerd { had_config };
         std::fs::create_dir_all("/etc/docker").unwrap();
-        std::fs::write(DOCKERD_CONFIG, "{\"live-restore\": true}\n").unwrap();
+        std::fs::write(DOCKERD_CONFIG, format!("{config}\n")).unwrap();
         Dockerd::hup();
         let on = eventually(Duration::from_secs(10), || {
             run_ok("docker", &["info", "-f", "{{.LiveRestoreEnabled}}"]).trim() == "true"
@@ -424,9 +432,21 @@ impl Dockerd {
     }
 
     fn start() {
-        // Through a shell that exits at once: dockerd outlives the test.
+        // Through a shell that exits at once: dockerd outlives the test. It
+        // must not keep our inherited descriptors: the `flock` lock around
+        // this test run would stay held by dockerd for good.
         let script = format!("setsid dockerd </dev/null >>{DOCKERD_LOG} 2>&1 &");
-        run_ok("sh", &["-c", &script]);
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &script]);
+        // SAFETY: close_range only, between fork and exec.
+        unsafe {
+            sh.pre_exec(|| {
+                libc::close_range(3, u32::MAX, 0);
+                Ok(())
+            })
+        };
+        let status = sh.status().expect("sh");
+        assert!(status.success(), "starting dockerd: {status}");
         let up = eventually(Duration::from_secs(30), || {
             dockblock_tests::try_run_for(Duration::from_secs(5), "docker", &["info"])
                 .is_ok_and(|o| o.status.success())
@@ -437,8 +457,13 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        if self.had_config.is_none() {
-            let _ = std::fs::remove_file(DOCKERD_CONFIG);
+        match &self.had_config {
+            Some(text) => {
+                let _ = std::fs::write(DOCKERD_CONFIG, text);
+            }
+            None => {
+                let _ = std::fs::remove_file(DOCKERD_CONFIG);
+            }
         }
         if Dockerd::pid().is_none() {
             Dockerd::start();

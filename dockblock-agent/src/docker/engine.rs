@@ -218,8 +218,10 @@ fn container(c: ContainerInspectResponse) -> Container {
 }
 
 /// `{"80/tcp": [{HostIp, HostPort}]}` -> bindings; sctp and unparsable keys
-/// are left out; 0.0.0.0 and :: (listed both when the host has IPv6) are
-/// one binding on every address.
+/// are left out. 0.0.0.0 (or no address) is `None`; `::`, listed beside it
+/// when the host has IPv6, stays a binding of its own (`ports` shows the
+/// IPv6 row): whether ip6tables DNATs it or docker-proxy carries it is the
+/// engine's setting, not in the port map.
 fn bindings(map: PortMap) -> Vec<PortBinding> {
     let mut out: Vec<PortBinding> = Vec::new();
     for (key, list) in map {
@@ -235,7 +237,7 @@ fn bindings(map: PortMap) -> Vec<PortBinding> {
                 .host_ip
                 .as_deref()
                 .and_then(|ip| ip.parse::<IpAddr>().ok())
-                .filter(|ip| !ip.is_unspecified());
+                .filter(|ip| *ip != IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
             // Empty (chosen at start) or a range Docker picks from: not known yet.
             let host_port = b.host_port.as_deref().and_then(|p| p.parse().ok()).unwrap_or(0);
             let binding = PortBinding { host_ip, host_port, container_port, proto };
@@ -292,6 +294,12 @@ mod tests {
                     proto: proto::UDP
                 },
                 PortBinding { host_ip: None, host_port: 18080, container_port: 80, proto: proto::TCP },
+                PortBinding {
+                    host_ip: Some("::".parse().unwrap()),
+                    host_port: 18080,
+                    container_port: 80,
+                    proto: proto::TCP
+                },
             ]
         );
     }

@@ -54,7 +54,9 @@ impl Container {
 /// One published port: `host_ip:host_port -> container_port/proto`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct PortBinding {
-    /// `None` for every address (0.0.0.0 / ::).
+    /// `None` for 0.0.0.0 (or no address given); `::` (every IPv6
+    /// address, Docker lists it beside 0.0.0.0 when the host has IPv6) is
+    /// `Some`. Rules ignore it: a host port closes on every address.
     pub host_ip: Option<IpAddr>,
     /// 0 while Docker has not chosen it yet (`-p 80`, `-P` before start).
     pub host_port: u16,
