@@ -23,12 +23,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{
-    error::Result,
-    paths::PinDir,
-    stats, status,
-    store::RuleStore,
-};
+use crate::{error::Result, paths::PinDir, stats, status, store::RuleStore};
 
 /// The path served; anything else is 404.
 pub const PATH: &str = "/metrics";
@@ -125,16 +120,17 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
 /// the daemon's own values (None outside the daemon).
 pub fn render(pins: &PinDir, daemon: Option<&DaemonMetrics>) -> Result<String> {
     let status = status::status(pins)?;
-    let reading = if status.attached {
-        Some(stats::read(&RuleStore::open_read_only(pins)?)?)
-    } else {
-        None
-    };
+    let reading = if status.attached { Some(stats::read(&RuleStore::open_read_only(pins)?)?) } else { None };
     let mut r = Registry::with_prefix("dockblock");
 
     let info = Info::new(labels(&[("version", env!("CARGO_PKG_VERSION")), ("commit", GIT_COMMIT)]));
     r.register("build", "The agent's version and git commit", info);
-    gauge(&mut r, "attached", "1 when the pin folder holds dockblock's maps and links", status.attached as i64);
+    gauge(
+        &mut r,
+        "attached",
+        "1 when the pin folder holds dockblock's maps and links",
+        status.attached as i64,
+    );
     gauge(&mut r, "healthy", "1 when `status` finds no problem", status.problems.is_empty() as i64);
     gauge(&mut r, "problems", "Problems `status` reports (each with its fix)", status.problems.len() as i64);
 
@@ -157,7 +153,12 @@ pub fn render(pins: &PinDir, daemon: Option<&DaemonMetrics>) -> Result<String> {
     r.register("link_info", "A pinned link: where, which hook, its kernel link and program ids", links);
 
     if let Some(fill) = &status.rules {
-        gauge(&mut r, "rules", "Rules in the catalog (user rules and those the daemon derives)", fill.rules as i64);
+        gauge(
+            &mut r,
+            "rules",
+            "Rules in the catalog (user rules and those the daemon derives)",
+            fill.rules as i64,
+        );
         gauge(&mut r, "rules_capacity", "Rules the maps hold", fill.capacity as i64);
         gauge(&mut r, "allow_entries", "Allow-list entries over all rules", fill.allow_entries as i64);
         gauge(&mut r, "allow_capacity", "Allow-list entries the map holds", fill.allow_capacity as i64);
@@ -181,15 +182,19 @@ pub fn render(pins: &PinDir, daemon: Option<&DaemonMetrics>) -> Result<String> {
 
         let (packets, bytes) = (Counters::default(), Counters::default());
         for rule in &reading.rules {
-            let (id, scope, spec) = (rule.rule.id.to_string(), rule.rule.scope.to_string(), rule.rule.ports.to_string());
+            let (id, scope, spec) =
+                (rule.rule.id.to_string(), rule.rule.scope.to_string(), rule.rule.ports.to_string());
             let target = serde_json::to_value(&rule.rule.target.selector).unwrap_or_default();
             let target = target["kind"].as_str().unwrap_or("").to_string();
             let action = serde_json::to_value(rule.rule.target.action).unwrap_or_default();
             let action = action.as_str().unwrap_or("").to_string();
             let s = &rule.stats;
-            for (outcome, c) in
-                [("dropped", s.dropped), ("passed", s.passed), ("allowed", s.allowed), ("would_drop", s.dry_run)]
-            {
+            for (outcome, c) in [
+                ("dropped", s.dropped),
+                ("passed", s.passed),
+                ("allowed", s.allowed),
+                ("would_drop", s.dry_run),
+            ] {
                 let l = labels(&[
                     ("rule", &id),
                     ("scope", &scope),
@@ -202,7 +207,11 @@ pub fn render(pins: &PinDir, daemon: Option<&DaemonMetrics>) -> Result<String> {
                 bytes.get_or_create(&l).inc_by(c.bytes);
             }
         }
-        r.register("rule_packets", "Packets on each rule's ports, by outcome (as `stats --json` rules)", packets);
+        r.register(
+            "rule_packets",
+            "Packets on each rule's ports, by outcome (as `stats --json` rules)",
+            packets,
+        );
         r.register("rule_bytes", "Bytes on each rule's ports, by outcome", bytes);
         counter(
             &mut r,
@@ -219,9 +228,24 @@ pub fn render(pins: &PinDir, daemon: Option<&DaemonMetrics>) -> Result<String> {
             "1 while the daemon follows the Docker engine",
             d.engine_connected.load(Ordering::Relaxed) as i64,
         );
-        counter(&mut r, "engine_events", "Engine events the daemon received", d.events.load(Ordering::Relaxed));
-        counter(&mut r, "syncs", "Syncs that took the kernel to the engine's state", d.syncs.load(Ordering::Relaxed));
-        counter(&mut r, "sync_failures", "Syncs that failed (retried)", d.sync_failures.load(Ordering::Relaxed));
+        counter(
+            &mut r,
+            "engine_events",
+            "Engine events the daemon received",
+            d.events.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut r,
+            "syncs",
+            "Syncs that took the kernel to the engine's state",
+            d.syncs.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut r,
+            "sync_failures",
+            "Syncs that failed (retried)",
+            d.sync_failures.load(Ordering::Relaxed),
+        );
         let last_ms = d.last_sync_ms.load(Ordering::Relaxed);
         if last_ms > 0 {
             let g = Gauge::<f64, AtomicU64>::default();

@@ -30,7 +30,9 @@ pub fn man() -> Result<()> {
         let name = sub.get_name().to_string();
         let sub = sub.clone().bin_name(format!("dockblock-agent {name}"));
         let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
-        out.extend_from_slice(format!(".SH \"{}\"\n", roff_escape(&format!("dockblock-agent {name}"))).as_bytes());
+        out.extend_from_slice(
+            format!(".SH \"{}\"\n", roff_escape(&format!("dockblock-agent {name}"))).as_bytes(),
+        );
         out.extend_from_slice(format!("{}\n", roff_escape(&about)).as_bytes());
         // The verb's synopsis and options as subsections of its section.
         let sub_page = clap_mangen::Man::new(sub);
