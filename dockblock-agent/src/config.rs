@@ -213,7 +213,11 @@ fn build(f: FileIn) -> std::result::Result<Config, Bad> {
     c.settings = Settings {
         judge_host_traffic: f.judge_host_traffic,
         log_rate: f.log_rate.as_ref().map(|v| number(v, "log_rate", 1, 1_000_000)).transpose()?,
-        flow_timeout_secs: f.flow_timeout.as_ref().map(|v| number(v, "flow_timeout", 1, 86_400)).transpose()?,
+        flow_timeout_secs: f
+            .flow_timeout
+            .as_ref()
+            .map(|v| number(v, "flow_timeout", 1, 86_400))
+            .transpose()?,
     };
     if let Some(p) = f.policy {
         c.policy = Some(match p.get_ref().as_str() {
@@ -226,7 +230,8 @@ fn build(f: FileIn) -> std::result::Result<Config, Bad> {
         c.state_dir = absolute(&dir, "state_dir")?;
     }
     if let Some(files) = f.rule_files {
-        c.rule_files = files.iter().map(|p| absolute(p, "rule_files")).collect::<std::result::Result<_, _>>()?;
+        c.rule_files =
+            files.iter().map(|p| absolute(p, "rule_files")).collect::<std::result::Result<_, _>>()?;
     }
     if let Some(ports) = f.failsafe {
         c.failsafe = Vec::new();
@@ -240,7 +245,10 @@ fn build(f: FileIn) -> std::result::Result<Config, Bad> {
     }
     if let Some(m) = f.metrics {
         let addr = m.get_ref().parse::<SocketAddr>().map_err(|_| {
-            (m.span(), format!("metrics `{}`: expected ADDRESS:PORT (127.0.0.1:9469, [::1]:9469)", m.get_ref()))
+            (
+                m.span(),
+                format!("metrics `{}`: expected ADDRESS:PORT (127.0.0.1:9469, [::1]:9469)", m.get_ref()),
+            )
         })?;
         c.metrics = Some(addr);
     }
@@ -258,7 +266,10 @@ fn build(f: FileIn) -> std::result::Result<Config, Bad> {
 fn interface(name: &Spanned<String>) -> std::result::Result<String, Bad> {
     let n = name.get_ref();
     if n.is_empty() || n.len() > 15 || n.contains(['/', ':']) || n.chars().any(char::is_whitespace) {
-        return Err((name.span(), format!("`{n}` is not an interface name (1 to 15 characters, no / : or space)")));
+        return Err((
+            name.span(),
+            format!("`{n}` is not an interface name (1 to 15 characters, no / : or space)"),
+        ));
     }
     Ok(n.clone())
 }
@@ -327,7 +338,11 @@ pub fn closes_failsafe(failsafe: &[PortSpec], spec: &RuleSpec) -> Option<PortSpe
     let hit = failsafe.iter().find(|f| f.overlaps(&spec.ports))?;
     // The part of the failsafe entry the rule covers: `block 1-1024`
     // closes 22/tcp, not all of a failsafe range.
-    Some(PortSpec { lo: hit.lo.max(spec.ports.lo), hi: hit.hi.min(spec.ports.hi), protos: hit.protos & spec.ports.protos })
+    Some(PortSpec {
+        lo: hit.lo.max(spec.ports.lo),
+        hi: hit.hi.min(spec.ports.hi),
+        protos: hit.protos & spec.ports.protos,
+    })
 }
 
 fn allows_everyone(nets: &[ipnet::IpNet]) -> bool {
@@ -338,7 +353,8 @@ fn allows_everyone(nets: &[ipnet::IpNet]) -> bool {
 
 /// The refusal of a block on failsafe port `port`: exit 2 with the way out.
 pub fn failsafe_refusal(spec: &RuleSpec, port: PortSpec, config: Option<&Path>, force: &str) -> Error {
-    let file = config.map_or_else(|| format!("the default; {DEFAULT_CONFIG} does not exist"), |p| p.display().to_string());
+    let file = config
+        .map_or_else(|| format!("the default; {DEFAULT_CONFIG} does not exist"), |p| p.display().to_string());
     Error::Failsafe {
         what: format!(
             "blocking dialed {} would close failsafe port {port} (config key `failsafe`, {file}): \
@@ -352,7 +368,9 @@ impl Config {
     /// What `config check` prints: every key with its effective value, in
     /// the file's syntax.
     pub fn render(&self) -> String {
-        let list = |items: Vec<String>| format!("[{}]", items.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "));
+        let list = |items: Vec<String>| {
+            format!("[{}]", items.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "))
+        };
         let opt = |v: Option<u32>| v.map_or_else(|| "default".to_string(), |n| n.to_string());
         let mut out = String::new();
         let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
@@ -459,7 +477,15 @@ events_bytes = 8192
         assert_eq!(c.log_format, LogFormat::Json);
         let k = c.capacities;
         assert_eq!(
-            [k.max_rules, k.max_allow, k.max_flows, k.max_frags, k.max_veths, k.max_veth_rules, k.events_bytes],
+            [
+                k.max_rules,
+                k.max_allow,
+                k.max_flows,
+                k.max_frags,
+                k.max_veths,
+                k.max_veth_rules,
+                k.events_bytes
+            ],
             [100, 200, 300, 400, 500, 600, 8192].map(Some)
         );
         // What `config check` prints parses back to the same settings

@@ -96,7 +96,10 @@ fn commit(
     let translator = Translator { snapshot: &view.snapshot, veths: &view.veths, failsafe: &view.failsafe };
     let catalog = store.commit_with(edit, Some(&translator as &dyn Derive))?;
     let rules = store.rules()?;
-    let veths = vethtable::sync(pins, &translate::veth_plans_except(&rules, &view.snapshot, &view.veths, &view.failsafe))?;
+    let veths = vethtable::sync(
+        pins,
+        &translate::veth_plans_except(&rules, &view.snapshot, &view.veths, &view.failsafe),
+    )?;
     let warnings = translate::own_label_rules(&view.snapshot).1;
     Ok(Applied { catalog, veths, links: Vec::new(), warnings })
 }

@@ -75,7 +75,9 @@ impl PortArgs {
 /// works as without Docker when not.
 pub(super) fn view(target: &Target) -> Result<Option<EngineView>> {
     match engine::view_blocking() {
-        Ok(Some((snapshot, veths))) => Ok(Some(EngineView { snapshot, veths, failsafe: super::config::failsafe() })),
+        Ok(Some((snapshot, veths))) => {
+            Ok(Some(EngineView { snapshot, veths, failsafe: super::config::failsafe() }))
+        }
         Ok(None) if target.is_plain() => Ok(None),
         Ok(None) => Err(reconcile::no_engine()),
         Err(e) if target.is_plain() => {

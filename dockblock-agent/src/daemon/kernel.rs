@@ -117,6 +117,8 @@ fn set_policy(draft: &mut crate::rules::Draft, policy: crate::config::PublishedP
             ..RuleSpec::plain(Scope::Container, PortSpec::EVERY)
         })]),
         crate::config::PublishedPolicy::Deny => Ok(()),
-        crate::config::PublishedPolicy::Allow => draft.apply(&have.into_iter().map(Edit::Remove).collect::<Vec<_>>()),
+        crate::config::PublishedPolicy::Allow => {
+            draft.apply(&have.into_iter().map(Edit::Remove).collect::<Vec<_>>())
+        }
     }
 }

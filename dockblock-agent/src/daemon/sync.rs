@@ -111,11 +111,12 @@ impl Daemon {
         let pins = self.pins.clone();
         let snapshot = snapshot.clone();
         let (failsafe, policy) = self.take_config();
-        let problems =
-            tokio::task::spawn_blocking(move || kernel::sync(&pins, &present, snapshot, veths, failsafe, policy))
-                .await
-                .expect("sync panicked")
-                .inspect_err(|_| self.policy_again(policy))?;
+        let problems = tokio::task::spawn_blocking(move || {
+            kernel::sync(&pins, &present, snapshot, veths, failsafe, policy)
+        })
+        .await
+        .expect("sync panicked")
+        .inspect_err(|_| self.policy_again(policy))?;
         // A bad label is told once, not at every sync.
         let known = lock(&self.state).problems.clone();
         for p in problems.iter().filter(|p| !known.contains(p)) {

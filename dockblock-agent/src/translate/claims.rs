@@ -262,8 +262,12 @@ impl<'r> Roles<'r> {
         }
         // A container port behind a failsafe host port: the policy leaves
         // it open even when another host port maps to it too.
-        let failsafe: Vec<(u32, u16)> =
-            c.ports.iter().filter(|b| self.failsafe_binding(b)).map(|b| (b.proto, b.container_port)).collect();
+        let failsafe: Vec<(u32, u16)> = c
+            .ports
+            .iter()
+            .filter(|b| self.failsafe_binding(b))
+            .map(|b| (b.proto, b.container_port))
+            .collect();
         for b in c.ports.iter().filter(|b| b.proto < proto::COUNT && b.container_port != 0) {
             let port = u32::from(b.container_port);
             if let Some(rule) = self.dialed_owner(b.host_port, b.proto).filter(|_| b.host_port != 0) {
