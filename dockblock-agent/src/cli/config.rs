@@ -9,8 +9,9 @@ use std::{
 use dockblock_agent::{
     config::{self, Config},
     ports::PortSpec,
-    rules::RuleSpec,
-    Result,
+    rulefile::Entry,
+    rules::{Rule, RuleSpec},
+    Error, Result,
 };
 
 /// The config of this process and the file it came from (none: defaults).
@@ -48,6 +49,21 @@ pub fn check_failsafe(specs: &[RuleSpec], force: bool) -> Result<()> {
         if let Some(port) = config::closes_failsafe(&current().failsafe, spec) {
             return Err(config::failsafe_refusal(spec, port, path(), "`block --force`"));
         }
+    }
+    Ok(())
+}
+
+/// `apply`'s check: a rule of file `name` that closes a failsafe port is
+/// refused (`FILE:LINE`) unless it says `force = true` or is in force
+/// already (`in_force`: it was forced once; `export | apply` stays a no-op).
+pub fn check_failsafe_file(name: &str, entries: &[Entry], in_force: &[Rule]) -> Result<()> {
+    for e in entries.iter().filter(|e| !e.force) {
+        let Some(port) = config::closes_failsafe(&current().failsafe, &e.spec) else { continue };
+        if in_force.iter().any(|r| r.is_user() && r.spec() == e.spec) {
+            continue;
+        }
+        let why = config::failsafe_refusal(&e.spec, port, path(), "`force = true` on that rule");
+        return Err(Error::Failsafe { what: format!("{name}:{}: {why}", e.line) });
     }
     Ok(())
 }
