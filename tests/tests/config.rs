@@ -82,7 +82,7 @@ fn config_errors_name_the_line_and_change_nothing() {
         let err = agent.fails(&["config", "check", &file], 2);
         assert!(err.contains(&want) && err.contains(why), "config check {name}: want {want}{why}: {err}");
         assert_eq!(err.lines().count(), 1, "one error line: {err}");
-        let err = agent.fails(&["--config", &file, "run", out.host_if()], 2);
+        let err = agent.fails(&["run", "--config", &file, out.host_if()], 2);
         assert!(err.contains(&want) && err.contains(why), "run --config {name}: {err}");
         // The verbs read the same file: a bad one stops them too.
         let err = agent.fails(&["--config", &file, "block", "21302/tcp"], 2);
