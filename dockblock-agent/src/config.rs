@@ -32,7 +32,8 @@ use crate::{
     error::{Error, Result},
     loader::{Capacities, Settings, XdpModeChoice},
     ports::PortSpec,
-    rules::{RuleSpec, Scope},
+    rulefile::Entry,
+    rules::{Rule, RuleSpec, Scope},
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/dockblock/dockblock.toml";
@@ -372,6 +373,28 @@ pub fn failsafe_refusal(spec: &RuleSpec, port: PortSpec, config: Option<&Path>, 
     }
 }
 
+/// A rule file's check (`apply`, and rule files the daemon adds): a rule
+/// of file `name` that closes a failsafe port is refused at its line
+/// unless it says `force = true` or is in force already (`in_force`: it
+/// was forced once, so `export | apply` stays a no-op).
+pub fn refuse_unforced(
+    failsafe: &[PortSpec],
+    config: Option<&Path>,
+    name: &str,
+    entries: &[Entry],
+    in_force: &[Rule],
+) -> Result<()> {
+    for e in entries.iter().filter(|e| !e.force) {
+        let Some(port) = closes_failsafe(failsafe, &e.spec) else { continue };
+        if in_force.iter().any(|r| r.is_user() && r.spec() == e.spec) {
+            continue;
+        }
+        let why = failsafe_refusal(&e.spec, port, config, "`force = true` on that rule");
+        return Err(Error::Failsafe { what: format!("{name}:{}: {why}", e.line) });
+    }
+    Ok(())
+}
+
 impl Config {
     /// What `config check` prints: every key with its effective value, in
     /// the file's syntax.
@@ -536,6 +559,22 @@ events_bytes = 8192
             assert!(err.to_string().starts_with(&format!("/etc/d.toml:{line}: ")), "{err}");
             assert_eq!(err.exit_code(), crate::exit_code::ExitCode::Usage);
         }
+    }
+
+    #[test]
+    fn rule_files_need_force_for_a_failsafe_port() {
+        let fs = [PortSpec::parse("22/tcp").unwrap()];
+        let text = "[[rule]]\nports = \"80/tcp\"\n\n[[rule]]\nports = \"22/tcp\"\n";
+        let entries = crate::rulefile::parse_entries("r.toml", text).unwrap();
+        let err = refuse_unforced(&fs, None, "r.toml", &entries, &[]).unwrap_err();
+        assert!(err.to_string().starts_with("r.toml:4: blocking dialed 22/tcp"), "{err}");
+        assert!(err.to_string().contains("`force = true`"), "{err}");
+        assert_eq!(err.exit_code(), crate::exit_code::ExitCode::Usage);
+        let forced = crate::rulefile::parse_entries("r.toml", &format!("{text}force = true\n")).unwrap();
+        assert!(refuse_unforced(&fs, None, "r.toml", &forced, &[]).is_ok());
+        let in_force = [Rule::from_spec(1, entries[1].spec.clone())];
+        assert!(refuse_unforced(&fs, None, "r.toml", &entries, &in_force).is_ok());
+        assert!(refuse_unforced(&[], None, "r.toml", &entries, &[]).is_ok());
     }
 
     #[test]

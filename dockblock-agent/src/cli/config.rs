@@ -11,7 +11,7 @@ use dockblock_agent::{
     ports::PortSpec,
     rulefile::Entry,
     rules::{Rule, RuleSpec},
-    Error, Result,
+    Result,
 };
 
 /// The config of this process and the file it came from (none: defaults).
@@ -53,19 +53,10 @@ pub fn check_failsafe(specs: &[RuleSpec], force: bool) -> Result<()> {
     Ok(())
 }
 
-/// `apply`'s check: a rule of file `name` that closes a failsafe port is
-/// refused (`FILE:LINE`) unless it says `force = true` or is in force
-/// already (`in_force`: it was forced once; `export | apply` stays a no-op).
+/// `apply`'s check of a rule file against the loaded config's failsafe
+/// ports (see `config::refuse_unforced`).
 pub fn check_failsafe_file(name: &str, entries: &[Entry], in_force: &[Rule]) -> Result<()> {
-    for e in entries.iter().filter(|e| !e.force) {
-        let Some(port) = config::closes_failsafe(&current().failsafe, &e.spec) else { continue };
-        if in_force.iter().any(|r| r.is_user() && r.spec() == e.spec) {
-            continue;
-        }
-        let why = config::failsafe_refusal(&e.spec, port, path(), "`force = true` on that rule");
-        return Err(Error::Failsafe { what: format!("{name}:{}: {why}", e.line) });
-    }
-    Ok(())
+    config::refuse_unforced(&current().failsafe, path(), name, entries, in_force)
 }
 
 /// `config check FILE`: exit 0 and the effective settings, or `FILE:LINE: why`.
