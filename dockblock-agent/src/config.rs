@@ -7,7 +7,7 @@
 //!
 //! ```toml
 //! uplinks = ["eth0"]
-//! bridges = "auto"            # or ["docker0", "br-app"]
+//! bridges = "auto"            # the only value: every Docker bridge
 //! xdp_mode = "auto"           # native, skb
 //! policy = "deny"             # published ports; absent: left as it is
 //! failsafe = ["22/tcp"]       # never closed by a plain block or the policy
@@ -21,6 +21,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use dockblock_common::{
+    DEFAULT_EVENTS_BYTES, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_LOG_RATE, DEFAULT_MAX_ALLOW, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_FRAGS, DEFAULT_MAX_RULES, DEFAULT_MAX_VETHS, DEFAULT_MAX_VETH_RULES,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -28,7 +32,8 @@ use crate::{
     error::{Error, Result},
     loader::{Capacities, Settings, XdpModeChoice},
     ports::PortSpec,
-    rules::{RuleSpec, Scope},
+    rulefile::Entry,
+    rules::{Rule, RuleSpec, Scope},
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/dockblock/dockblock.toml";
@@ -40,14 +45,13 @@ pub const DEFAULT_FAILSAFE: &str = "22/tcp";
 /// Largest config file read (it holds settings, not rules).
 const MAX_BYTES: u64 = 1 << 20;
 
-/// Which Docker bridges get the bridge programs.
+/// Which Docker bridges get the bridge programs: every one, always (see
+/// `bridges()` below for why a list is refused).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Bridges {
     /// Every Docker bridge (docker0, br-*), as they come and go.
     #[default]
     Auto,
-    /// Only these.
-    List(Vec<String>),
 }
 
 /// `policy published deny|allow`.
@@ -137,7 +141,10 @@ type Bad = (Range<usize>, String);
 pub fn load(path: &Path) -> Result<Config> {
     use std::io::Read as _;
     let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|e| Error::io("read config", path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::ConfigMissing { path: name.clone(), default: DEFAULT_CONFIG },
+        _ => Error::io("read config", path, e),
+    })?;
     let mut bytes = Vec::new();
     file.take(MAX_BYTES + 1).read_to_end(&mut bytes).map_err(|e| Error::io("read config", path, e))?;
     let bad = |why: &str| Error::Config { path: name.clone(), line: 1, why: why.into() };
@@ -274,19 +281,21 @@ fn interface(name: &Spanned<String>) -> std::result::Result<String, Bad> {
     Ok(n.clone())
 }
 
+/// Only `"auto"`: a list would leave the containers of every other Docker
+/// network without their bridge and veth hooks, open on the paths only
+/// those hooks see (direct routing, other interfaces). Refused, not
+/// ignored, so a file written for "only these" does not silently mean
+/// "every bridge".
 fn bridges(value: &Spanned<toml::Value>) -> std::result::Result<Bridges, Bad> {
-    let bad = || (value.span(), "bridges: expected \"auto\" or a list of bridge names".to_string());
     match value.get_ref() {
         toml::Value::String(s) if s == "auto" => Ok(Bridges::Auto),
-        toml::Value::Array(items) => {
-            let mut names = Vec::new();
-            for item in items {
-                let name = item.as_str().ok_or_else(bad)?;
-                names.push(interface(&Spanned::new(value.span(), name.to_string()))?);
-            }
-            Ok(Bridges::List(names))
-        }
-        _ => Err(bad()),
+        toml::Value::Array(_) => Err((
+            value.span(),
+            "bridges: only \"auto\" is supported (every Docker bridge, as networks come and go); a \
+             list would leave the containers of the other networks unhooked; remove the key"
+                .to_string(),
+        )),
+        _ => Err((value.span(), "bridges: expected \"auto\"".to_string())),
     }
 }
 
@@ -364,6 +373,28 @@ pub fn failsafe_refusal(spec: &RuleSpec, port: PortSpec, config: Option<&Path>, 
     }
 }
 
+/// A rule file's check (`apply`, and rule files the daemon adds): a rule
+/// of file `name` that closes a failsafe port is refused at its line
+/// unless it says `force = true` or is in force already (`in_force`: it
+/// was forced once, so `export | apply` stays a no-op).
+pub fn refuse_unforced(
+    failsafe: &[PortSpec],
+    config: Option<&Path>,
+    name: &str,
+    entries: &[Entry],
+    in_force: &[Rule],
+) -> Result<()> {
+    for e in entries.iter().filter(|e| !e.force) {
+        let Some(port) = closes_failsafe(failsafe, &e.spec) else { continue };
+        if in_force.iter().any(|r| r.is_user() && r.spec() == e.spec) {
+            continue;
+        }
+        let why = failsafe_refusal(&e.spec, port, config, "`force = true` on that rule");
+        return Err(Error::Failsafe { what: format!("{name}:{}: {why}", e.line) });
+    }
+    Ok(())
+}
+
 impl Config {
     /// What `config check` prints: every key with its effective value, in
     /// the file's syntax.
@@ -371,15 +402,16 @@ impl Config {
         let list = |items: Vec<String>| {
             format!("[{}]", items.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "))
         };
-        let opt = |v: Option<u32>| v.map_or_else(|| "default".to_string(), |n| n.to_string());
+        // Unset: the built-in value when the maps are created (pins that
+        // exist keep theirs), shown so an operator sees what that is.
+        let opt = |v: Option<u32>, d: u32| v.map_or_else(|| format!("default ({d})"), |n| n.to_string());
         let mut out = String::new();
         let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
         line("uplinks", list(self.uplinks.clone()));
         line(
             "bridges",
-            match &self.bridges {
+            match self.bridges {
                 Bridges::Auto => "\"auto\"".into(),
-                Bridges::List(names) => list(names.clone()),
             },
         );
         let mode = match self.xdp_mode {
@@ -393,8 +425,8 @@ impl Config {
             "judge_host_traffic",
             s.judge_host_traffic.map_or_else(|| "default (false)".into(), |b| b.to_string()),
         );
-        line("log_rate", s.log_rate.map_or_else(|| "default (100)".into(), |n| n.to_string()));
-        line("flow_timeout", s.flow_timeout_secs.map_or_else(|| "default (30)".into(), |n| n.to_string()));
+        line("log_rate", opt(s.log_rate, DEFAULT_LOG_RATE));
+        line("flow_timeout", opt(s.flow_timeout_secs, DEFAULT_FLOW_TIMEOUT_SECS));
         line(
             "policy",
             match self.policy {
@@ -410,16 +442,16 @@ impl Config {
         line("log_format", format!("{:?}", if self.log_format == LogFormat::Json { "json" } else { "text" }));
         let c = &self.capacities;
         out.push_str("\n[capacities]\n");
-        for (k, v) in [
-            ("max_rules", c.max_rules),
-            ("max_allow", c.max_allow),
-            ("max_flows", c.max_flows),
-            ("max_frags", c.max_frags),
-            ("max_veths", c.max_veths),
-            ("max_veth_rules", c.max_veth_rules),
-            ("events_bytes", c.events_bytes),
+        for (k, v, d) in [
+            ("max_rules", c.max_rules, DEFAULT_MAX_RULES - 1),
+            ("max_allow", c.max_allow, DEFAULT_MAX_ALLOW),
+            ("max_flows", c.max_flows, DEFAULT_MAX_FLOWS),
+            ("max_frags", c.max_frags, DEFAULT_MAX_FRAGS),
+            ("max_veths", c.max_veths, DEFAULT_MAX_VETHS),
+            ("max_veth_rules", c.max_veth_rules, DEFAULT_MAX_VETH_RULES),
+            ("events_bytes", c.events_bytes, DEFAULT_EVENTS_BYTES),
         ] {
-            out.push_str(&format!("{k} = {}\n", opt(v)));
+            out.push_str(&format!("{k} = {}\n", opt(v, d)));
         }
         out
     }
@@ -442,7 +474,7 @@ mod tests {
     fn every_key() {
         let text = r#"
 uplinks = ["eth1", "bond0"]
-bridges = ["docker0", "br-app"]
+bridges = "auto"
 xdp_mode = "skb"
 judge_host_traffic = true
 log_rate = 50
@@ -465,7 +497,7 @@ events_bytes = 8192
 "#;
         let c = parse("c.toml", text).unwrap();
         assert_eq!(c.uplinks, ["eth1", "bond0"]);
-        assert_eq!(c.bridges, Bridges::List(vec!["docker0".into(), "br-app".into()]));
+        assert_eq!(c.bridges, Bridges::Auto);
         assert_eq!(c.xdp_mode, XdpModeChoice::Skb);
         assert_eq!(c.settings.judge_host_traffic, Some(true));
         assert_eq!((c.settings.log_rate, c.settings.flow_timeout_secs), (Some(50), Some(60)));
@@ -515,7 +547,8 @@ events_bytes = 8192
             ("rule_files = [\"rules.toml\"]\n", 1, "not an absolute path"),
             ("uplinks = [\"eth0\", \"a very long interface\"]\n", 1, "not an interface name"),
             ("\nuplinks = [\"eth0\",\n\"eth0\"]\n", 3, "named twice"),
-            ("bridges = \"all\"\n", 1, "expected \"auto\" or a list"),
+            ("bridges = \"all\"\n", 1, "expected \"auto\""),
+            ("\nbridges = [\"docker0\"]\n", 2, "only \"auto\" is supported"),
             ("judge_host_traffic = \"yes\"\n", 1, "invalid type"),
             ("uplinks = [\"eth0\"\n", 1, ""),
         ] {
@@ -526,6 +559,22 @@ events_bytes = 8192
             assert!(err.to_string().starts_with(&format!("/etc/d.toml:{line}: ")), "{err}");
             assert_eq!(err.exit_code(), crate::exit_code::ExitCode::Usage);
         }
+    }
+
+    #[test]
+    fn rule_files_need_force_for_a_failsafe_port() {
+        let fs = [PortSpec::parse("22/tcp").unwrap()];
+        let text = "[[rule]]\nports = \"80/tcp\"\n\n[[rule]]\nports = \"22/tcp\"\n";
+        let entries = crate::rulefile::parse_entries("r.toml", text).unwrap();
+        let err = refuse_unforced(&fs, None, "r.toml", &entries, &[]).unwrap_err();
+        assert!(err.to_string().starts_with("r.toml:4: blocking dialed 22/tcp"), "{err}");
+        assert!(err.to_string().contains("`force = true`"), "{err}");
+        assert_eq!(err.exit_code(), crate::exit_code::ExitCode::Usage);
+        let forced = crate::rulefile::parse_entries("r.toml", &format!("{text}force = true\n")).unwrap();
+        assert!(refuse_unforced(&fs, None, "r.toml", &forced, &[]).is_ok());
+        let in_force = [Rule::from_spec(1, entries[1].spec.clone())];
+        assert!(refuse_unforced(&fs, None, "r.toml", &entries, &in_force).is_ok());
+        assert!(refuse_unforced(&[], None, "r.toml", &entries, &[]).is_ok());
     }
 
     #[test]

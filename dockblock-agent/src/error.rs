@@ -64,6 +64,11 @@ pub enum Error {
     #[error("{path}:{line}: {why}")]
     Config { path: String, line: usize, why: String },
 
+    /// A config file named (`--config`, `$DOCKBLOCK_CONFIG`, `config
+    /// check`) that does not exist: a typo must not mean "the defaults".
+    #[error("{path}: no such config file (named by --config, $DOCKBLOCK_CONFIG or `config check`; when none is named, {default} is read if it exists)")]
+    ConfigMissing { path: String, default: &'static str },
+
     /// A block that would close a failsafe port (config `failsafe`),
     /// without `--force`.
     #[error("{what}")]
@@ -148,6 +153,7 @@ impl Error {
             | Self::BadCidr { .. }
             | Self::RulesFile { .. }
             | Self::Config { .. }
+            | Self::ConfigMissing { .. }
             | Self::Failsafe { .. }
             | Self::RulesFileTooBig { .. }
             | Self::BadArgument { .. }

@@ -8,6 +8,8 @@
 //! allow_from = ["203.0.113.0/24"] # optional
 //! dry_run = true                  # optional, default false
 //! log = true                      # optional, default false
+//! force = true                    # optional, default false: may close a
+//!                                 # failsafe port (config `failsafe`)
 //!
 //! [[rule]]                        # a rule that names containers:
 //! ports = "3306/tcp"              # container ports (none: every port)
@@ -70,6 +72,8 @@ struct RuleIn {
     from_containers: bool,
     #[serde(default)]
     policy: Option<Spanned<String>>,
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Serialize)]
@@ -120,8 +124,22 @@ pub fn check_size(path: &str, len: usize) -> Result<()> {
     Ok(())
 }
 
+/// One rule of a file, with what only `apply` needs: `force = true` (it
+/// may close a failsafe port) and its line, for the refusal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub spec: RuleSpec,
+    pub force: bool,
+    pub line: usize,
+}
+
 /// Parses `text` (read from `path`, used in messages) into rule specs.
 pub fn parse(path: &str, text: &str) -> Result<Vec<RuleSpec>> {
+    Ok(parse_entries(path, text)?.into_iter().map(|e| e.spec).collect())
+}
+
+/// [`parse`], keeping each rule's `force` and line.
+pub fn parse_entries(path: &str, text: &str) -> Result<Vec<Entry>> {
     check_size(path, text.len())?;
     // A cheap count first, so a file of millions of rules is refused before
     // the TOML parser builds them all (inline tables are counted after).
@@ -145,7 +163,7 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<RuleSpec>> {
         let why = format!("{allow} allow_from entries, more than the {MAX_ALLOW} any allow table holds");
         return Err(Error::RulesFileTooBig { path: path.to_string(), why });
     }
-    let mut specs: Vec<(RuleSpec, Range<usize>)> = Vec::new();
+    let mut specs: Vec<(RuleSpec, Range<usize>, bool)> = Vec::new();
     // (target, scope, lo, hi) -> indexes in `specs`: duplicates found in
     // linear time.
     let mut seen: std::collections::HashMap<(Target, u32, u16, u16), Vec<usize>> = Default::default();
@@ -206,9 +224,12 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<RuleSpec>> {
             return Err(error(Some(entry.span()), why));
         }
         same.push(specs.len());
-        specs.push((spec, entry.span()));
+        specs.push((spec, entry.span(), rule.force));
     }
-    Ok(specs.into_iter().map(|(s, _)| s).collect())
+    Ok(specs
+        .into_iter()
+        .map(|(spec, span, force)| Entry { spec, force, line: line_of(text, span.start) })
+        .collect())
 }
 
 /// The target a file entry names; the span of the bad key and why not.
@@ -332,6 +353,14 @@ mod tests {
         let specs = parse("x.toml", &text).unwrap();
         assert_eq!(specs, rules.iter().map(Rule::spec).collect::<Vec<_>>(), "{text}");
         assert_eq!(parse("x.toml", &format(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn force_is_kept_with_the_line() {
+        let text = "[[rule]]\nports = \"80/tcp\"\n\n[[rule]]\nports = \"22/tcp\"\nforce = true\n";
+        let entries = parse_entries("r.toml", text).unwrap();
+        assert_eq!(entries.iter().map(|e| (e.force, e.line)).collect::<Vec<_>>(), [(false, 1), (true, 4)]);
+        assert_eq!(parse("r.toml", text).unwrap(), entries.into_iter().map(|e| e.spec).collect::<Vec<_>>());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod datapath;
 pub mod rig;
+pub mod scratch;
 
 pub use dockblock_testkit::{
     cmd, describe, docker, is_root, netns, packet, quiet, run, run_for, run_ok, try_run_for,

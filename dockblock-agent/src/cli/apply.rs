@@ -28,7 +28,8 @@ pub fn run(pins: &PinDir, args: ApplyArgs) -> Result<ExitCode> {
         let f = std::fs::File::open(file).map_err(|e| Error::io("read", file, e))?;
         read_bounded(f, name)?
     };
-    let specs = rulefile::parse(name, &text)?;
+    let entries = rulefile::parse_entries(name, &text)?;
+    let specs: Vec<RuleSpec> = entries.iter().map(|e| e.spec.clone()).collect();
     let confirm = args.confirm.as_deref().map(saved::parse_duration).transpose()?;
     require_root()?;
     let view = view(&specs)?;
@@ -37,9 +38,14 @@ pub fn run(pins: &PinDir, args: ApplyArgs) -> Result<ExitCode> {
     let deadline = confirm.map(|d| saved::now_secs() + d.as_secs());
     let token = format!("{}-{}", std::process::id(), saved::now_secs());
     let mut written = None;
-    let result = reconcile::reconcile(pins, view.as_ref(), |draft| match deadline {
-        None => store::replace_specs(draft, &specs, &mut summary),
-        Some(at) => saved::begin_confirm(pins, draft, &specs, (at, &token, name), &mut summary, &mut written),
+    let result = reconcile::reconcile(pins, view.as_ref(), |draft| {
+        super::config::check_failsafe_file(name, &entries, &draft.rules)?;
+        match deadline {
+            None => store::replace_specs(draft, &specs, &mut summary),
+            Some(at) => {
+                saved::begin_confirm(pins, draft, &specs, (at, &token, name), &mut summary, &mut written)
+            }
+        }
     });
     let applied = match result {
         Ok(a) => a,

@@ -9,7 +9,8 @@ use std::{
 use dockblock_agent::{
     config::{self, Config},
     ports::PortSpec,
-    rules::RuleSpec,
+    rulefile::Entry,
+    rules::{Rule, RuleSpec},
     Result,
 };
 
@@ -50,6 +51,12 @@ pub fn check_failsafe(specs: &[RuleSpec], force: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `apply`'s check of a rule file against the loaded config's failsafe
+/// ports (see `config::refuse_unforced`).
+pub fn check_failsafe_file(name: &str, entries: &[Entry], in_force: &[Rule]) -> Result<()> {
+    config::refuse_unforced(&current().failsafe, path(), name, entries, in_force)
 }
 
 /// `config check FILE`: exit 0 and the effective settings, or `FILE:LINE: why`.
