@@ -32,12 +32,6 @@ fn build(commit: &str) -> Result<PathBuf, String> {
     if done.is_file() && bin.is_file() {
         return Ok(bin);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let _lock = lock(&dir.join("lock"))?;
-    // Another test may have built it while this one waited for the lock.
-    if done.is_file() && bin.is_file() {
-        return Ok(bin);
-    }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace");
     let exists = Command::new("git")
         .arg("-C")
@@ -51,6 +45,12 @@ fn build(commit: &str) -> Result<PathBuf, String> {
             "commit {commit} is not in {}'s history (a shallow clone? `git fetch --unshallow`)",
             repo.display()
         ));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let _lock = lock(&dir.join("lock"))?;
+    // Another test may have built it while this one waited for the lock.
+    if done.is_file() && bin.is_file() {
+        return Ok(bin);
     }
     let src = dir.join("src");
     let tar = dir.join("src.tar");
@@ -129,4 +129,25 @@ fn lock(path: &Path) -> Result<File, String> {
         return Err(format!("lock {}: {}", path.display(), std::io::Error::last_os_error()));
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_missing_from_the_history_is_a_clear_error() {
+        let missing = "00000000000000000000000000000000000000ff";
+        let err = build(missing).unwrap_err();
+        assert!(err.contains(&format!("commit {missing} is not in")) && err.contains("--unshallow"), "{err}");
+        assert!(!Path::new(CACHE).join(format!("prev-{missing}")).exists(), "it left a cache folder");
+    }
+
+    /// The real build (minutes when the cache is cold): run with --ignored.
+    #[test]
+    #[ignore]
+    fn the_previous_release_builds_and_runs() {
+        let out = Command::new(agent()).arg("--version").output().unwrap();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("dockblock-agent "));
+    }
 }

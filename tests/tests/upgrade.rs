@@ -279,7 +279,8 @@ fn an_upgrade_from_the_previous_release_opens_no_window() {
 }
 
 /// Without a daemon: v0.9.0's `attach` and `block`, then this release's
-/// `attach` over its pins, under a probe loop.
+/// `attach` over its pins, under a probe loop; then v0.9.0's `attach` again
+/// (a downgrade).
 #[test]
 fn attach_over_the_previous_releases_pins_opens_no_window() {
     let old_bin = prev_release::agent();
@@ -321,4 +322,16 @@ fn attach_over_the_previous_releases_pins_opens_no_window() {
     let status: Value = serde_json::from_str(&new.ok(&["status", "--json"]).unwrap()).unwrap();
     assert_eq!(status["health"], "healthy", "{status}");
     assert!(!connects(&out, out.host_ip(), port), "the rule does not drop after the upgrade");
+
+    // Downgrade: v0.9.0 has this release's layouts, so its `attach` takes
+    // the links back in place too, with the rules.
+    let back = old.ok(&["attach", out.host_if(), "--no-bridge"]).unwrap();
+    assert!(back.contains("program replaced in the existing link"), "v0.9.0's attach: {back}");
+    let down = link_ids(&old);
+    for (key, (link, prog)) in &after {
+        assert_eq!(down[key].0, *link, "downgrade: {key} is another link");
+        assert_ne!(down[key].1, *prog, "downgrade: {key} still runs this release's program");
+    }
+    assert_eq!(user_rules(&old), rules, "downgrade: rules changed");
+    assert!(!connects(&out, out.host_ip(), port), "the rule does not drop after the downgrade");
 }
