@@ -318,3 +318,48 @@ fn swap_programs(ebpf: &mut Ebpf, pins: &PinDir) -> Result<usize> {
     }
     Ok(swapped)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(map_type: MapType, value_size: u32, max_entries: u32) -> Layout {
+        Layout { map_type: Some(map_type), key_size: 4, value_size, flags: 0, max_entries }
+    }
+
+    fn mismatch(name: &'static str, have: Layout, want: Layout) -> Mismatch {
+        Mismatch { name, have, want }
+    }
+
+    #[test]
+    fn converters_match_only_the_value_size_they_know() {
+        let want = layout(MapType::PerCpuArray, 64, 4096);
+        let found = |have| converter(&mismatch(map_names::RULE_STATS, have, want)).map(|c| c.from_value_size);
+        assert_eq!(found(layout(MapType::PerCpuArray, 32, 100)), Some(32), "capacity is free");
+        assert_eq!(found(layout(MapType::PerCpuArray, 48, 4096)), None, "no release had 48");
+        assert_eq!(found(layout(MapType::Array, 32, 4096)), None, "another type");
+        assert_eq!(found(Layout { key_size: 8, ..layout(MapType::PerCpuArray, 32, 4096) }), None);
+        assert_eq!(found(Layout { flags: 1, ..layout(MapType::PerCpuArray, 32, 4096) }), None);
+        // CONFIG's size is fixed by the layout: one entry, or no converter.
+        let want = layout(MapType::Array, 60, 1);
+        let config = |have| converter(&mismatch(map_names::CONFIG, have, want)).is_some();
+        assert!(config(layout(MapType::Array, 16, 1)));
+        assert!(!config(layout(MapType::Array, 16, 2)));
+    }
+
+    #[test]
+    fn per_cpu_values_are_converted_slot_by_slot() {
+        let step = Step {
+            name: map_names::RULE_STATS,
+            converter: &CONVERTERS[0],
+            have: layout(MapType::PerCpuArray, 32, 1),
+            want: layout(MapType::PerCpuArray, 64, 1),
+            // `convert` reads no map: any fd stands in.
+            old: std::fs::File::open("/dev/null").unwrap().into(),
+            copied: Vec::new(),
+        };
+        let old: Vec<u8> = (1..=8u64).flat_map(u64::to_ne_bytes).collect(); // 2 CPUs of 4 u64
+        let new: Vec<u64> = words(&convert(&step, &old)).collect();
+        assert_eq!(new, [1, 2, 3, 4, 0, 0, 0, 0, 5, 6, 7, 8, 0, 0, 0, 0]);
+    }
+}
