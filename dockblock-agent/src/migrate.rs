@@ -139,10 +139,6 @@ pub fn plan(pins: &PinDir) -> Result<Plan> {
 }
 
 impl Plan {
-    pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
-    }
-
     /// Where the loader opens or creates map `name`.
     pub fn pin_path(&self, pins: &PinDir, name: &str) -> PathBuf {
         match self.steps.iter().any(|s| s.name == name) {
@@ -160,10 +156,10 @@ impl Plan {
 
     /// With this release's programs loaded against the new maps: entries
     /// converted, programs swapped in every live link, late counts carried,
-    /// pins swapped. Returns what it did, one line per map.
-    pub fn finish(mut self, ebpf: &mut Ebpf, pins: &PinDir) -> Result<Vec<String>> {
+    /// pins swapped; one log line per map.
+    pub fn finish(mut self, ebpf: &mut Ebpf, pins: &PinDir) -> Result<()> {
         if self.steps.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let mut news = Vec::new();
         for step in &mut self.steps {
@@ -182,12 +178,11 @@ impl Plan {
                 carry_late_counts(step, new).map_err(|e| map_error("carry counters of", step.name, e))?;
             }
         }
-        let mut done = Vec::new();
         for step in &self.steps {
             let (from, to) = (staging_pin(pins, step.name), pins.map(step.name));
             std::fs::rename(&from, &to).map_err(|e| Error::io("swap map pin", &to, e))?;
             crate::testhook::step();
-            let line = format!(
+            tracing::info!(
                 "migrated {} in place: value size {} -> {} (layout changed in {}), {} entries, programs of {swapped} links replaced",
                 step.name,
                 step.have.value_size,
@@ -195,10 +190,8 @@ impl Plan {
                 step.converter.changed_in,
                 step.copied.len()
             );
-            tracing::info!("{line}");
-            done.push(line);
         }
-        Ok(done)
+        Ok(())
     }
 }
 
