@@ -30,6 +30,7 @@ pub mod link_info;
 pub mod loader;
 pub mod lock;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod paths;
 pub mod ports;

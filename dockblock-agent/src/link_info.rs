@@ -158,6 +158,44 @@ pub fn read_hash<K: Copy + Default, V: Copy + Default>(fd: &OwnedFd) -> std::io:
     }
 }
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    /// The value, or the next key for GET_NEXT_KEY.
+    value: u64,
+    flags: u64,
+}
+
+fn elem(cmd: libc::c_long, fd: &OwnedFd, key: *const u8, value: *const u8) -> std::io::Result<()> {
+    let mut attr =
+        ElemAttr { map_fd: fd.as_raw_fd() as u32, _pad: 0, key: key as u64, value: value as u64, flags: 0 };
+    bpf(cmd, &mut attr).map(drop)
+}
+
+/// Raw-bytes map access, for maps of a layout no type here has (a past
+/// release's, see `migrate`). `value` must hold the whole value: per-CPU
+/// maps take one 8-byte-padded slot per possible CPU.
+pub fn map_lookup(fd: &OwnedFd, key: &[u8], value: &mut [u8]) -> std::io::Result<()> {
+    elem(BPF_MAP_LOOKUP_ELEM, fd, key.as_ptr(), value.as_mut_ptr())
+}
+
+/// See [`map_lookup`]; BPF_ANY (create or replace).
+pub fn map_update(fd: &OwnedFd, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+    elem(BPF_MAP_UPDATE_ELEM, fd, key.as_ptr(), value.as_ptr())
+}
+
+/// The key after `key` (the first with None) into `next`; ENOENT at the end.
+pub fn map_next_key(fd: &OwnedFd, key: Option<&[u8]>, next: &mut [u8]) -> std::io::Result<()> {
+    let key = key.map_or(std::ptr::null(), <[u8]>::as_ptr);
+    elem(BPF_MAP_GET_NEXT_KEY, fd, key, next.as_mut_ptr())
+}
+
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, correctly sized bpf_attr prefix.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };

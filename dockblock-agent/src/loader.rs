@@ -30,7 +30,7 @@ use dockblock_common::{
 use crate::{
     bpffs,
     error::{Error, Result},
-    link_info,
+    link_info, migrate,
     paths::{LinkKind, LinkPin, PinDir},
     store::{self, RuleStore},
     teardown, EBPF_OBJECT,
@@ -103,13 +103,15 @@ pub struct Attached {
 pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
     let maps_dir = pins.maps_dir();
     std::fs::create_dir_all(&maps_dir).map_err(|e| Error::io("create", &maps_dir, e))?;
-    check_pinned_layouts(pins)?;
-    let mut ebpf = open_object(pins, caps)?;
+    // Refuses a pinned map of an unknown layout before anything changes.
+    let migration = migrate::plan(pins)?;
+    let mut ebpf = open_object(pins, caps, &migration)?;
     crate::testhook::step(); // maps created and pinned
     xdp_program(&mut ebpf)?.load().map_err(|e| Error::bpf("load XDP program (verifier)", e))?;
     for name in TC_PROGRAMS {
         tc_program(&mut ebpf, name)?.load().map_err(|e| Error::bpf(format!("load {name} (verifier)"), e))?;
     }
+    migration.finish(&mut ebpf, pins)?;
     let mut store = RuleStore::open(pins)?;
     let mut config = store.config()?;
     let before = config;
@@ -131,13 +133,14 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
 }
 
 /// The object with every map pinned under `pins`: pinned maps are opened,
-/// missing ones created (with `caps`) and pinned. No program is loaded yet.
-fn open_object(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
+/// missing ones created (with `caps`) and pinned; those `migration` plans
+/// are created at their staging pins. No program is loaded yet.
+fn open_object(pins: &PinDir, caps: &Capacities, migration: &migrate::Plan) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     for name in map_names::ALL {
-        loader.map_pin_path(name, pins.map(name));
+        loader.map_pin_path(name, migration.pin_path(pins, name));
     }
-    for (name, size) in map_sizes(caps) {
+    for (name, size) in migration.max_entries().into_iter().chain(map_sizes(caps)) {
         loader.map_max_entries(name, size);
     }
     loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("load the eBPF object", e))
@@ -148,9 +151,11 @@ fn open_object(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
 /// verifier refuse the programs with an obscure message, or be misread.
 /// Checked before anything changes, as libbpf's `map_is_reuse_compat` does
 /// (type, key and value size, flags, fixed sizes; see `store::map_mismatches`).
+/// `load` migrates the layouts it knows first (`migrate`); loads that
+/// attach no link (the daemon's veth and bridge programs) refuse them all.
 pub fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
     match store::map_mismatches(pins)?.into_iter().next() {
-        Some(err) => Err(err),
+        Some(m) => Err(m.error()),
         None => Ok(()),
     }
 }
@@ -357,9 +362,7 @@ fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, interface: &str, choice: XdpModeCh
                 wanted: wanted.label(),
             });
         }
-        let link = XdpLink::try_from(link).map_err(|e| Error::bpf("XDP link", e))?;
-        prog.attach_to_link(link)
-            .map_err(|e| Error::bpf(format!("replace XDP program on {interface}"), e))?;
+        replace_xdp(prog, link, interface)?;
         return Ok(Attached { interface: interface.into(), kind: pin.kind, replaced: true });
     }
     let tries: &[LinkKind] = match choice {
@@ -382,6 +385,25 @@ fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, interface: &str, choice: XdpModeCh
         }
     }
     Err(last_err.expect("at least one mode was tried"))
+}
+
+/// Puts the XDP program into the live XDP `link` in place (`bpf_link_update`).
+fn replace_xdp(prog: &mut Xdp, link: FdLink, interface: &str) -> Result<()> {
+    let link = XdpLink::try_from(link).map_err(|e| Error::bpf("XDP link", e))?;
+    let id = prog
+        .attach_to_link(link)
+        .map_err(|e| Error::bpf(format!("replace XDP program on {interface}"), e))?;
+    // As in `replace_tc`: the pin holds the link, not this process.
+    drop(prog.take_link(id).map_err(|e| Error::bpf("take XDP link", e))?);
+    Ok(())
+}
+
+/// Puts the loaded program a link of `kind` runs into the live `link`.
+pub(crate) fn replace_program(ebpf: &mut Ebpf, link: FdLink, interface: &str, kind: LinkKind) -> Result<()> {
+    if kind.is_xdp() {
+        return replace_xdp(xdp_program(ebpf)?, link, interface);
+    }
+    replace_tc(tc_program(ebpf, tc_program_name(kind))?, link, interface, kind)
 }
 
 /// The TC program a TCX link of `kind` runs.

@@ -149,13 +149,26 @@ pub fn status(pins: &PinDir) -> Result<Status> {
     }
     let mut rules = None;
     if attached && missing.is_empty() {
-        for err in store::map_mismatches(pins)? {
-            problems.push(Problem {
-                what: err.to_string(),
-                run: "dockblock-agent export > rules.toml (with the release that attached), dockblock-agent \
-                      detach, dockblock-agent attach IFACE..., dockblock-agent apply rules.toml"
-                    .into(),
-            });
+        for m in store::map_mismatches(pins)? {
+            let problem = match crate::migrate::converter(&m) {
+                Some(c) => Problem {
+                    what: format!(
+                        "pinned map {} has an older release's layout ({}; changed in {})",
+                        m.name,
+                        m.why(),
+                        c.changed_in
+                    ),
+                    run: "start the daemon (or dockblock-agent attach IFACE...): it migrates the map in place"
+                        .into(),
+                },
+                None => Problem {
+                    what: m.error().to_string(),
+                    run: "dockblock-agent export > rules.toml (with the release that attached), dockblock-agent \
+                          detach, dockblock-agent attach IFACE..., dockblock-agent apply rules.toml"
+                        .into(),
+                },
+            };
+            problems.push(problem);
         }
         match RuleStore::open_read_only(pins) {
             Ok(store) => {

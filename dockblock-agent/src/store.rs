@@ -193,43 +193,106 @@ pub fn max_entries(pins: &PinDir, name: &str) -> Result<u32> {
 
 /// Maps whose size the layout fixes (the others take `attach` capacities,
 /// which `loader::check_capacities` compares with what is asked).
-const FIXED_SIZE: [&str; 5] =
+pub const FIXED_SIZE: [&str; 5] =
     [map_names::PORT_RULES, map_names::HOOK_STATS, map_names::CONFIG, map_names::SEEN, map_names::LOG_BUDGET];
 
-/// Every pinned map that this release's object could not reuse: another
-/// type, key size, value size or flags, or another size where the layout
-/// fixes it (libbpf's `map_is_reuse_compat`). Missing pins are not listed.
-pub fn map_mismatches(pins: &PinDir) -> Result<Vec<Error>> {
-    let object =
-        aya_obj::Object::parse(crate::EBPF_OBJECT).map_err(|e| Error::bpf("parse the eBPF object", e))?;
-    let mut found = Vec::new();
-    for name in map_names::ALL {
-        let path = pins.map(name);
-        let Some(want) = object.maps.get(name) else { continue };
-        let Ok(data) = open_map(pins, name, Access::ReadOnly) else { continue };
-        let info = data.info().map_err(|e| Error::bpf(format!("read {name} info"), e))?;
-        let have_type = aya_obj::generated::bpf_map_type::try_from(want.map_type()).ok();
+/// What reuse compares of a map (libbpf's `map_is_reuse_compat`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Layout {
+    pub map_type: Option<aya::maps::MapType>,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub flags: u32,
+    pub max_entries: u32,
+}
+
+/// A pinned map this release's object could not reuse as it is.
+#[derive(Clone, Debug)]
+pub struct Mismatch {
+    pub name: &'static str,
+    /// The pinned map's.
+    pub have: Layout,
+    /// This build's object's (max entries: the default capacity).
+    pub want: Layout,
+}
+
+impl Mismatch {
+    /// What differs, e.g. "value size 32, expected 64".
+    pub fn why(&self) -> String {
+        let (have, want) = (&self.have, &self.want);
         let mut why = Vec::new();
-        let have = info.map_type().ok();
-        let wanted = have_type.and_then(|t| aya::maps::MapType::try_from(t).ok());
-        if have != wanted {
-            why.push(format!("type {have:?}, expected {wanted:?}"));
+        if have.map_type != want.map_type {
+            why.push(format!("type {:?}, expected {:?}", have.map_type, want.map_type));
         }
         for (what, have, want) in [
-            ("key size", info.key_size(), want.key_size()),
-            ("value size", info.value_size(), want.value_size()),
-            ("flags", info.map_flags(), want.map_flags()),
+            ("key size", have.key_size, want.key_size),
+            ("value size", have.value_size, want.value_size),
+            ("flags", have.flags, want.flags),
         ] {
             if have != want {
                 why.push(format!("{what} {have}, expected {want}"));
             }
         }
-        if FIXED_SIZE.contains(&name) && info.max_entries() != want.max_entries() {
-            why.push(format!("max entries {}, expected {}", info.max_entries(), want.max_entries()));
+        if self.fixed_size() && have.max_entries != want.max_entries {
+            why.push(format!("max entries {}, expected {}", have.max_entries, want.max_entries));
         }
-        if !why.is_empty() {
-            tracing::debug!("{}: {why:?}", path.display());
-            found.push(Error::MapMismatch { name: name.to_string(), why: why.join(", ") });
+        why.join(", ")
+    }
+
+    /// Whether the layout fixes the map's size (see [`FIXED_SIZE`]).
+    pub fn fixed_size(&self) -> bool {
+        FIXED_SIZE.contains(&self.name)
+    }
+
+    pub fn error(&self) -> Error {
+        Error::MapMismatch { name: self.name.to_string(), why: self.why() }
+    }
+}
+
+/// This build's object's layout of every map it has, by name.
+pub fn object_layouts() -> Result<StdHashMap<&'static str, Layout>> {
+    let object =
+        aya_obj::Object::parse(crate::EBPF_OBJECT).map_err(|e| Error::bpf("parse the eBPF object", e))?;
+    let layout = |want: &aya_obj::Map| Layout {
+        map_type: aya_obj::generated::bpf_map_type::try_from(want.map_type())
+            .ok()
+            .and_then(|t| aya::maps::MapType::try_from(t).ok()),
+        key_size: want.key_size(),
+        value_size: want.value_size(),
+        flags: want.map_flags(),
+        max_entries: want.max_entries(),
+    };
+    Ok(map_names::ALL.into_iter().filter_map(|name| Some((name, layout(object.maps.get(name)?)))).collect())
+}
+
+/// The layout of the pinned map `name`, if it is pinned.
+pub fn pinned_layout(pins: &PinDir, name: &str) -> Result<Option<Layout>> {
+    let Ok(data) = open_map(pins, name, Access::ReadOnly) else { return Ok(None) };
+    let info = data.info().map_err(|e| Error::bpf(format!("read {name} info"), e))?;
+    Ok(Some(Layout {
+        map_type: info.map_type().ok(),
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        flags: info.map_flags(),
+        max_entries: info.max_entries(),
+    }))
+}
+
+/// Every pinned map that this release's object could not reuse as it is:
+/// another type, key size, value size or flags, or another size where the
+/// layout fixes it (libbpf's `map_is_reuse_compat`). Missing pins are not
+/// listed (loading creates them). `migrate` carries over those it knows.
+pub fn map_mismatches(pins: &PinDir) -> Result<Vec<Mismatch>> {
+    let object = object_layouts()?;
+    let mut found = Vec::new();
+    for name in map_names::ALL {
+        let (Some(&want), Some(have)) = (object.get(name), pinned_layout(pins, name)?) else { continue };
+        let m = Mismatch { name, have, want };
+        let same_size = !m.fixed_size() || have.max_entries == want.max_entries;
+        let same = Layout { max_entries: 0, ..have } == Layout { max_entries: 0, ..want };
+        if !(same && same_size) {
+            tracing::debug!("{}: {}", pins.map(name).display(), m.why());
+            found.push(m);
         }
     }
     Ok(found)

@@ -172,7 +172,7 @@ fn load_pinned(pins: &PinDir, programs: &[&str]) -> Result<Ebpf> {
         return Err(Error::NotAttached { pin_dir: pins.root().into() });
     }
     check_pinned_layouts(pins)?;
-    let mut ebpf = open_object(pins, &Capacities::default())?;
+    let mut ebpf = open_object(pins, &Capacities::default(), &crate::migrate::Plan::default())?;
     for name in programs {
         tc_program(&mut ebpf, name)?.load().map_err(|e| Error::bpf(format!("load {name} (verifier)"), e))?;
     }
