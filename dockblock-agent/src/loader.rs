@@ -134,6 +134,10 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
 /// missing ones created (with `caps`) and pinned. No program is loaded yet.
 fn open_object(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
+    // The programs use no CO-RE relocations: without the kernel's BTF
+    // (vmlinux, ~6 MB parsed) the load needs a fraction of the memory, and
+    // the daemon's peak RSS is that load.
+    loader.btf(None);
     for name in map_names::ALL {
         loader.map_pin_path(name, pins.map(name));
     }

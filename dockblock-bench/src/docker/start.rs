@@ -17,8 +17,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Host port the started containers publish (to their port 80).
+/// Host port the started containers publish (to their port 80); the
+/// second kind's is the next one (both run at once between samples).
 const HOST_PORT: u16 = 18090;
+
+fn host_port(kind: Kind) -> u16 {
+    if kind == Kind::Named {
+        HOST_PORT + 1
+    } else {
+        HOST_PORT
+    }
+}
 /// A sample that has not seen the rule after this is a failure.
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -26,7 +35,7 @@ pub fn run(ctx: &Ctx, r: &Run, per_kind: usize) -> Result<Value> {
     // A `--container` rule needs a container of that name the engine
     // knows: create one, name it in the rule, remove it; the rule follows
     // the name to every container created under it later.
-    let first = super::container_args(Kind::Named, HOST_PORT, &["sleep", "3600"]);
+    let first = super::container_args(Kind::Named, host_port(Kind::Named), &["sleep", "3600"]);
     let mut create = vec!["docker", "create"];
     create.extend(first.iter().map(String::as_str));
     dockblock_testkit::cmd::ok(&create)?;
@@ -60,7 +69,7 @@ fn sample(r: &Run, kind: Kind) -> Result<Value> {
     docker::remove_container(kind.name());
     let mut tl = kernel::Timeline::default();
     tl.poll(&r.tables);
-    let args = super::container_args(kind, HOST_PORT, &["sleep", "3600"]);
+    let args = super::container_args(kind, host_port(kind), &["sleep", "3600"]);
     let t0 = kernel::now_ns();
     let started = Instant::now();
     let mut child = Command::new("docker")
