@@ -137,6 +137,10 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
 /// are created at their staging pins. No program is loaded yet.
 fn open_object(pins: &PinDir, caps: &Capacities, migration: &migrate::Plan) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
+    // The programs use no CO-RE relocations: without the kernel's BTF
+    // (vmlinux, ~6 MB parsed) the load needs a fraction of the memory, and
+    // the daemon's peak RSS is that load.
+    loader.btf(None);
     for name in map_names::ALL {
         loader.map_pin_path(name, migration.pin_path(pins, name));
     }

@@ -7,6 +7,7 @@
 //! container, the agent's paths) -> peers.rs (the filters compared) and
 //! traffic.rs (the floods) -> parts/ (what a run measures) -> report.rs ->
 //! run.rs. probe/ is the aya side, run in its own processes.
+mod docker;
 mod parts;
 mod peers;
 mod probe;

@@ -10,6 +10,7 @@
 //! part that fails is recorded as failed and the next one runs; Ctrl-C stops
 //! after the current step and cleans up.
 use crate::{
+    docker,
     parts::{self, Ctx, STOP},
     peers, report, world,
 };
@@ -27,6 +28,9 @@ pub enum Part {
     Legit,
     Scaling,
     Swap,
+    /// The Docker suite (the daemon following the engine), alone: same as
+    /// `--docker`.
+    Docker,
 }
 
 #[derive(clap::Args)]
@@ -48,6 +52,13 @@ pub struct Options {
     /// Results folder (default: bench/results in the workspace).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The Docker suite instead of the filter comparison: the daemon
+    /// following the engine (`docker run` to rule in force, event-to-kernel
+    /// latency under churn, throughput through its hooks, the
+    /// container-rule flood, its CPU and memory); results in
+    /// bench/results/docker.md and docker.json. Takes `--quick`.
+    #[arg(long)]
+    pub docker: bool,
     /// Echo every command the bench runs.
     #[arg(long)]
     pub verbose: bool,
@@ -77,6 +88,16 @@ fn cleanup_all() {
 
 pub fn run(opts: &Options) -> Result<()> {
     let out_dir = opts.out.clone().unwrap_or_else(|| workspace_root().join("bench/results"));
+    let docker_suite = opts.docker || opts.only.contains(&Part::Docker);
+    if docker_suite && opts.only.iter().any(|p| *p != Part::Docker) {
+        bail!("the Docker suite (--docker, --only docker) runs alone: leave the other parts out");
+    }
+    if opts.render_only && docker_suite {
+        let path = out_dir.join("docker.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let results: Value = serde_json::from_str(&text).context("parsing docker.json")?;
+        return docker::report::write(&out_dir, &results);
+    }
     if opts.render_only {
         let path = out_dir.join("results.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -108,6 +129,9 @@ pub fn run(opts: &Options) -> Result<()> {
 
     ctx.log("removing leftovers of earlier runs");
     cleanup_all();
+    if docker_suite {
+        return run_docker(&ctx, &out_dir);
+    }
     let docker_user_before = peers::docker_user_snapshot();
     let mut results = json!({
         "environment": environment(&ctx),
@@ -174,6 +198,36 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     report::write(&out_dir, &results, opts.quick)?;
     ctx.log(&format!("results in {}", out_dir.display()));
+    if STOP.load(Ordering::SeqCst) {
+        bail!("interrupted; partial results written");
+    }
+    Ok(())
+}
+
+/// The Docker suite alone (docker/): its own results files.
+fn run_docker(ctx: &Ctx, out_dir: &std::path::Path) -> Result<()> {
+    let docker_user_before = peers::docker_user_snapshot();
+    let mut results = json!({ "environment": environment(ctx), "parts": {} });
+    results["environment"]["docker"] =
+        json!(cmd::ok(&["docker", "version", "-f", "{{.Server.Version}}"]).unwrap_or_default().trim());
+    let mut part = json!({});
+    let r = docker::run(ctx, &mut part);
+    cleanup_all();
+    if let Err(e) = r {
+        eprintln!("bench: the Docker suite failed: {e:#}");
+        part["error"] = json!(format!("{e:#}"));
+    }
+    results["parts"]["docker"] = part;
+    let docker_user_after = peers::docker_user_snapshot();
+    results["environment"]["docker_user_intact"] = json!(docker_user_before == docker_user_after);
+    results["environment"]["seconds"] = json!(ctx.start.elapsed().as_secs_f64());
+    results["environment"]["loadavg_at_end"] =
+        json!(std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string());
+    docker::report::write(out_dir, &results)?;
+    ctx.log(&format!("results in {}", out_dir.join("docker.md").display()));
+    if results["parts"]["docker"]["error"].is_string() {
+        bail!("the Docker suite failed; what it measured is in docker.json");
+    }
     if STOP.load(Ordering::SeqCst) {
         bail!("interrupted; partial results written");
     }

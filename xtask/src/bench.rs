@@ -4,6 +4,10 @@
 //! are (`cargo xtask bench -- --help` shows them). xtask only adds
 //! `--skip-setup`, and links nothing of the workspace. `DOCKBLOCK_AGENT_BIN`
 //! set: that agent is measured instead of target/release/dockblock-agent.
+//! `cargo xtask bench --docker [--quick]` runs the Docker suite (the daemon
+//! following the engine) instead of the filter comparison; it starts a
+//! daemon that hooks every container veth, so run it under the global
+//! Docker lock when others test on the same host.
 use crate::{setup, util};
 use anyhow::{Context, Result};
 use std::process::Command;
@@ -14,7 +18,7 @@ pub struct Options {
     #[arg(long)]
     pub skip_setup: bool,
     /// Flags for `dockblock-bench run`, e.g. `--quick`, `--only cost,live`,
-    /// `--render-only` (see `cargo xtask bench -- --help`).
+    /// `--docker`, `--render-only` (see `cargo xtask bench -- --help`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
 }
@@ -63,5 +67,7 @@ mod tests {
         let cli = Cli::parse_from(["bench", "--skip-setup", "--quick"]);
         assert!(cli.bench.skip_setup);
         assert_eq!(cli.bench.args, ["--quick"]);
+        let cli = Cli::parse_from(["bench", "--docker", "--quick"]);
+        assert_eq!(cli.bench.args, ["--docker", "--quick"]);
     }
 }

@@ -115,6 +115,10 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
         tracing::info!(interface = %a.interface, kind = a.kind.label(), replaced = a.replaced, "hook attached");
     }
     let hooks = kernel::Hooks::load(&pins)?;
+    // Loading the object is the daemon's peak of heap (ELF, BTF, verifier
+    // logs); glibc keeps freed pages mapped unless asked to return them.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     // Subscribed before the dump and the first snapshot: no veth created
     // in between is missed.
     let mut link_events = links::watch()?;
