@@ -25,6 +25,7 @@ pub mod churn;
 pub mod datapath;
 pub mod kernel;
 pub mod report;
+pub mod service;
 pub mod start;
 pub mod usage;
 
@@ -62,6 +63,8 @@ pub struct Plan {
     pub starts_per_kind: usize,
     pub churn_containers: usize,
     pub churn_limit: Duration,
+    pub service_rules: usize,
+    pub service_containers: usize,
 }
 
 impl Plan {
@@ -77,6 +80,8 @@ impl Plan {
                 starts_per_kind: 5,
                 churn_containers: 20,
                 churn_limit: Duration::from_secs(60),
+                service_rules: 100,
+                service_containers: 10,
             }
         } else {
             Plan {
@@ -89,6 +94,8 @@ impl Plan {
                 starts_per_kind: 20,
                 churn_containers: 200,
                 churn_limit: Duration::from_secs(420),
+                service_rules: 1000,
+                service_containers: 100,
             }
         }
     }
@@ -350,6 +357,11 @@ fn measure(ctx: &Ctx, out: &mut Value, tput: &mut Vec<Value>, floods: &mut Vec<V
     if let Err(e) = result {
         return Err(e.context(format!("daemon log:\n{log_tail}")));
     }
+
+    ctx.log("docker: the daemon as a service (restart, cold start)");
+    let r = service::run(ctx, &plan);
+    world::detach_agent();
+    out["service"] = r?;
 
     ctx.log("docker: daemon stopped and detached: throughput again");
     throughput_runs(ctx, &plan, "none", "after", tput)?;
