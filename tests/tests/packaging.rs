@@ -294,6 +294,12 @@ impl Swarm {
     fn init(addr: &str) -> Swarm {
         let state = run_ok("docker", &["info", "-f", "{{.Swarm.LocalNodeState}}"]);
         assert_eq!(state.trim(), "inactive", "this engine is in a swarm already: not touching it");
+        let live_restore = run_ok("docker", &["info", "-f", "{{.LiveRestoreEnabled}}"]);
+        assert_eq!(
+            live_restore.trim(),
+            "false",
+            "dockerd runs with live-restore, which swarm mode refuses (did a test restart it so?)"
+        );
         let swarm = Swarm;
         quiet("docker", &["network", "rm", "docker_gwbridge"]);
         run_ok(
