@@ -44,16 +44,24 @@ fn image() -> &'static str {
     IMAGE
 }
 
-/// The daemon of `agent`'s pin folder runs (as `status` sees it, by the pid
-/// it recorded: the container shares the host's pid namespace) and has
-/// synced with the engine.
-fn wait_daemon(agent: &Agent, what: &str, logs: impl Fn() -> String) {
+/// The daemon of `agent`'s pin folder runs in `container` and has synced
+/// with the engine, as the host's `status` sees it: by the pid the daemon
+/// recorded, which must be the container's init process as the host names
+/// it (shared pid namespace, or the host's /proc in the swarm's case).
+fn wait_daemon(agent: &Agent, container: &str, what: &str) {
     let mut last = serde_json::Value::Null;
     let ready = eventually(READY_WITHIN, || {
         last = agent.json(&["status"]);
-        last["daemon"]["running"] == true && last["daemon"]["last_sync"].is_string()
+        let pid = run_ok("docker", &["inspect", "-f", "{{.State.Pid}}", container]);
+        last["daemon"]["running"] == true
+            && last["daemon"]["last_sync"].is_string()
+            && last["daemon"]["pid"].to_string() == pid.trim()
     });
-    assert!(ready, "{what}: no running, synced daemon within {READY_WITHIN:?}: {last}\n{}", logs());
+    assert!(
+        ready,
+        "{what}: no running, synced daemon with {container}'s pid within {READY_WITHIN:?}: {last}\n{}",
+        logs(container)
+    );
 }
 
 /// `docker logs` of a container, for failure messages.
@@ -169,7 +177,7 @@ fn readme_docker_run_line_enforces_a_container_rule_on_the_host() {
     let args: Vec<&str> = words.iter().map(String::as_str).collect();
     let _agent = Removed(name.to_string());
     run_ok("docker", &args);
-    wait_daemon(&t.agent, "docker run", || logs(name));
+    wait_daemon(&t.agent, name, "docker run");
 
     // Open before the rule, on every path.
     t.assert_opens(&web, 80, "before the rule");
@@ -259,7 +267,7 @@ fn compose_file_runs_the_daemon_that_enforces_a_container_rule() {
     let _guard = ComposeUp { project, env: env.clone() };
     assert!(up.status.success(), "docker-compose up: {}", describe(&up));
     let container = format!("{project}_dockblock_1");
-    wait_daemon(&t.agent, "docker-compose up", || logs(&container));
+    wait_daemon(&t.agent, &container, "docker-compose up");
 
     // What the file asks of the engine.
     let inspect = run_ok(
@@ -400,8 +408,9 @@ fn swarm_stack_runs_a_global_service_that_enforces_a_container_rule() {
     let mode =
         run_ok("docker", &["service", "inspect", "-f", "{{if .Spec.Mode.Global}}global{{end}}", &service]);
     assert_eq!(mode.trim(), "global");
-    let service_logs = || describe(&run("docker", &["service", "logs", "--tail", "40", &service]));
-    wait_daemon(&t.agent, "docker stack deploy", service_logs);
+    let filter = format!("label=com.docker.swarm.service.name={service}");
+    let container = run_ok("docker", &["ps", "-q", "--filter", &filter]);
+    wait_daemon(&t.agent, container.trim(), "docker stack deploy");
     let xdp = dockblock_tests::rig::links(&t.agent, t.xdp.host_if(), Some("xdp"));
     assert_eq!(xdp.len(), 1, "XDP on the config's uplink: {}", t.context());
 
