@@ -55,7 +55,7 @@ fn wait_daemon(agent: &Agent, container: &str, what: &str) {
         let pid = run_ok("docker", &["inspect", "-f", "{{.State.Pid}}", container]);
         last["daemon"]["running"] == true
             && last["daemon"]["last_sync"].is_string()
-            && last["daemon"]["pid"].to_string() == pid.trim()
+            && last["daemon"]["pid"].as_u64() == pid.trim().parse().ok()
     });
     assert!(
         ready,
