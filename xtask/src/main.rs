@@ -1,10 +1,11 @@
-//! Developer tasks for dockblock: `cargo xtask <setup|build|run|test|bench|fuzz>`.
+//! Developer tasks for dockblock: `cargo xtask <setup|build|run|test|bench|fuzz|image>`.
 //!
 //! xtask depends on no other workspace crate on purpose: it must compile on a
 //! fresh machine before bpf-linker (needed by dockblock-agent's build.rs) exists.
 mod bench;
 mod build;
 mod fuzz;
+mod image;
 mod run;
 mod setup;
 mod test;
@@ -36,6 +37,9 @@ enum Cmd {
     /// Differential fuzz of the kernel programs against the reference
     /// model: `--frames N` (default 10 million) `--seed S`.
     Fuzz(fuzz::Options),
+    /// Build the container image `dockblock:latest` (`--tag T`) locally from
+    /// the release binary: entrypoint the agent, default command `run`.
+    Image(image::Options),
 }
 
 fn main() {
@@ -50,6 +54,7 @@ fn main() {
         Cmd::Test(opts) => test::run(&opts),
         Cmd::Bench(opts) => bench::run(&opts),
         Cmd::Fuzz(opts) => fuzz::run(&opts),
+        Cmd::Image(opts) => image::run(&opts),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -33,6 +33,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // cargo xtask bench: conntrack entry cleanup between floods, plots.
     "conntrack",
     "python3-matplotlib",
+    // tests/tests/packaging.rs: packaging/compose.yaml run as written.
+    "docker-compose",
 ];
 
 const DOCKERD_LOG: &str = "/var/log/dockblock-dockerd.log";

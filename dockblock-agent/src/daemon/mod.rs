@@ -78,7 +78,7 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::bpf("watch SIGINT", e))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::bpf("watch SIGHUP", e))?;
     if let (status, Some(s)) = state::DaemonStatus::read(&pins)? {
-        if status.running && s.pid != std::process::id() {
+        if status.running && s.pid != state::own_pid() {
             return Err(Error::Unhealthy {
                 what: format!("a daemon already runs for {} (pid {})", pins.root().display(), s.pid),
                 fix: format!("kill {}", s.pid),
@@ -133,7 +133,7 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
     let daemon = Arc::new(Daemon::new(pins, hooks, since, desired));
     daemon.links_reset(dump);
     daemon.write_state();
-    tracing::info!(pid = std::process::id(), uplinks = ?opts.uplinks, "daemon started");
+    tracing::info!(pid = state::own_pid(), uplinks = ?opts.uplinks, "daemon started");
 
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics served at /metrics");
@@ -212,7 +212,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Daemon {
     fn new(pins: PinDir, kernel_hooks: kernel::Hooks, since: String, desired: reload::Desired) -> Daemon {
         let state = state::DaemonState {
-            pid: std::process::id(),
+            pid: state::own_pid(),
             since,
             last_sync: None,
             engine: "down".into(),

@@ -77,14 +77,22 @@ pub fn write(pins: &PinDir, state: &DaemonState) -> Result<()> {
     crate::private_file::write(&path, &text, "write daemon state")
 }
 
-/// Whether a process with this pid exists (EPERM counts: it exists).
+/// This process's pid as /proc names it, which is what the state file
+/// records and `status` looks up. The same as `std::process::id()`, except
+/// in a container that has the host's /proc bind-mounted in a pid
+/// namespace of its own (a Swarm service cannot share the host's): there
+/// it is the host's pid, the one the host CLI sees.
+pub fn own_pid() -> u32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse().ok())
+        .unwrap_or_else(std::process::id)
+}
+
+/// Whether a process with this pid exists, in /proc's pid namespace (see
+/// [`own_pid`]).
 fn pid_alive(pid: u32) -> bool {
-    if pid == 0 || pid > i32::MAX as u32 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks that the process exists.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Now as RFC 3339 UTC with milliseconds: `2026-12-02T04:22:14.123Z`.
@@ -128,6 +136,7 @@ mod tests {
     #[test]
     fn own_pid_is_alive_and_pid_zero_is_not() {
         assert!(pid_alive(std::process::id()));
+        assert_eq!(own_pid(), std::process::id());
         assert!(!pid_alive(0));
     }
 }
