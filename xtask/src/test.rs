@@ -49,6 +49,9 @@ pub fn run(opts: &Options) -> Result<()> {
     // The integration tests exec target/debug/dockblock-agent, so build every
     // target before running any test.
     util::run(util::cargo(["build"]).args(HOST))?;
+    // tests/packaging.rs puts the release agent in an image (`xtask
+    // image`): built here, not in the middle of a test's time limit.
+    util::run(&mut util::cargo(["build", "--release", "-p", "dockblock-agent", "--bin", "dockblock-agent"]))?;
     // One Docker engine and one bpffs are shared by all tests: run serially.
     let mut cmd = util::cargo(["test", "--no-fail-fast", "--workspace", "--exclude", "dockblock-ebpf"]);
     cmd.args(["--", "--test-threads=1"]).args(&opts.args);
