@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod dockerd;
 pub mod rig;
 
 pub use dockblock_testkit::{
