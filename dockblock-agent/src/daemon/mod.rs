@@ -105,10 +105,13 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
     let since = state::now_rfc3339();
     // The Docker bridges there are now get their programs with the uplinks'
     // (one load of the object); later ones at the sync that finds them.
+    // Those the last daemon saw count from the start (a reboot: dockerd may
+    // restore containers before its API answers).
+    let known = start::known_bridges(&pins);
     let bridges = links::dump()
         .await?
         .into_iter()
-        .filter(|l| l.kind.as_deref() == Some("bridge") && hooks::is_docker_bridge(&BTreeSet::new(), &l.name))
+        .filter(|l| l.kind.as_deref() == Some("bridge") && hooks::is_docker_bridge(&known, &l.name))
         .map(|l| l.name)
         .collect();
     let req = AttachRequest {
@@ -137,7 +140,7 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
         policy_pending: opts.config.policy.is_some(),
         config: opts.config.clone(),
     };
-    let daemon = Arc::new(Daemon::new(pins, hooks, since, desired));
+    let daemon = Arc::new(Daemon::new(pins, hooks, since, desired, known));
     daemon.links_reset(dump);
     daemon.write_state();
     tracing::info!(pid = std::process::id(), uplinks = ?opts.uplinks, "daemon started");
@@ -221,7 +224,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Daemon {
-    fn new(pins: PinDir, kernel_hooks: kernel::Hooks, since: String, desired: reload::Desired) -> Daemon {
+    fn new(
+        pins: PinDir,
+        kernel_hooks: kernel::Hooks,
+        since: String,
+        desired: reload::Desired,
+        bridges: BTreeSet<String>,
+    ) -> Daemon {
         let state = state::DaemonState {
             pid: std::process::id(),
             since,
@@ -234,7 +243,7 @@ impl Daemon {
             pins,
             hooks: Mutex::new(hooks::Links::default()),
             kernel_hooks,
-            bridges: Mutex::new(BTreeSet::new()),
+            bridges: Mutex::new(bridges),
             pending: Mutex::new(Pending { full: true, ..Default::default() }),
             dirty: Notify::new(),
             engine: Mutex::new(None),
