@@ -9,6 +9,7 @@
 //! Needs root and a running Docker daemon; run serially:
 //! `cargo build -p dockblock-agent && cargo test -p dockblock-tests --test e2e_docker -- --test-threads=1`
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
