@@ -29,19 +29,26 @@ impl Dockerd {
     /// down) for the guard's lifetime, through daemon.json (its other
     /// settings, such as setup's IPv6 ones, kept) and SIGHUP.
     pub fn live_restore() -> Dockerd {
+        Dockerd::with_live_restore(true)
+    }
+
+    /// Live-restore `on` or off (off: containers stop with dockerd, as at
+    /// a shutdown), whatever the running dockerd had, for the guard's
+    /// lifetime.
+    pub fn with_live_restore(on: bool) -> Dockerd {
         let g = Dockerd::guard();
         let mut config: Value = match &g.had_config {
             Some(text) => serde_json::from_str(text).unwrap_or_else(|e| panic!("{DOCKERD_CONFIG}: {e}")),
             None => serde_json::json!({}),
         };
-        config["live-restore"] = true.into();
+        config["live-restore"] = on.into();
         std::fs::create_dir_all("/etc/docker").unwrap();
         std::fs::write(DOCKERD_CONFIG, format!("{config}\n")).unwrap();
         Dockerd::hup();
-        let on = eventually(Duration::from_secs(10), || {
-            run_ok("docker", &["info", "-f", "{{.LiveRestoreEnabled}}"]).trim() == "true"
+        let set = eventually(Duration::from_secs(10), || {
+            run_ok("docker", &["info", "-f", "{{.LiveRestoreEnabled}}"]).trim() == on.to_string()
         });
-        assert!(on, "dockerd did not turn live-restore on");
+        assert!(set, "dockerd did not set live-restore to {on}");
         g
     }
 

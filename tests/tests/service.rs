@@ -367,8 +367,11 @@ fn a_reboot_with_restart_always_containers_opens_no_window() {
     // The reboot: the service and dockerd (with its containers) stop,
     // bpffs and /run are empty afterwards.
     t.stop_daemon();
-    let dockerd = Dockerd::guard();
+    let dockerd = Dockerd::with_live_restore(false);
     dockerd.stop();
+    // As at a shutdown: the containers are gone, not kept by live-restore.
+    let left = run("ip", &["-o", "link", "show", "master", "dbbrlfb"]);
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "veths left: {}", describe(&left));
     t.agent.ok(&["detach"]);
     let _ = std::fs::remove_file(PinDir::new(t.agent.pin_dir()).daemon_state());
     assert!(!Path::new(t.agent.pin_dir()).exists());
