@@ -112,6 +112,29 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
         tc_program(&mut ebpf, name)?.load().map_err(|e| Error::bpf(format!("load {name} (verifier)"), e))?;
     }
     migration.finish(&mut ebpf, pins)?;
+    init_config(pins)?;
+    Ok(ebpf)
+}
+
+/// The maps pinned under `pins` (created if missing, with their first
+/// config), no program loaded: `run` after a reboot fills them with the
+/// saved rules before it loads and hooks anything.
+pub fn create_maps(pins: &PinDir, caps: &Capacities) -> Result<()> {
+    bpffs::ensure_mounted(pins.root())?;
+    let _lock = teardown::begin_attach(pins)?;
+    let maps_dir = pins.maps_dir();
+    let result = std::fs::create_dir_all(&maps_dir)
+        .map_err(|e| Error::io("create", &maps_dir, e))
+        .and_then(|()| check_pinned_layouts(pins))
+        .and_then(|()| open_object(pins, caps, &migrate::Plan::default()))
+        .and_then(|_| init_config(pins));
+    teardown::end_attach(pins, result.is_ok())?;
+    result
+}
+
+/// Fresh maps get the defaults the datapath needs; every load re-derives
+/// the fragment mask from the map.
+fn init_config(pins: &PinDir) -> Result<()> {
     let mut store = RuleStore::open(pins)?;
     let mut config = store.config()?;
     let before = config;
@@ -129,7 +152,7 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
     if config != before {
         store.set_config(config)?;
     }
-    Ok(ebpf)
+    Ok(())
 }
 
 /// The object with every map pinned under `pins`: pinned maps are opened,

@@ -164,6 +164,14 @@ impl PinDir {
         self.state_path("pending.toml")
     }
 
+    /// The Docker bridges the daemon last saw, one name a line:
+    /// `<state dir>/<pin folder name>.bridges`. After a reboot, veths
+    /// enslaved to a network's own bridge name (`com.docker.network.bridge.name`)
+    /// are hooked from their first packet, before the engine answers.
+    pub fn bridges_file(&self) -> Option<PathBuf> {
+        self.state_path("bridges")
+    }
+
     fn state_path(&self, suffix: &str) -> Option<PathBuf> {
         let name = self.root.file_name().map_or("dockblock".into(), |n| n.to_string_lossy());
         self.state_dir.as_ref().map(|d| d.join(format!("{name}.{suffix}")))

@@ -103,7 +103,7 @@ pub fn load(path: &Path) -> Result<Option<Vec<RuleSpec>>> {
         };
         format!(
             " (the saved rule set is damaged: nothing was changed; {copy} {} and start again, or remove it to \
-             start with no rules)",
+             start from the rules in the kernel, none after a reboot)",
             path.display()
         )
     };
@@ -150,16 +150,24 @@ pub struct Start {
     files: Vec<(String, Vec<RuleSpec>)>,
 }
 
-/// Reads and checks the saved state (when the pins are new) and the rule
-/// files, before `run` attaches anything: a damaged file is an error and
-/// nothing has changed.
+impl Start {
+    /// No pins were there (a reboot, a full `detach`): the saved set is loaded.
+    pub fn fresh(&self) -> bool {
+        self.fresh
+    }
+}
+
+/// Reads and checks the saved state and the rule files, before `run`
+/// attaches anything: a damaged file is an error and nothing has changed.
+/// The file is checked even when pins exist (and win): a damaged file is
+/// reported, never silently overwritten.
 pub fn prepare_start(pins: &PinDir, rule_files: &[PathBuf]) -> Result<Start> {
     let fresh = !pins.is_attached();
-    let restore = match (fresh, pins.state_file()) {
-        (true, Some(path)) => load(&path)?,
-        _ => None,
+    let saved = match pins.state_file() {
+        Some(path) => load(&path)?,
+        None => None,
     };
-    Ok(Start { restore, fresh, files: read_rule_files(rule_files)? })
+    Ok(Start { restore: saved.filter(|_| fresh), fresh, files: read_rule_files(rule_files)? })
 }
 
 /// After `run` attached (maps there, nothing hooked to containers yet):
@@ -194,13 +202,12 @@ pub fn start(pins: &PinDir, start: Start) -> Result<Vec<String>> {
     Ok(notes)
 }
 
-/// The daemon's SIGHUP: the rule files added again (as at start). Every
-/// file is parsed first: a bad one is an error and nothing changes. No
-/// engine view: the caller syncs after (`mark_dirty`).
-pub fn apply_rule_files(pins: &PinDir, files: &[PathBuf]) -> Result<(Applied, Vec<String>)> {
-    let parsed = read_rule_files(files)?;
+/// The daemon's SIGHUP: the rule files (parsed whole first, with
+/// [`read_rule_files`], so a bad one changes nothing) added again, as at
+/// start. No engine view: the caller syncs after (`mark_dirty`).
+pub fn apply_rule_files(pins: &PinDir, files: &[(String, Vec<RuleSpec>)]) -> Result<(Applied, Vec<String>)> {
     let mut notes = Vec::new();
-    let applied = reconcile::reconcile_unviewed(pins, |draft| add_rule_files(draft, &parsed, &mut notes))?;
+    let applied = reconcile::reconcile_unviewed(pins, |draft| add_rule_files(draft, files, &mut notes))?;
     Ok((applied, notes))
 }
 

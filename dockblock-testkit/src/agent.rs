@@ -1,7 +1,9 @@
 //! The agent CLI as a subprocess, the way an operator runs it, always with
 //! an explicit pin folder (never the default /sys/fs/bpf/dockblock), so its
-//! links and maps are apart from any other dockblock state on the machine.
-//! The tests' `Agent` guard and the benchmark both run it through here.
+//! links and maps are apart from any other dockblock state on the machine,
+//! and a state dir of its own (never /var/lib/dockblock): `run` loads the
+//! saved rules when the pins are new, so a run must not find an earlier
+//! run's. The tests' `Agent` guard and the benchmark both run it through here.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -9,23 +11,35 @@ use std::time::Duration;
 
 use crate::cmd::{self, Error};
 
-/// `bin --pin-dir <pin_dir> args...` within `limit`; the exit status is the
-/// caller's to judge.
+/// The agent's state dir variable (`--state-dir`); an environment
+/// variable, so binaries of releases that lack it ignore it.
+pub const STATE_DIR_ENV: &str = "DOCKBLOCK_STATE_DIR";
+
+/// The state dir of the agent of `pin_dir`:
+/// `/run/dockblock-tests/<pin folder name>`, removed with the pins.
+pub fn state_dir(pin_dir: &str) -> PathBuf {
+    let name = Path::new(pin_dir).file_name().map_or_else(|| pin_dir.into(), |n| n.to_owned());
+    Path::new("/run/dockblock-tests").join(name)
+}
+
+/// `bin --pin-dir <pin_dir> args...` within `limit`, with the state dir of
+/// `pin_dir`; the exit status is the caller's to judge.
 pub fn output(bin: &Path, pin_dir: &str, limit: Duration, args: &[&str]) -> Result<Output, Error> {
     let bin = bin.to_string_lossy();
     let mut full = vec![bin.as_ref(), "--pin-dir", pin_dir];
     full.extend_from_slice(args);
-    cmd::output(limit, &full, None)
+    cmd::output_env(limit, &full, None, &[(STATE_DIR_ENV, &state_dir(pin_dir))])
 }
 
-/// Detaches whatever the agent has under `pin_dir` and removes the folder,
-/// best effort: state a crashed run left behind goes too.
+/// Detaches whatever the agent has under `pin_dir` and removes the folder
+/// and its state dir, best effort: state a crashed run left behind goes too.
 pub fn detach_and_remove(bin: &Path, pin_dir: &str) {
     if Path::new(pin_dir).exists() {
         let _ = output(bin, pin_dir, Duration::from_secs(30), &["detach"]);
         // Unpinning drops the last reference to any link detach left behind.
         let _ = std::fs::remove_dir_all(pin_dir);
     }
+    let _ = std::fs::remove_dir_all(state_dir(pin_dir));
 }
 
 /// An agent binary and its pin folder, for callers that handle errors

@@ -7,6 +7,7 @@
 
 use std::{
     io::Write,
+    path::Path,
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -61,6 +62,16 @@ pub fn show(argv: &[&str]) -> String {
 /// was killed: the exit status is the caller's to judge. Never panics, so
 /// guards can call it from `drop` during unwinding.
 pub fn output(limit: Duration, argv: &[&str], input: Option<&str>) -> Result<Output, Error> {
+    output_env(limit, argv, input, &[])
+}
+
+/// `output` with `env` added to the inherited environment.
+pub fn output_env(
+    limit: Duration,
+    argv: &[&str],
+    input: Option<&str>,
+    env: &[(&str, &Path)],
+) -> Result<Output, Error> {
     let Some((prog, args)) = argv.split_first() else {
         return Err(Error::Unexpected("empty command line".into()));
     };
@@ -69,6 +80,7 @@ pub fn output(limit: Duration, argv: &[&str], input: Option<&str>) -> Result<Out
     }
     let mut child = Command::new(prog)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

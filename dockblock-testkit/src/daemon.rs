@@ -39,6 +39,21 @@ impl Daemon {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Daemon, Error> {
+        let mut d = Daemon::spawn_env(bin, pin_dir, args, env)?;
+        d.wait_until(READY_WITHIN, "running with a first sync", |s| {
+            s["running"] == true && s["last_sync"].is_string()
+        })?;
+        Ok(d)
+    }
+
+    /// The process started, not waited for (a start without an engine, or
+    /// one that must fail); stopped on drop as the others.
+    pub fn spawn_env(
+        bin: &Path,
+        pin_dir: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, Error> {
         let log = std::env::temp_dir().join(format!(
             "dockblock-daemon-{}-{}.log",
             pin_dir.trim_matches('/').replace('/', "_"),
@@ -48,6 +63,7 @@ impl Daemon {
             File::create(&log).map_err(|e| Error::Unexpected(format!("create {}: {e}", log.display())))?;
         let mut command = Command::new(bin);
         command.arg("--pin-dir").arg(pin_dir).arg("run").args(args);
+        command.env(agent::STATE_DIR_ENV, agent::state_dir(pin_dir));
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info,dockblock_agent=debug");
         }
@@ -55,11 +71,12 @@ impl Daemon {
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
         let child =
             command.spawn().map_err(|e| Error::Start { cmd: format!("{} run", bin.display()), source: e })?;
-        let mut d = Daemon { child: Some(child), bin: bin.to_path_buf(), pin_dir: pin_dir.to_string(), log };
-        d.wait_until(READY_WITHIN, "running with a first sync", |s| {
-            s["running"] == true && s["last_sync"].is_string()
-        })?;
-        Ok(d)
+        Ok(Daemon { child: Some(child), bin: bin.to_path_buf(), pin_dir: pin_dir.to_string(), log })
+    }
+
+    /// Its exit status if it has exited, without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 
     /// `start` that panics, for tests.

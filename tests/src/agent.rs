@@ -20,8 +20,9 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Uses pin folder `/sys/fs/bpf/dockblock-test-<tag>`; state a crashed
-    /// earlier run left there is detached and removed first.
+    /// Uses pin folder `/sys/fs/bpf/dockblock-test-<tag>` and state dir
+    /// `/run/dockblock-tests/dockblock-test-<tag>`; state a crashed earlier
+    /// run left there is detached and removed first.
     pub fn new(tag: &str) -> Agent {
         let a = Agent { bin: agent_bin(), pin_dir: format!("{BPFFS}/dockblock-test-{tag}") };
         a.cleanup();
@@ -30,6 +31,18 @@ impl Agent {
 
     pub fn pin_dir(&self) -> &str {
         &self.pin_dir
+    }
+
+    /// Where this agent saves its rules (`DOCKBLOCK_STATE_DIR` of every
+    /// command it runs): `/run/dockblock-tests/<pin folder name>`.
+    pub fn state_dir(&self) -> PathBuf {
+        cli::state_dir(&self.pin_dir)
+    }
+
+    /// The saved rule set's file in [`state_dir`](Self::state_dir).
+    pub fn state_file(&self) -> PathBuf {
+        let name = Path::new(&self.pin_dir).file_name().expect("a pin folder name");
+        self.state_dir().join(format!("{}.rules.toml", name.to_string_lossy()))
     }
 
     /// Path of the agent binary, e.g. to run it under `setpriv`.
@@ -42,6 +55,7 @@ impl Agent {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--pin-dir").arg(&self.pin_dir).args(args);
+        cmd.env(cli::STATE_DIR_ENV, self.state_dir());
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd
     }
@@ -83,6 +97,7 @@ impl Agent {
     pub fn run_with_input(&self, args: &[&str], input: &str) -> Output {
         let mut cmd = Command::new("timeout");
         cmd.arg("30").arg(&self.bin).arg("--pin-dir").arg(&self.pin_dir).args(args);
+        cmd.env(cli::STATE_DIR_ENV, self.state_dir());
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let mut stdin = child.stdin.take().expect("piped stdin");
@@ -97,6 +112,7 @@ impl Agent {
     pub fn events(&self, args: &[&str], limit: Duration) -> Events {
         let mut cmd = Command::new("timeout");
         cmd.arg(limit.as_secs().max(1).to_string()).arg(&self.bin).arg("--pin-dir").arg(&self.pin_dir);
+        cmd.env(cli::STATE_DIR_ENV, self.state_dir());
         cmd.args(["events", "--json"]).args(args);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));

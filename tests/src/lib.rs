@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod dockerd;
 pub mod prev_release;
 pub mod rig;
 pub mod scratch;

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dockblock_tests::docker::MARKER;
+use dockblock_tests::dockerd::Dockerd;
 use dockblock_tests::rig::topology::{
     eventually, http, ForwardAll, Net, ProbeLoop, Tally, Topology, Web, CONTROL_PORT,
 };
@@ -374,101 +375,6 @@ fn assert_probe(tallies: &[Tally], names: &[(&str, bool)], context: &str) {
         } else {
             assert_eq!(t.ok, 0, "{context}: blocked {name} connected {} times: {t:?}", t.ok);
         }
-    }
-}
-
-/// Turns live-restore on (containers keep running while dockerd is down)
-/// for the guard's lifetime, through /etc/docker/daemon.json (its other
-/// settings, such as setup's IPv6 ones, kept) and SIGHUP, and makes sure
-/// dockerd runs again at the end with the file as it was.
-struct Dockerd {
-    had_config: Option<String>,
-}
-
-const DOCKERD_CONFIG: &str = "/etc/docker/daemon.json";
-const DOCKERD_LOG: &str = "/var/log/dockblock-dockerd.log";
-
-impl Dockerd {
-    fn live_restore() -> Dockerd {
-        let had_config = std::fs::read_to_string(DOCKERD_CONFIG).ok();
-        let mut config: Value = match &had_config {
-            Some(text) => serde_json::from_str(text).unwrap_or_else(|e| panic!("{DOCKERD_CONFIG}: {e}")),
-            None => serde_json::json!({}),
-        };
-        config["live-restore"] = true.into();
-        let g = Dockerd { had_config };
-        std::fs::create_dir_all("/etc/docker").unwrap();
-        std::fs::write(DOCKERD_CONFIG, format!("{config}\n")).unwrap();
-        Dockerd::hup();
-        let on = eventually(Duration::from_secs(10), || {
-            run_ok("docker", &["info", "-f", "{{.LiveRestoreEnabled}}"]).trim() == "true"
-        });
-        assert!(on, "dockerd did not turn live-restore on");
-        g
-    }
-
-    /// SIGHUP (reload daemon.json) to dockerd, by its pid.
-    fn hup() {
-        if let Some(pid) = Dockerd::pid() {
-            quiet("kill", &["-HUP", &pid]);
-        }
-    }
-
-    fn pid() -> Option<String> {
-        let o = run("pidof", &["dockerd"]);
-        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    }
-
-    /// SIGTERM to dockerd, waits for it to exit, starts it again as
-    /// `cargo xtask setup` does and waits until it answers.
-    fn restart(&self) {
-        let pid = Dockerd::pid().expect("dockerd runs");
-        run_ok("kill", &["-TERM", &pid]);
-        assert!(
-            eventually(Duration::from_secs(30), || Dockerd::pid().is_none()),
-            "dockerd did not exit within 30 s"
-        );
-        Dockerd::start();
-    }
-
-    fn start() {
-        // Through a shell that exits at once: dockerd outlives the test. It
-        // must not keep our inherited descriptors: the `flock` lock around
-        // this test run would stay held by dockerd for good.
-        let script = format!("setsid dockerd </dev/null >>{DOCKERD_LOG} 2>&1 &");
-        let mut sh = Command::new("sh");
-        sh.args(["-c", &script]);
-        // SAFETY: close_range only, between fork and exec.
-        unsafe {
-            sh.pre_exec(|| {
-                libc::close_range(3, u32::MAX, 0);
-                Ok(())
-            })
-        };
-        let status = sh.status().expect("sh");
-        assert!(status.success(), "starting dockerd: {status}");
-        let up = eventually(Duration::from_secs(30), || {
-            dockblock_tests::try_run_for(Duration::from_secs(5), "docker", &["info"])
-                .is_ok_and(|o| o.status.success())
-        });
-        assert!(up, "dockerd did not answer within 30 s; see {DOCKERD_LOG}");
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        match &self.had_config {
-            Some(text) => {
-                let _ = std::fs::write(DOCKERD_CONFIG, text);
-            }
-            None => {
-                let _ = std::fs::remove_file(DOCKERD_CONFIG);
-            }
-        }
-        if Dockerd::pid().is_none() {
-            Dockerd::start();
-        }
-        Dockerd::hup();
     }
 }
 

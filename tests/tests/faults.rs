@@ -111,6 +111,7 @@ impl Drop for Probe {
 fn run_env(agent: &Agent, env: &[(&str, String)], args: &[&str], input: Option<&str>) -> Output {
     let mut cmd = Command::new("timeout");
     cmd.arg("60").arg(agent.bin()).arg("--pin-dir").arg(agent.pin_dir()).args(args);
+    cmd.env(dockblock_testkit::agent::STATE_DIR_ENV, agent.state_dir());
     for (k, v) in env {
         cmd.env(k, v);
     }

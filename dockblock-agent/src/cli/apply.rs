@@ -66,7 +66,7 @@ pub fn run(pins: &PinDir, args: ApplyArgs) -> Result<ExitCode> {
             summary.kept
         );
     } else {
-        println!("unchanged: {name} is the rule set already ({} rules)", specs.len());
+        println!("unchanged: {name} is the rule set already ({} rules): 0 added, 0 removed", specs.len());
     }
     for w in &applied.warnings {
         eprintln!("dockblock-agent: warning: container {}: label {}: {}", w.container, w.label, w.why);

@@ -38,7 +38,10 @@ pub fn run(pins: &PinDir, json: bool) -> Result<()> {
                 println!("  daemon problem: {p}");
             }
         }
-        _ => println!("daemon: not running"),
+        _ => match &d.stopped {
+            Some(at) => println!("daemon: not running (stopped at {at})"),
+            None => println!("daemon: not running"),
+        },
     }
     let busy = if status.busy { " (a changing command is running)" } else { "" };
     println!("health: {}{busy}", status.health);

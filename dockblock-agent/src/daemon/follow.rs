@@ -24,6 +24,7 @@ pub(super) async fn follow(daemon: Arc<Daemon>) {
                 // so nothing falls between it and the snapshot below.
                 let mut events = engine.events().await;
                 tracing::info!(host = engine.host(), "engine connected: full sync");
+                super::notify::status("enforcing; engine connected");
                 *lock(&daemon.engine) = Some(engine);
                 daemon.metrics.set_engine_connected(true);
                 daemon.update_state(|s| {
@@ -42,6 +43,7 @@ pub(super) async fn follow(daemon: Arc<Daemon>) {
                 *lock(&daemon.engine) = None;
                 daemon.metrics.set_engine_connected(false);
                 tracing::warn!("engine down ({why}): rules stay enforced; reconnecting");
+                super::notify::status("enforcing; engine down, reconnecting");
                 daemon.update_state(|s| s.engine = "down".into());
             }
             Err(e) => {

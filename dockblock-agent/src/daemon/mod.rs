@@ -8,12 +8,16 @@
 //!   first packet), never behind a reconcile;
 //! - [`follow`]: the engine connection (backoff, reconnect, events);
 //! - [`sync`]: one reconcile at a time, coalesced, from a refreshed snapshot;
+//! - [`start`]: the saved state and the rule files in the kernel at start;
+//! - [`notify`]: readiness and status for systemd;
 //! - [`state`]: the state file `status` reads.
 
 mod follow;
 mod hooks;
 mod kernel;
+mod notify;
 mod reload;
+mod start;
 pub mod state;
 mod sync;
 
@@ -35,7 +39,7 @@ use tokio::{
 use crate::{
     docker::{engine::Engine, links},
     error::{Error, Result},
-    loader::{self, AttachRequest, Capacities, Settings, XdpModeChoice},
+    loader::{AttachRequest, Capacities, Settings, XdpModeChoice},
     paths::{PinDir, JOURNAL_DIR},
 };
 
@@ -94,13 +98,20 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
         ),
         None => None,
     };
+    // Read and checked before anything changes: a damaged state file or
+    // rule file stops the start here, with nothing attached.
+    let saved = crate::saved::prepare_start(&pins, &opts.config.rule_files)?;
+    notify::status("loading the saved state and attaching hooks");
     let since = state::now_rfc3339();
     // The Docker bridges there are now get their programs with the uplinks'
     // (one load of the object); later ones at the sync that finds them.
+    // Those the last daemon saw count from the start (a reboot: dockerd may
+    // restore containers before its API answers).
+    let known = start::known_bridges(&pins);
     let bridges = links::dump()
         .await?
         .into_iter()
-        .filter(|l| l.kind.as_deref() == Some("bridge") && hooks::is_docker_bridge(&BTreeSet::new(), &l.name))
+        .filter(|l| l.kind.as_deref() == Some("bridge") && hooks::is_docker_bridge(&known, &l.name))
         .map(|l| l.name)
         .collect();
     let req = AttachRequest {
@@ -111,7 +122,10 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
         settings: opts.settings,
     };
     let p = pins.clone();
-    for a in tokio::task::spawn_blocking(move || loader::attach(&p, &req)).await.expect("attach panicked")? {
+    let attached = tokio::task::spawn_blocking(move || start::start_state(&p, &req, saved))
+        .await
+        .expect("start panicked")?;
+    for a in &attached {
         tracing::info!(interface = %a.interface, kind = a.kind.label(), replaced = a.replaced, "hook attached");
     }
     let hooks = kernel::Hooks::load(&pins)?;
@@ -130,10 +144,13 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
         policy_pending: opts.config.policy.is_some(),
         config: opts.config.clone(),
     };
-    let daemon = Arc::new(Daemon::new(pins, hooks, since, desired));
+    let daemon = Arc::new(Daemon::new(pins, hooks, since, desired, known));
     daemon.links_reset(dump);
     daemon.write_state();
     tracing::info!(pid = state::own_pid(), uplinks = ?opts.uplinks, "daemon started");
+    // The saved rules are in the kernel and every hook there is attached
+    // (veths of running containers by `links_reset`): docker may start.
+    notify::ready(&format!("enforcing: {} hooks attached; connecting to the engine", attached.len()));
 
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics served at /metrics");
@@ -169,6 +186,7 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
             _ = int.recv() => { tracing::info!("SIGINT: exiting, rules and hooks stay in the kernel"); break }
         }
     }
+    notify::stopping("stopping: rules and hooks stay in the kernel");
     daemon.update_state(|s| s.stopped = Some(state::now_rfc3339()));
     Ok(())
 }
@@ -210,7 +228,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Daemon {
-    fn new(pins: PinDir, kernel_hooks: kernel::Hooks, since: String, desired: reload::Desired) -> Daemon {
+    fn new(
+        pins: PinDir,
+        kernel_hooks: kernel::Hooks,
+        since: String,
+        desired: reload::Desired,
+        bridges: BTreeSet<String>,
+    ) -> Daemon {
         let state = state::DaemonState {
             pid: state::own_pid(),
             since,
@@ -223,7 +247,7 @@ impl Daemon {
             pins,
             hooks: Mutex::new(hooks::Links::default()),
             kernel_hooks,
-            bridges: Mutex::new(BTreeSet::new()),
+            bridges: Mutex::new(bridges),
             pending: Mutex::new(Pending { full: true, ..Default::default() }),
             dirty: Notify::new(),
             engine: Mutex::new(None),

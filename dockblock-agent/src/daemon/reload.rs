@@ -1,7 +1,8 @@
-//! SIGHUP: the config file read again. A bad file is one error line
-//! (`FILE:LINE: why`) and nothing changes; a good one is reconciled:
-//! uplinks attached and detached, the failsafe ports and the policy given
-//! to the next sync (a full one, so derived rules and veth plans follow).
+//! SIGHUP: the config file read again. A bad file (or a bad rule file it
+//! names) is one error line (`FILE:LINE: why`) and nothing changes; a good
+//! one is reconciled: uplinks attached and detached, the rule files added
+//! (as at start), the failsafe ports and the policy given to the next sync
+//! (a full one, so derived rules and veth plans follow).
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -9,6 +10,7 @@ use super::{lock, Daemon};
 use crate::{
     config::{self, Config},
     loader::{self, AttachRequest, XdpModeChoice},
+    saved,
 };
 
 /// What the daemon follows from the config, as it was last read.
@@ -52,14 +54,14 @@ pub(super) async fn reload(daemon: &Arc<Daemon>) {
         );
         return;
     };
-    let new = match tokio::task::spawn_blocking({
+    let (new, files) = match tokio::task::spawn_blocking({
         let path = path.clone();
-        move || config::load(&path)
+        move || config::load(&path).and_then(|c| Ok((saved::read_rule_files(&c.rule_files)?, c)))
     })
     .await
     .expect("config load panicked")
     {
-        Ok(c) => c,
+        Ok((files, c)) => (c, files),
         Err(e) => {
             tracing::error!(config = %path.display(), error = %e, "SIGHUP: config refused, nothing changed: {e}");
             return;
@@ -96,6 +98,27 @@ pub(super) async fn reload(daemon: &Arc<Daemon>) {
         // Ethernet): the old uplinks stay, the rest applies.
         tracing::error!(config = %path.display(), error = %e, "SIGHUP: uplinks not changed: {e}");
     }
+    let pins = daemon.pins.clone();
+    match tokio::task::spawn_blocking(move || saved::apply_rule_files(&pins, &files))
+        .await
+        .expect("rule files panicked")
+    {
+        Ok((applied, notes)) => {
+            for n in notes {
+                tracing::warn!("SIGHUP: {n}");
+            }
+            if !applied.catalog.is_empty() {
+                tracing::info!(
+                    added = applied.catalog.added,
+                    changed = applied.catalog.changed,
+                    "SIGHUP: rule files applied"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::error!(config = %path.display(), error = %e, "SIGHUP: rule files not applied: {e}")
+        }
+    }
     {
         let mut d = lock(&daemon.desired);
         if done.is_ok() {
@@ -111,5 +134,6 @@ pub(super) async fn reload(daemon: &Arc<Daemon>) {
         uplinks_removed = ?removed,
         "SIGHUP: config reloaded"
     );
+    super::notify::status("enforcing; config reloaded");
     daemon.mark_dirty(true);
 }

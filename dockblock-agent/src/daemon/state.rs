@@ -41,6 +41,9 @@ pub struct DaemonStatus {
     /// "connected", "down", or null when no daemon runs.
     pub engine: Option<String>,
     pub problems: Vec<String>,
+    /// When the last daemon stopped on SIGTERM/SIGINT (null while one runs,
+    /// and after a crash: then `status` names the pid that is gone).
+    pub stopped: Option<String>,
 }
 
 impl DaemonStatus {
@@ -55,6 +58,7 @@ impl DaemonStatus {
             last_sync: running.then(|| state.last_sync.clone()).flatten(),
             engine: running.then(|| state.engine.clone()),
             problems: if running { state.problems.clone() } else { vec![] },
+            stopped: state.stopped.clone().filter(|_| !running),
         };
         Ok((status, Some(state)))
     }

@@ -101,7 +101,9 @@ impl Daemon {
         let snapshot = snap.as_ref().expect("refreshed");
         let refreshed = start.elapsed();
         let bridges = bridge_names(snapshot);
-        *lock(&self.bridges) = bridges.clone();
+        if std::mem::replace(&mut *lock(&self.bridges), bridges.clone()) != bridges {
+            super::start::save_bridges(&self.pins, &bridges);
+        }
         self.hook_docker_veths();
         let live = lock(&self.hooks).live();
         let veths = netns::veth_owners(snapshot, &live).await;
