@@ -207,7 +207,11 @@ impl Query {
         let ifindex = crate::scoping::ifindex(name)
             .ok_or_else(|| bad("--on", name, "no interface has this name (see `ip link`)"))?;
         if self.from_host {
-            return Err(bad("--on", name, "contradicts --from-host (the host's own packets came in on none)"));
+            return Err(bad(
+                "--on",
+                name,
+                "contradicts --from-host (the host's own packets came in on none)",
+            ));
         }
         Ok(Self { ingress: Some(ifindex), ..self })
     }

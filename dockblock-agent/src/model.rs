@@ -462,7 +462,8 @@ impl Model {
         let scope = Scope::Dialed;
         let unscoped = self.ports[port_index(0, scope.raw(), proto, port) as usize];
         let closes = unscoped.rule_id != 0 && unscoped.flags & rule_flag::DRY_RUN == 0;
-        let on_matches = |r: &Rule| r.options.scoping.on.iter().any(|n| self.ifindexes.get(n) == Some(&ingress));
+        let on_matches =
+            |r: &Rule| r.options.scoping.on.iter().any(|n| self.ifindexes.get(n) == Some(&ingress));
         let to_matches = |r: &Rule| r.options.scoping.to.iter().any(|a| addr::mapped_addr(*a) == *dst);
         let kinds: [&dyn Fn(&Rule) -> bool; 3] = [
             &|r| on_matches(r) && to_matches(r),
@@ -473,7 +474,9 @@ impl Model {
             let owner = self
                 .rules
                 .iter()
-                .filter(|r| rules::in_port_table(r) && r.scope == scope && r.ports.protos & proto::bit(proto) != 0)
+                .filter(|r| {
+                    rules::in_port_table(r) && r.scope == scope && r.ports.protos & proto::bit(proto) != 0
+                })
                 .filter(|r| r.options.scoping.is_scoped_at(scope) && r.ports.lo <= port && port <= r.ports.hi)
                 .filter(|r| matches(r))
                 .max_by_key(|r| rules::rank(r));

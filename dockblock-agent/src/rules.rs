@@ -487,9 +487,14 @@ pub fn rank(r: &Rule) -> impl Ord {
     )
 }
 
-fn owners_among<'a>(rules: impl Iterator<Item = &'a Rule>, scope: Scope, proto: u32) -> Vec<Option<&'a Rule>> {
-    let mut ranked: Vec<&Rule> =
-        rules.filter(|r| in_port_table(r) && r.scope == scope && r.ports.protos & proto::bit(proto) != 0).collect();
+fn owners_among<'a>(
+    rules: impl Iterator<Item = &'a Rule>,
+    scope: Scope,
+    proto: u32,
+) -> Vec<Option<&'a Rule>> {
+    let mut ranked: Vec<&Rule> = rules
+        .filter(|r| in_port_table(r) && r.scope == scope && r.ports.protos & proto::bit(proto) != 0)
+        .collect();
     // Paint the weakest first, so the winner paints last.
     ranked.sort_by_key(|r| rank(r));
     let mut owners = vec![None; 65536];
@@ -588,18 +593,21 @@ mod tests {
         let rules =
             [rule(1, "3306/tcp"), with_options(rule(2, "30000-30010/tcp"), &office()), rule(3, "8080")];
         assert_eq!(
-            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("3306/tcp")).unwrap(),
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("3306/tcp"))
+                .unwrap(),
             vec![Edit::Remove(1)]
         );
         assert_eq!(
-            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("30005/tcp")).unwrap(),
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("30005/tcp"))
+                .unwrap(),
             vec![
                 Edit::Update(with_options(rule(2, "30000-30004/tcp"), &office())),
                 Edit::Add(RuleSpec { options: office(), ..plain("30006-30010/tcp") })
             ]
         );
         assert_eq!(
-            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("8080/tcp")).unwrap(),
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("8080/tcp"))
+                .unwrap(),
             vec![Edit::Update(rule(3, "8080/udp"))]
         );
     }
@@ -607,9 +615,18 @@ mod tests {
     #[test]
     fn unblock_of_an_open_port_is_an_error() {
         let rules = [rule(1, "3306/tcp")];
-        let err = plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("3306/udp")).unwrap_err();
+        let err =
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("3306/udp"))
+                .unwrap_err();
         assert!(err.to_string().contains("no rule blocks dialed 3306/udp"), "{err}");
-        assert!(plan_unblock(&rules, &Target::default(), Scope::Container, &Scoping::default(), spec("3306/tcp")).is_err());
+        assert!(plan_unblock(
+            &rules,
+            &Target::default(),
+            Scope::Container,
+            &Scoping::default(),
+            spec("3306/tcp")
+        )
+        .is_err());
     }
 
     #[test]
@@ -712,10 +729,14 @@ mod tests {
             vec![Edit::Remove(2)],
             "the plain rule and the derived one stay"
         );
-        let err = plan_unblock(&rules, &container("web"), Scope::Container, &Scoping::default(), spec("80/tcp")).unwrap_err();
+        let err =
+            plan_unblock(&rules, &container("web"), Scope::Container, &Scoping::default(), spec("80/tcp"))
+                .unwrap_err();
         assert!(err.to_string().contains("no rule blocks 80/tcp for container web"), "{err}");
         // A plain unblock never touches the derived rule on the same port.
-        let err = plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("8080/tcp")).unwrap_err();
+        let err =
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("8080/tcp"))
+                .unwrap_err();
         assert!(matches!(err, Error::NotBlocked { .. }), "{err}");
         // Split pieces keep the target.
         let wide = [targeted(4, "1-100/tcp", &db)];
@@ -843,8 +864,14 @@ mod tests {
         let none = Scoping::default();
         let scoping = rules[1].options.scoping.clone();
         let t = Target::default();
-        assert_eq!(plan_unblock(&rules, &t, Scope::Dialed, &none, spec("8080/tcp")).unwrap(), [Edit::Remove(1)]);
-        assert_eq!(plan_unblock(&rules, &t, Scope::Dialed, &scoping, spec("8080/tcp")).unwrap(), [Edit::Remove(2)]);
+        assert_eq!(
+            plan_unblock(&rules, &t, Scope::Dialed, &none, spec("8080/tcp")).unwrap(),
+            [Edit::Remove(1)]
+        );
+        assert_eq!(
+            plan_unblock(&rules, &t, Scope::Dialed, &scoping, spec("8080/tcp")).unwrap(),
+            [Edit::Remove(2)]
+        );
         let err = plan_unblock(&rules[..1], &t, Scope::Dialed, &scoping, spec("8080/tcp")).unwrap_err();
         assert!(err.to_string().contains("dialed 8080/tcp on eth1"), "{err}");
         // The scoped rule owns no unscoped slot; it owns its key's.

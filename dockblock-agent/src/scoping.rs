@@ -190,8 +190,9 @@ mod tests {
 
     #[test]
     fn parse_normalises_and_refuses_what_is_not_an_interface_or_an_address() {
-        let s = Scoping::parse(&strings(&["eth1", "eth0", "eth1"]), &strings(&["198.18.160.1", "2001:db8::1"]))
-            .unwrap();
+        let s =
+            Scoping::parse(&strings(&["eth1", "eth0", "eth1"]), &strings(&["198.18.160.1", "2001:db8::1"]))
+                .unwrap();
         assert_eq!(s.on, ["eth0", "eth1"]);
         assert_eq!(s.to.len(), 2);
         assert_eq!(s.to_string(), " on eth0,eth1 to 198.18.160.1,2001:db8::1");
@@ -235,8 +236,11 @@ mod tests {
 
     #[test]
     fn catalog_entries_round_trip() {
-        let s = Scoping::parse(&strings(&["eth1", "br-0123456789ab"]), &strings(&["2001:db8::7", "198.18.160.1"]))
-            .unwrap();
+        let s = Scoping::parse(
+            &strings(&["eth1", "br-0123456789ab"]),
+            &strings(&["2001:db8::7", "198.18.160.1"]),
+        )
+        .unwrap();
         let mut back = Scoping::default();
         for (kind, value) in s.entries() {
             back.add_entry(kind, value).unwrap();

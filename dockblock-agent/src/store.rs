@@ -940,11 +940,8 @@ fn slot_of(
         .into_iter()
         .map(|o| o.map_or(PortRule::default(), |r| PortRule { rule_id: r.id, flags: r.options.flags() }))
         .collect();
-    let flagged: std::collections::HashSet<u32> = scoped
-        .keys()
-        .filter(|k| k.scope == scope.raw() && k.proto == proto)
-        .map(|k| k.port)
-        .collect();
+    let flagged: std::collections::HashSet<u32> =
+        scoped.keys().filter(|k| k.scope == scope.raw() && k.proto == proto).map(|k| k.port).collect();
     move |port| {
         let slot = owners[usize::from(port)];
         match flagged.contains(&u32::from(port)) {
@@ -979,8 +976,14 @@ pub fn compile_scoped_with(
                     if owner.options.dry_run && unscoped[port].is_some_and(|u| !u.options.dry_run) {
                         continue;
                     }
-                    let key =
-                        ScopedKey { generation: 0, scope: scope.raw(), proto, port: port as u32, ifindex, addr };
+                    let key = ScopedKey {
+                        generation: 0,
+                        scope: scope.raw(),
+                        proto,
+                        port: port as u32,
+                        ifindex,
+                        addr,
+                    };
                     entries.insert(key, PortRule { rule_id: owner.id, flags: owner.options.flags() });
                 }
             }

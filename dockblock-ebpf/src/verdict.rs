@@ -32,7 +32,6 @@ pub enum Match {
     Pass(u32),
 }
 
-
 /// How a hook finds the rule for a packet's port. A trait with an
 /// always-inlined method, not a closure: a closure this size was left a
 /// BPF subprogram, where the verifier lost the parser's facts (the
@@ -82,7 +81,8 @@ impl Lookup for PortTable {
 /// The most specific `SCOPED_RULES` entry for the packet, or no rule (id 0).
 #[inline(always)]
 fn scoped(generation: u32, scope: u32, ifindex: u32, facts: &Facts, l4: &L4) -> PortRule {
-    let mut key = ScopedKey { generation, scope, proto: l4.proto, port: u32::from(l4.dport), ifindex, addr: [0; 16] };
+    let mut key =
+        ScopedKey { generation, scope, proto: l4.proto, port: u32::from(l4.dport), ifindex, addr: [0; 16] };
     let get = |key: &ScopedKey| match unsafe { SCOPED_RULES.get(key) } {
         // SAFETY: the value is copied out at once.
         Some(rule) => *rule,

@@ -17,11 +17,11 @@ use dockblock_agent::{
     store::RuleStore,
 };
 use dockblock_common::{map_names, outcome, port_index, proto, rule_flag, scope, PortRule};
+use dockblock_tests::netns::VethPair;
 use dockblock_tests::{
     datapath::{Datapath, Verdict, Verdict::*},
     packet::*,
 };
-use dockblock_tests::netns::VethPair;
 
 /// An idle interface to be the "uplink" packets come in on; `lo` (1) is
 /// the other one.
@@ -186,8 +186,11 @@ fn pins_of_a_release_before_scoping_get_the_new_maps_at_the_next_load() {
     // The old pin folder still works for unscoped rules; scoped ones are
     // refused with the fix, nothing changed.
     let mut store = RuleStore::open(&dp.pins).unwrap();
-    let spec = RuleSpec { options: scoped(&[], &[HOST_A]), ..RuleSpec::plain(Dialed, PortSpec::parse("21008/tcp").unwrap()) };
-    let err = store.block(&[spec.clone()]).unwrap_err();
+    let spec = RuleSpec {
+        options: scoped(&[], &[HOST_A]),
+        ..RuleSpec::plain(Dialed, PortSpec::parse("21008/tcp").unwrap())
+    };
+    let err = store.block(std::slice::from_ref(&spec)).unwrap_err();
     assert!(err.to_string().contains("attach"), "{err}");
     assert_eq!(store.rules().unwrap().len(), 1);
     // A load (what attach does) creates and pins them; the rule survives.

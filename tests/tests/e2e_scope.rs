@@ -38,18 +38,45 @@ fn on_and_to_close_one_interface_or_one_address() {
     assert!(http(&t.xdp, None, &b, 21000), "rig broken: {b}:21000 from the xdp namespace");
 
     t.agent.ok(&["block", "21000/tcp", "--on", &uplink]);
-    assert_eq!(t.paths(&web, 80), [false, true, true], "--on the XDP uplink: [xdp, plain, direct]\n{}", t.context());
+    assert_eq!(
+        t.paths(&web, 80),
+        [false, true, true],
+        "--on the XDP uplink: [xdp, plain, direct]\n{}",
+        t.context()
+    );
     assert!(!http(&t.xdp, None, &b, 21000), "the other address, through the uplink, is closed too");
     let r = scoped_rule(&t, "21000/tcp");
     assert_eq!(r["on"], serde_json::json!([uplink]), "{r}");
     assert_eq!(r["to"], serde_json::json!([]), "{r}");
     assert!(r["dropped"]["packets"].as_u64().unwrap() >= 1, "{r}");
     assert!(t.agent.ok(&["list"]).contains(&format!("on {uplink}")));
+    // `ports`: the path without XDP stays open; XDP's scoped verdict apart.
+    let ports = t.agent.json(&["ports"]);
+    let row = ports["ports"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["host_port"] == 21000 && p["host_ip"] == "0.0.0.0").cloned())
+        .unwrap_or_else(|| panic!("no 21000 in ports --json: {ports}"));
+    assert_eq!(row["verdict"], "open", "{row}");
+    assert_eq!(row["scoped"][0]["on"], serde_json::json!([uplink]), "{row}");
+    assert_eq!(row["scoped"][0]["verdict"], "blocked", "{row}");
     let explain = |on: &str| {
-        let report = t.agent.json(&["explain", "tcp", "203.0.113.5", &format!("{a}:21000"), "--hook", "xdp", "--on", on]);
+        let report = t.agent.json(&[
+            "explain",
+            "tcp",
+            "203.0.113.5",
+            &format!("{a}:21000"),
+            "--hook",
+            "xdp",
+            "--on",
+            on,
+        ]);
         report.to_string()
     };
-    assert!(explain(&uplink).contains("\"outcome\":\"dropped\""), "explain --on {uplink}: {}", explain(&uplink));
+    assert!(
+        explain(&uplink).contains("\"outcome\":\"dropped\""),
+        "explain --on {uplink}: {}",
+        explain(&uplink)
+    );
     assert!(explain("lo").contains("\"outcome\":\"passed_no_rule\""), "explain --on lo: {}", explain("lo"));
 
     t.agent.ok(&["unblock", "21000/tcp", "--on", &uplink]);
