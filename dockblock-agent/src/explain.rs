@@ -48,7 +48,7 @@ pub const DEFAULT_SPORT: u16 = 40000;
 /// judge (and the catalog, which no program touches). The judging programs
 /// never write them (FLOWS is written by the tracking programs only, which
 /// the probe does not run).
-const REUSED: [&str; 9] = [
+const REUSED: [&str; 11] = [
     map_names::PORT_RULES,
     map_names::RULES,
     map_names::RULE_ALLOW,
@@ -58,6 +58,8 @@ const REUSED: [&str; 9] = [
     map_names::VETHS,
     map_names::VETH_RULES,
     map_names::RULE_TARGETS,
+    map_names::SCOPED_RULES,
+    map_names::RULE_SCOPES,
 ];
 
 /// Maps the probe gets its own copy of: everything a judging program may
@@ -141,6 +143,9 @@ pub struct Query {
     pub from_host: bool,
     /// For the veth hook: where the packet goes and comes from.
     pub veth: Option<VethAt>,
+    /// `--on`: the interface the packet came in on, by index (default
+    /// [`OUTSIDE_IFINDEX`]); scoped rules are judged against it.
+    pub ingress: Option<u32>,
 }
 
 fn bad(what: &'static str, value: &str, why: impl Into<String>) -> Error {
@@ -192,7 +197,27 @@ impl Query {
             vlans: vlans.to_vec(),
             from_host,
             veth: None,
+            ingress: None,
         })
+    }
+
+    /// The query with the packet coming in on interface `name` (XDP's
+    /// uplink, or where a forwarded packet entered before the bridge).
+    pub fn on(self, name: &str) -> Result<Self> {
+        let ifindex = crate::scoping::ifindex(name)
+            .ok_or_else(|| bad("--on", name, "no interface has this name (see `ip link`)"))?;
+        if self.from_host {
+            return Err(bad(
+                "--on",
+                name,
+                "contradicts --from-host (the host's own packets came in on none)",
+            ));
+        }
+        Ok(Self { ingress: Some(ifindex), ..self })
+    }
+
+    fn ingress(&self) -> u32 {
+        self.ingress.unwrap_or(OUTSIDE_IFINDEX)
     }
 
     /// The query at the veth hook of `ifindex`, the packet coming in on
@@ -215,8 +240,11 @@ impl Query {
     /// Where the model judges it at `hook`; `None`: the veth hook without a veth.
     pub fn at(&self, hook: u32) -> Option<model::At> {
         match hook {
-            hook::XDP => Some(model::At::Xdp),
-            hook::TC => Some(model::At::Bridge { from_host: self.from_host }),
+            hook::XDP => Some(model::At::Xdp { ingress: self.ingress() }),
+            hook::TC => Some(model::At::Bridge {
+                from_host: self.from_host,
+                ingress: if self.from_host { 0 } else { self.ingress() },
+            }),
             _ => self.veth.map(|v| model::At::Veth { ifindex: v.ifindex, from: v.from }),
         }
     }
@@ -560,20 +588,14 @@ impl Probe {
         let hook = at.hook();
         let before = self.counters(hook)?;
         let (program, ctx) = match at {
-            model::At::Xdp => (program_names::UPLINK_XDP, None),
-            model::At::Bridge { from_host } => {
-                (program_names::BRIDGE_TC, Some(skb_ctx(0, if from_host { 0 } else { OUTSIDE_IFINDEX })))
-            }
-            model::At::Veth { ifindex, from } => (program_names::VETH_TC, Some(skb_ctx(ifindex, from))),
+            model::At::Xdp { ingress } => (program_names::UPLINK_XDP, xdp_ctx(frame.len(), ingress).to_vec()),
+            model::At::Bridge { ingress, .. } => (program_names::BRIDGE_TC, skb_ctx(0, ingress).to_vec()),
+            model::At::Veth { ifindex, from } => (program_names::VETH_TC, skb_ctx(ifindex, from).to_vec()),
         };
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ctx_in: ctx.as_ref().map(|c| &c[..]),
-            ..TestRunOptions::new()
-        };
-        let run = match ctx {
-            None => loader::xdp_program(&mut self.ebpf)?.test_run(opts),
-            Some(_) => loader::tc_program(&mut self.ebpf, program)?.test_run(opts),
+        let opts = TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..TestRunOptions::new() };
+        let run = match at {
+            model::At::Xdp { .. } => loader::xdp_program(&mut self.ebpf)?.test_run(opts),
+            _ => loader::tc_program(&mut self.ebpf, program)?.test_run(opts),
         };
         let name = hook_name(hook);
         let ret = match run {
@@ -714,6 +736,15 @@ where
 /// leaves through (0: `lo`; another must exist, the kernel runs the packet
 /// on it) and `ingress_ifindex` (36), the one it came in on (0: the host
 /// sent it). The kernel zero-fills the rest.
+/// `struct xdp_md` (data, data_end, data_meta, ingress_ifindex): the kernel
+/// runs the program as if the frame came in on `ingress_ifindex` (queue 0).
+pub fn xdp_ctx(len: usize, ingress_ifindex: u32) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    ctx
+}
+
 fn skb_ctx(ifindex: u32, ingress_ifindex: u32) -> [u8; 44] {
     let mut ctx = [0u8; 44];
     ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());

@@ -23,6 +23,7 @@ use crate::{
     paths::PinDir,
     private_file,
     rules::Rule,
+    scoping::Scoping,
     testhook,
 };
 
@@ -65,6 +66,11 @@ pub struct StoredRule {
     /// The `RULE_TARGETS` entry; absent for a plain rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<StoredTarget>,
+    /// `--on`/`--to` (`RULE_SCOPES`); absent for an unscoped rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<std::net::IpAddr>,
 }
 
 /// A `RuleTarget` as the journal keeps it.
@@ -116,6 +122,8 @@ impl From<&Rule> for StoredRule {
                 parent: t.parent,
                 text: String::from_utf8_lossy(&t.text[..t.len as usize]).into_owned(),
             }),
+            on: r.options.scoping.on.clone(),
+            to: r.options.scoping.to.clone(),
         }
     }
 }
@@ -133,7 +141,9 @@ impl StoredRule {
             Some(t) => Some(t.to_raw()?),
             None => None,
         };
-        Rule::from_def(self.id, &def, self.allow_from.clone(), target.as_ref())
+        let mut rule = Rule::from_def(self.id, &def, self.allow_from.clone(), target.as_ref())?;
+        rule.options.scoping = Scoping { on: self.on.clone(), to: self.to.clone() }.normalised();
+        Some(rule)
     }
 }
 

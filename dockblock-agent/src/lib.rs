@@ -40,6 +40,7 @@ pub mod reconcile;
 pub mod rulefile;
 pub mod rules;
 pub mod saved;
+pub mod scoping;
 pub mod stats;
 pub mod status;
 pub mod store;

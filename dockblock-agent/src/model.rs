@@ -92,11 +92,11 @@ use crate::{
 /// Where a frame is judged, and where it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum At {
-    /// XDP on an uplink (scope dialed).
-    Xdp,
+    /// XDP on an uplink (scope dialed); `ingress`: the uplink's ifindex.
+    Xdp { ingress: u32 },
     /// TC egress of a Docker bridge (scope container); `from_host`: the
-    /// host itself sent it.
-    Bridge { from_host: bool },
+    /// host itself sent it; `ingress`: the interface it came in on.
+    Bridge { from_host: bool, ingress: u32 },
     /// TC egress of the host-side veth `ifindex`; `from` is the packet's
     /// ingress ifindex (0: the host).
     Veth { ifindex: u32, from: u32 },
@@ -106,7 +106,7 @@ impl At {
     /// The hook whose counters count it.
     pub fn hook(self) -> u32 {
         match self {
-            At::Xdp => hook::XDP,
+            At::Xdp { .. } => hook::XDP,
             At::Bridge { .. } => hook::TC,
             At::Veth { .. } => hook::VETH,
         }
@@ -114,8 +114,8 @@ impl At {
 
     fn sent_by_host(self) -> bool {
         match self {
-            At::Xdp => false,
-            At::Bridge { from_host } => from_host,
+            At::Xdp { .. } => false,
+            At::Bridge { from_host, .. } => from_host,
             At::Veth { from, .. } => from == 0,
         }
     }
@@ -178,6 +178,8 @@ pub struct Model {
     /// Allow-lists by rule id, as (v4-mapped address, prefix length).
     allow: HashMap<u32, Vec<([u8; 16], u32)>>,
     rules: Vec<Rule>,
+    /// The interfaces `--on` names, resolved when the model was made.
+    ifindexes: HashMap<String, u32>,
     /// `VETHS` and `VETH_RULES`.
     veths: HashMap<u32, VethState>,
     veth_rules: HashMap<VethRuleKey, PortRule>,
@@ -207,10 +209,16 @@ impl Model {
             .iter()
             .map(|r| (r.id, r.options.allow_from.iter().map(addr::to_mapped).collect()))
             .collect();
+        let ifindexes = rules
+            .iter()
+            .flat_map(|r| r.options.scoping.on.iter())
+            .filter_map(|n| Some((n.clone(), crate::scoping::ifindex(n)?)))
+            .collect();
         Self {
             ports,
             allow,
             rules: rules.to_vec(),
+            ifindexes,
             veths: HashMap::new(),
             veth_rules: HashMap::new(),
             config: *config,
@@ -334,7 +342,12 @@ impl Model {
     /// the fragment table as the programs do. The veth hook needs
     /// [`Model::judge_at`].
     pub fn judge(&mut self, hook: u32, frame: &[u8], from_host: bool) -> Judgement {
-        self.judge_at(if hook == hook::TC { At::Bridge { from_host } } else { At::Xdp }, frame)
+        // What the test harness runs them on: `lo` (1), or the host (0).
+        let at = match hook == hook::TC {
+            true => At::Bridge { from_host, ingress: u32::from(!from_host) },
+            false => At::Xdp { ingress: 1 },
+        };
+        self.judge_at(at, frame)
     }
 
     /// Judges `frame` at `at`, counts it, and updates the fragment table
@@ -388,7 +401,7 @@ impl Model {
             Err(outcome) => return (outcome, None),
         };
         let (l4, sport, dport, partial) = (t.proto, t.sport, t.dport, t.partial);
-        let scope = if at == At::Xdp { scope::DIALED } else { scope::CONTAINER };
+        let scope = if matches!(at, At::Xdp { .. }) { scope::DIALED } else { scope::CONTAINER };
         let rule = match at {
             At::Veth { ifindex, from } => match self.reviewed(ifindex) {
                 None => PortRule::default(),
@@ -400,10 +413,15 @@ impl Model {
                     Some(rule) => rule,
                 },
             },
-            _ => match self.ports[port_index(0, scope, l4, dport) as usize] {
-                PortRule { rule_id: 0, .. } => return (outcome::PASSED_NO_RULE, None),
-                rule => rule,
-            },
+            At::Xdp { ingress } | At::Bridge { ingress, .. } => {
+                match self.scoped_rule(at, ingress, &ip.dst, l4, dport) {
+                    Some(rule) => rule,
+                    None => match self.ports[port_index(0, scope, l4, dport) as usize] {
+                        PortRule { rule_id: 0, .. } => return (outcome::PASSED_NO_RULE, None),
+                        rule => rule,
+                    },
+                }
+            }
         };
         // Unreviewed: no rule id, nothing counted on a rule.
         let id = (rule.rule_id != 0).then_some(rule.rule_id);
@@ -429,6 +447,46 @@ impl Model {
             self.frags.insert(frag_slot(&key, &self.config), FragSlot { key, rule_id });
         }
         (if partial { outcome::DROPPED_EVASIVE } else { outcome::DROPPED }, id)
+    }
+
+    /// Rule 8a, scoped rules (`--on`, `--to`), judged at XDP only (at the
+    /// bridge a scoped rule is an unscoped one): among the scoped rules, the
+    /// most specific that matches the packet, by kind: on the ingress
+    /// interface and to the destination, then only to the destination,
+    /// then only on the interface; within a kind, ranked as unscoped rules
+    /// are (`rules::rank`). A dry-run scoped rule does not decide where an
+    /// unscoped rule that is not dry-run covers the port (it never opens
+    /// what that closes). `None`: the port's unscoped rule decides.
+    fn scoped_rule(&self, at: At, ingress: u32, dst: &[u8; 16], proto: u32, port: u16) -> Option<PortRule> {
+        let At::Xdp { .. } = at else { return None };
+        let scope = Scope::Dialed;
+        let unscoped = self.ports[port_index(0, scope.raw(), proto, port) as usize];
+        let closes = unscoped.rule_id != 0 && unscoped.flags & rule_flag::DRY_RUN == 0;
+        let on_matches =
+            |r: &Rule| r.options.scoping.on.iter().any(|n| self.ifindexes.get(n) == Some(&ingress));
+        let to_matches = |r: &Rule| r.options.scoping.to.iter().any(|a| addr::mapped_addr(*a) == *dst);
+        let kinds: [&dyn Fn(&Rule) -> bool; 3] = [
+            &|r| on_matches(r) && to_matches(r),
+            &|r| r.options.scoping.on.is_empty() && to_matches(r),
+            &|r| r.options.scoping.to.is_empty() && on_matches(r),
+        ];
+        for matches in kinds {
+            let owner = self
+                .rules
+                .iter()
+                .filter(|r| {
+                    rules::in_port_table(r) && r.scope == scope && r.ports.protos & proto::bit(proto) != 0
+                })
+                .filter(|r| r.options.scoping.is_scoped_at(scope) && r.ports.lo <= port && port <= r.ports.hi)
+                .filter(|r| matches(r))
+                .max_by_key(|r| rules::rank(r));
+            let Some(owner) = owner else { continue };
+            if owner.options.dry_run && closes {
+                continue;
+            }
+            return Some(PortRule { rule_id: owner.id, flags: owner.options.flags() });
+        }
+        None
     }
 
     /// The flags of veth `ifindex`'s `VETHS` entry, if it was reviewed.

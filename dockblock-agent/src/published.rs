@@ -4,17 +4,23 @@
 //! routing to the container's address): the Docker bridge's container-port
 //! slot and the container's veth entry, both must let the packet through.
 //! It follows from the rules and the engine's state as `translate` does:
-//! exact while the daemon keeps the kernel equal to them.
+//! exact while the daemon keeps the kernel equal to them. Scoped rules
+//! (`--on`, `--to`) are judged at XDP only, so they never open that path;
+//! each port lists them apart (`scoped`): what XDP does on those
+//! interfaces and addresses.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
+use dockblock_common::proto;
+
 use crate::{
     docker::snapshot::Snapshot,
     ports::proto_name,
-    rules::Rule,
+    rules::{self, Rule, Scope},
+    scoping::Scoping,
     translate::{Policy, Roles},
 };
 
@@ -81,6 +87,17 @@ pub struct PublishedPort {
     /// The rules that decide the verdict, ascending: Block rules judging
     /// the port, the policy, an Allow rule opening it.
     pub rules: Vec<u32>,
+    /// Scoped dialed rules on the host port, by id: the verdict at XDP for
+    /// packets that came in on `on` / are addressed to `to`.
+    pub scoped: Vec<ScopedVerdict>,
+}
+
+/// What a scoped rule does to a published port at XDP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopedVerdict {
+    pub rule: u32,
+    pub scoping: Scoping,
+    pub verdict: Verdict,
 }
 
 /// Every binding with a host port of every running container, ordered by
@@ -107,6 +124,18 @@ pub fn published(rules: &[Rule], s: &Snapshot) -> Vec<PublishedPort> {
             }
             ids.sort_unstable();
             ids.dedup();
+            let scoped = rules
+                .iter()
+                .filter(|r| rules::in_port_table(r) && r.scope == Scope::Dialed)
+                .filter(|r| r.options.scoping.is_scoped_at(Scope::Dialed))
+                .filter(|r| r.ports.protos & proto::bit(b.proto) != 0)
+                .filter(|r| r.ports.lo <= b.host_port && b.host_port <= r.ports.hi)
+                .map(|r| ScopedVerdict {
+                    rule: r.id,
+                    scoping: r.options.scoping.clone(),
+                    verdict: Verdict::of(r),
+                })
+                .collect();
             out.push(PublishedPort {
                 container: c.name.clone(),
                 compose_project: c.compose_project().map(Into::into),
@@ -118,6 +147,7 @@ pub fn published(rules: &[Rule], s: &Snapshot) -> Vec<PublishedPort> {
                 networks: c.networks.iter().map(|e| e.network.clone()).collect(),
                 verdict,
                 rules: ids,
+                scoped,
             });
         }
     }
@@ -131,7 +161,9 @@ pub fn published(rules: &[Rule], s: &Snapshot) -> Vec<PublishedPort> {
 /// The JSON shape (stable): `{"container", "compose_project",
 /// "compose_service", "host_ip": "0.0.0.0", "host_port", "container_port",
 /// "proto": "tcp", "networks", "verdict": "open"|"open_to"|"blocked",
-/// "open_to": [CIDR...], "rules": [id...]}`.
+/// "open_to": [CIDR...], "rules": [id...]}`, and with scoped rules on the
+/// host port `"scoped": [{"rule", "on": [IFACE...], "to": [ADDR...],
+/// "verdict", "open_to"}]` (absent without).
 impl Serialize for PublishedPort {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
@@ -147,12 +179,19 @@ impl Serialize for PublishedPort {
             verdict: &'static str,
             open_to: Vec<String>,
             rules: &'a [u32],
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            scoped: Vec<serde_json::Value>,
         }
-        let (verdict, open_to) = match &self.verdict {
-            Verdict::Open => ("open", vec![]),
-            Verdict::OpenTo(nets) => ("open_to", nets.iter().map(ToString::to_string).collect()),
-            Verdict::Blocked => ("blocked", vec![]),
-        };
+        let (verdict, open_to) = self.verdict.json();
+        let scoped = self
+            .scoped
+            .iter()
+            .map(|s| {
+                let (verdict, open_to) = s.verdict.json();
+                serde_json::json!({"rule": s.rule, "on": s.scoping.on, "to": s.scoping.to,
+                                   "verdict": verdict, "open_to": open_to})
+            })
+            .collect();
         Out {
             container: &self.container,
             compose_project: self.compose_project.as_deref(),
@@ -165,6 +204,7 @@ impl Serialize for PublishedPort {
             verdict,
             open_to,
             rules: &self.rules,
+            scoped,
         }
         .serialize(serializer)
     }
@@ -172,6 +212,17 @@ impl Serialize for PublishedPort {
 
 fn host_ip_text(ip: Option<IpAddr>) -> String {
     ip.map_or_else(|| "0.0.0.0".to_string(), |ip| ip.to_string())
+}
+
+impl Verdict {
+    /// The JSON `verdict` and `open_to`.
+    fn json(&self) -> (&'static str, Vec<String>) {
+        match self {
+            Verdict::Open => ("open", vec![]),
+            Verdict::OpenTo(nets) => ("open_to", nets.iter().map(ToString::to_string).collect()),
+            Verdict::Blocked => ("blocked", vec![]),
+        }
+    }
 }
 
 impl std::fmt::Display for Verdict {
@@ -208,7 +259,11 @@ pub fn table(ports: &[PublishedPort]) -> String {
             format!("{}/{}", p.container_port, proto_name(p.proto)),
             service,
             if p.networks.is_empty() { "-".into() } else { p.networks.join(",") },
-            p.verdict.to_string(),
+            // "open; blocked at xdp on eth1": what scoped rules do there.
+            std::iter::once(p.verdict.to_string())
+                .chain(p.scoped.iter().map(|s| format!("{} at xdp{}", s.verdict, s.scoping)))
+                .collect::<Vec<_>>()
+                .join("; "),
             if rules.is_empty() { "-".into() } else { rules.join(",") },
         ]);
     }
@@ -309,6 +364,24 @@ mod tests {
         assert_eq!(json[0]["verdict"], "open");
         assert_eq!(json[0]["compose_project"], serde_json::Value::Null);
         assert_eq!(json[0]["open_to"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn scoped_dialed_rules_are_listed_apart_and_never_open_the_path() {
+        let s = shop();
+        let mut on = dialed(5, "13306/tcp");
+        on.options.scoping = Scoping::parse(&["eth1".into()], &["198.18.160.1".into()]).unwrap();
+        let ports = published(&[on], &s);
+        assert_eq!(ports[0].verdict, Verdict::Open, "the path without XDP");
+        assert_eq!(ports[0].scoped.len(), 1);
+        assert_eq!(ports[0].scoped[0].verdict, Verdict::Blocked);
+        let json = serde_json::to_value(&ports).unwrap();
+        assert_eq!(
+            json[0]["scoped"],
+            serde_json::json!([{"rule": 5, "on": ["eth1"], "to": ["198.18.160.1"], "verdict": "blocked", "open_to": []}])
+        );
+        assert!(json[1].get("scoped").is_none(), "absent without scoped rules");
+        assert!(table(&ports).contains("open; blocked at xdp on eth1 to 198.18.160.1"), "{}", table(&ports));
     }
 
     #[test]

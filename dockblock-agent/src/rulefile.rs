@@ -10,6 +10,8 @@
 //! log = true                      # optional, default false
 //! force = true                    # optional, default false: may close a
 //!                                 # failsafe port (config `failsafe`)
+//! on = ["eth1"]                   # optional: only packets in on these
+//! to = ["198.18.160.1"]           # optional: only to these host addresses
 //!
 //! [[rule]]                        # a rule that names containers:
 //! ports = "3306/tcp"              # container ports (none: every port)
@@ -35,6 +37,7 @@ use crate::{
     error::{Error, Result},
     ports::PortSpec,
     rules::{Rule, RuleOptions, RuleSpec, Scope},
+    scoping::Scoping,
     target::{too_wide, Action, Selector, Target, MAX_RANGE},
 };
 
@@ -74,6 +77,10 @@ struct RuleIn {
     policy: Option<Spanned<String>>,
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    on: Vec<Spanned<String>>,
+    #[serde(default)]
+    to: Vec<Spanned<String>>,
 }
 
 #[derive(Serialize)]
@@ -105,6 +112,10 @@ struct RuleOut {
     from_containers: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     policy: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    on: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    to: Vec<String>,
 }
 
 /// Largest rules file `apply` reads: 64 MiB, room for a million one-line
@@ -166,7 +177,8 @@ pub fn parse_entries(path: &str, text: &str) -> Result<Vec<Entry>> {
     let mut specs: Vec<(RuleSpec, Range<usize>, bool)> = Vec::new();
     // (target, scope, lo, hi) -> indexes in `specs`: duplicates found in
     // linear time.
-    let mut seen: std::collections::HashMap<(Target, u32, u16, u16), Vec<usize>> = Default::default();
+    let mut seen: std::collections::HashMap<(Target, Scoping, u32, u16, u16), Vec<usize>> =
+        Default::default();
     for entry in &file.rule {
         let rule = entry.get_ref();
         let target = target_of(rule).map_err(|(span, why)| error(Some(span.unwrap_or(entry.span())), why))?;
@@ -214,10 +226,26 @@ pub fn parse_entries(path: &str, text: &str) -> Result<Vec<Entry>> {
             let net = parse_net(value.get_ref()).map_err(|e| error(Some(value.span()), e.to_string()))?;
             allow.push(net);
         }
-        let options =
-            RuleOptions::new(allow, rule.dry_run, rule.log).with_from_containers(rule.from_containers);
+        // Syntax only: a file may name an interface that comes up later.
+        for value in &rule.on {
+            Scoping::parse(std::slice::from_ref(value.get_ref()), &[])
+                .map_err(|e| error(Some(value.span()), e.to_string()))?;
+        }
+        for value in &rule.to {
+            Scoping::parse(&[], std::slice::from_ref(value.get_ref()))
+                .map_err(|e| error(Some(value.span()), e.to_string()))?;
+        }
+        if (!rule.on.is_empty() || !rule.to.is_empty()) && target.action == Action::Allow {
+            let why = "an allow rule is not scoped (on, to): scope the blocks instead".to_string();
+            return Err(error(Some(entry.span()), why));
+        }
+        let texts = |v: &[Spanned<String>]| v.iter().map(|s| s.get_ref().clone()).collect::<Vec<_>>();
+        let scoping = Scoping::parse(&texts(&rule.on), &texts(&rule.to))?;
+        let options = RuleOptions::new(allow, rule.dry_run, rule.log)
+            .with_from_containers(rule.from_containers)
+            .with_scoping(scoping.clone());
         let spec = RuleSpec { options, target: target.clone(), ..RuleSpec::plain(scope, ports) };
-        let same = seen.entry((target, scope.raw(), ports.lo, ports.hi)).or_default();
+        let same = seen.entry((target, scoping, scope.raw(), ports.lo, ports.hi)).or_default();
         if let Some(&i) = same.iter().find(|&&i| specs[i].0.ports.protos & ports.protos != 0) {
             let why =
                 format!("{scope} {ports} is already a rule on line {}", line_of(text, specs[i].1.start));
@@ -298,6 +326,8 @@ pub fn format(rules: &[Rule]) -> String {
                 action: (r.target.action == Action::Allow).then_some("allow"),
                 from_containers: r.options.from_containers,
                 policy: None,
+                on: r.options.scoping.on.clone(),
+                to: r.options.scoping.to.iter().map(|a| a.to_string()).collect(),
             };
             match &r.target.selector {
                 Selector::Container { name } => out.container = Some(name.clone()),
@@ -348,6 +378,14 @@ mod tests {
             ),
             rule(2, "80", Scope::Container, RuleOptions::new([], true, false)),
             rule(3, "30000-30010/udp", Scope::Dialed, RuleOptions::default()),
+            rule(
+                4,
+                "30000-30010/udp",
+                Scope::Dialed,
+                RuleOptions::default().with_scoping(
+                    Scoping::parse(&["eth1".into()], &["198.18.160.1".into(), "2001:db8::1".into()]).unwrap(),
+                ),
+            ),
         ];
         let text = format(&rules);
         let specs = parse("x.toml", &text).unwrap();
@@ -383,6 +421,8 @@ mod tests {
             ("[[rule]]\nports = 22\n", 2, "invalid type"),
             ("[[rule]\nports = \"22\"\n", 1, ""),
             ("[[rule]]\nports = \"22/tcp\"\n[[rule]]\nports = \"22\"\n", 3, "already a rule on line 1"),
+            ("[[rule]]\nports = \"22/tcp\"\nto = [\"198.18.160.0/24\"]\n", 3, "not an IPv4 or IPv6 address"),
+            ("[[rule]]\nports = \"22/tcp\"\non = [\"a/b\"]\n", 3, "not an interface name"),
         ] {
             let err = parse("rules.toml", text).unwrap_err();
             let Error::RulesFile { line: got, why: ref msg, .. } = err else { panic!("{err}") };

@@ -31,6 +31,7 @@ use serde::Serialize;
 use crate::{
     error::{Error, Result},
     ports::PortSpec,
+    scoping::{ScopeKey, Scoping},
     target::{Action, Selector, Target},
 };
 
@@ -81,6 +82,9 @@ pub struct RuleOptions {
     /// Judge connections from other containers too (veth hook); without
     /// it they pass (`PASSED_FROM_CONTAINER`). Only veth entries read it.
     pub from_containers: bool,
+    /// `--on`/`--to`: where the rule applies. Part of the rule's identity
+    /// (like its ports): rules of other scopings never edit each other.
+    pub scoping: Scoping,
 }
 
 impl RuleOptions {
@@ -89,11 +93,15 @@ impl RuleOptions {
         let mut allow_from: Vec<IpNet> = allow_from.into_iter().map(|n| n.trunc()).collect();
         allow_from.sort();
         allow_from.dedup();
-        Self { allow_from, dry_run, log, from_containers: false }
+        Self { allow_from, dry_run, log, from_containers: false, scoping: Scoping::default() }
     }
 
     pub fn with_from_containers(self, from_containers: bool) -> Self {
         Self { from_containers, ..self }
+    }
+
+    pub fn with_scoping(self, scoping: Scoping) -> Self {
+        Self { scoping, ..self }
     }
 
     pub fn flags(&self) -> u32 {
@@ -222,6 +230,7 @@ pub fn plan_block(rules: &[Rule], spec: &RuleSpec) -> Vec<Edit> {
                 && r.scope == spec.scope
                 && r.ports.lo == spec.ports.lo
                 && r.ports.hi == spec.ports.hi
+                && r.options.scoping == spec.options.scoping
         })
         .collect();
     let mut edits = Vec::new();
@@ -310,12 +319,22 @@ pub fn settle(draft: &mut Draft, derive: Option<&dyn Derive>) -> Result<()> {
     }
 }
 
-/// The edits that open `spec` in `scope` among the rules with `target`:
-/// every overlapping rule is removed, trimmed or split; the pieces keep the
-/// rule's options.
-pub fn plan_unblock(rules: &[Rule], target: &Target, scope: Scope, spec: PortSpec) -> Result<Vec<Edit>> {
+/// The edits that open `spec` in `scope` among the rules with `target` and
+/// `scoping` (an unscoped unblock leaves scoped rules alone, and the other
+/// way round): every overlapping rule is removed, trimmed or split; the
+/// pieces keep the rule's options.
+pub fn plan_unblock(
+    rules: &[Rule],
+    target: &Target,
+    scope: Scope,
+    scoping: &Scoping,
+    spec: PortSpec,
+) -> Result<Vec<Edit>> {
     let mut edits = Vec::new();
-    for rule in rules.iter().filter(|r| r.target == *target && r.scope == scope && r.ports.overlaps(&spec)) {
+    let mine = |r: &&Rule| {
+        r.target == *target && r.scope == scope && r.options.scoping == *scoping && r.ports.overlaps(&spec)
+    };
+    for rule in rules.iter().filter(mine) {
         let mut pieces = subtract(rule.ports, spec).into_iter();
         match pieces.next() {
             None => edits.push(Edit::Remove(rule.id)),
@@ -327,8 +346,8 @@ pub fn plan_unblock(rules: &[Rule], target: &Target, scope: Scope, spec: PortSpe
     }
     if edits.is_empty() {
         let spec = match target.is_plain() {
-            true => format!("{scope} {spec}"),
-            false => format!("{spec} for {target}"),
+            true => format!("{scope} {spec}{scoping}"),
+            false => format!("{spec}{scoping} for {target}"),
         };
         return Err(Error::NotBlocked { spec });
     }
@@ -430,23 +449,54 @@ pub fn in_port_table(rule: &Rule) -> bool {
 }
 
 /// For one scope and protocol: the rule that owns each port (index = port,
-/// `None` = open), among the rules `in_port_table`. A user rule beats a
-/// derived one (the user said what that port does); then the narrowest
-/// range wins, then fewer protocols, then the newest.
+/// `None` = open), among the rules `in_port_table` that are not scoped at
+/// that hook (scoped ones are `scoped_owners`). A user rule beats a derived
+/// one (the user said what that port does); then the narrowest range wins,
+/// then fewer protocols, then the newest.
 pub fn port_owners(rules: &[Rule], scope: Scope, proto: u32) -> Vec<Option<&Rule>> {
+    owners_among(rules.iter().filter(|r| !r.options.scoping.is_scoped_at(scope)), scope, proto)
+}
+
+/// For one scope and protocol, per `SCOPED_RULES` key (interface, address):
+/// the rule that owns each port there, ranked as in `port_owners`, among
+/// the rules scoped at that hook. `resolve` gives interfaces' indexes.
+pub fn scoped_owners<'a>(
+    rules: &'a [Rule],
+    scope: Scope,
+    proto: u32,
+    resolve: &dyn Fn(&str) -> Option<u32>,
+) -> Vec<(ScopeKey, Vec<Option<&'a Rule>>)> {
+    let mut by_key: std::collections::BTreeMap<ScopeKey, Vec<&Rule>> = Default::default();
+    for rule in rules.iter().filter(|r| r.scope == scope && r.ports.protos & proto::bit(proto) != 0) {
+        for key in rule.options.scoping.keys(scope, resolve).unwrap_or_default() {
+            by_key.entry(key).or_default().push(rule);
+        }
+    }
+    by_key.into_iter().map(|(key, rules)| (key, owners_among(rules.into_iter(), scope, proto))).collect()
+}
+
+/// How strongly a rule owns the ports it covers (the greatest wins): a user
+/// rule before a derived one, then the narrowest range, then fewer
+/// protocols, then the newest.
+pub fn rank(r: &Rule) -> impl Ord {
+    (
+        r.target.selector == Selector::Ports,
+        std::cmp::Reverse(r.ports.port_count()),
+        std::cmp::Reverse(r.ports.protos.count_ones()),
+        r.id,
+    )
+}
+
+fn owners_among<'a>(
+    rules: impl Iterator<Item = &'a Rule>,
+    scope: Scope,
+    proto: u32,
+) -> Vec<Option<&'a Rule>> {
     let mut ranked: Vec<&Rule> = rules
-        .iter()
         .filter(|r| in_port_table(r) && r.scope == scope && r.ports.protos & proto::bit(proto) != 0)
         .collect();
     // Paint the weakest first, so the winner paints last.
-    ranked.sort_by_key(|r| {
-        (
-            r.target.selector == Selector::Ports,
-            std::cmp::Reverse(r.ports.port_count()),
-            std::cmp::Reverse(r.ports.protos.count_ones()),
-            r.id,
-        )
-    });
+    ranked.sort_by_key(|r| rank(r));
     let mut owners = vec![None; 65536];
     for rule in ranked {
         owners[usize::from(rule.ports.lo)..=usize::from(rule.ports.hi)].fill(Some(rule));
@@ -543,18 +593,21 @@ mod tests {
         let rules =
             [rule(1, "3306/tcp"), with_options(rule(2, "30000-30010/tcp"), &office()), rule(3, "8080")];
         assert_eq!(
-            plan_unblock(&rules, &Target::default(), Scope::Dialed, spec("3306/tcp")).unwrap(),
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("3306/tcp"))
+                .unwrap(),
             vec![Edit::Remove(1)]
         );
         assert_eq!(
-            plan_unblock(&rules, &Target::default(), Scope::Dialed, spec("30005/tcp")).unwrap(),
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("30005/tcp"))
+                .unwrap(),
             vec![
                 Edit::Update(with_options(rule(2, "30000-30004/tcp"), &office())),
                 Edit::Add(RuleSpec { options: office(), ..plain("30006-30010/tcp") })
             ]
         );
         assert_eq!(
-            plan_unblock(&rules, &Target::default(), Scope::Dialed, spec("8080/tcp")).unwrap(),
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("8080/tcp"))
+                .unwrap(),
             vec![Edit::Update(rule(3, "8080/udp"))]
         );
     }
@@ -562,9 +615,18 @@ mod tests {
     #[test]
     fn unblock_of_an_open_port_is_an_error() {
         let rules = [rule(1, "3306/tcp")];
-        let err = plan_unblock(&rules, &Target::default(), Scope::Dialed, spec("3306/udp")).unwrap_err();
+        let err =
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("3306/udp"))
+                .unwrap_err();
         assert!(err.to_string().contains("no rule blocks dialed 3306/udp"), "{err}");
-        assert!(plan_unblock(&rules, &Target::default(), Scope::Container, spec("3306/tcp")).is_err());
+        assert!(plan_unblock(
+            &rules,
+            &Target::default(),
+            Scope::Container,
+            &Scoping::default(),
+            spec("3306/tcp")
+        )
+        .is_err());
     }
 
     #[test]
@@ -663,19 +725,23 @@ mod tests {
         let db_udp = RuleSpec { target: db.clone(), ..RuleSpec::plain(Scope::Container, spec("80/udp")) };
         assert_eq!(plan_block(&rules, &db_udp), vec![Edit::Update(targeted(2, "80", &db))]);
         assert_eq!(
-            plan_unblock(&rules, &db, Scope::Container, spec("80/tcp")).unwrap(),
+            plan_unblock(&rules, &db, Scope::Container, &Scoping::default(), spec("80/tcp")).unwrap(),
             vec![Edit::Remove(2)],
             "the plain rule and the derived one stay"
         );
-        let err = plan_unblock(&rules, &container("web"), Scope::Container, spec("80/tcp")).unwrap_err();
+        let err =
+            plan_unblock(&rules, &container("web"), Scope::Container, &Scoping::default(), spec("80/tcp"))
+                .unwrap_err();
         assert!(err.to_string().contains("no rule blocks 80/tcp for container web"), "{err}");
         // A plain unblock never touches the derived rule on the same port.
-        let err = plan_unblock(&rules, &Target::default(), Scope::Dialed, spec("8080/tcp")).unwrap_err();
+        let err =
+            plan_unblock(&rules, &Target::default(), Scope::Dialed, &Scoping::default(), spec("8080/tcp"))
+                .unwrap_err();
         assert!(matches!(err, Error::NotBlocked { .. }), "{err}");
         // Split pieces keep the target.
         let wide = [targeted(4, "1-100/tcp", &db)];
         assert_eq!(
-            plan_unblock(&wide, &db, Scope::Container, spec("50/tcp")).unwrap(),
+            plan_unblock(&wide, &db, Scope::Container, &Scoping::default(), spec("50/tcp")).unwrap(),
             vec![
                 Edit::Update(targeted(4, "1-49/tcp", &db)),
                 Edit::Add(targeted(0, "51-100/tcp", &db).spec())
@@ -777,5 +843,48 @@ mod tests {
         assert_eq!(owners[8080].map(|r| r.id), Some(3), "an Allow rule is no port-table rule");
         let container = port_owners(&rules, Scope::Container, proto::TCP);
         assert!(container.iter().all(Option::is_none), "Docker rules reach the kernel through derived rules");
+    }
+
+    fn on(r: Rule, names: &[&str], to: &[&str]) -> Rule {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let scoping = Scoping::parse(&strings(names), &strings(to)).unwrap();
+        Rule { options: r.options.with_scoping(scoping), ..r }
+    }
+
+    #[test]
+    fn scoped_rules_are_rules_of_their_own_and_own_ports_per_key() {
+        let rules = [rule(1, "8080/tcp"), on(rule(2, "8080/tcp"), &["eth1"], &[])];
+        // Blocking the unscoped port again, or the scoped one, changes nothing.
+        assert_eq!(plan_block(&rules, &plain("8080/tcp")), vec![]);
+        assert_eq!(plan_block(&rules, &rules[1].spec()), vec![]);
+        // Another scoping is another rule; the unscoped one keeps its protocols.
+        let eth2 = on(rule(0, "8080/tcp"), &["eth2"], &[]).spec();
+        assert_eq!(plan_block(&rules, &eth2), vec![Edit::Add(eth2.clone())]);
+        // Unblock matches the scoping exactly.
+        let none = Scoping::default();
+        let scoping = rules[1].options.scoping.clone();
+        let t = Target::default();
+        assert_eq!(
+            plan_unblock(&rules, &t, Scope::Dialed, &none, spec("8080/tcp")).unwrap(),
+            [Edit::Remove(1)]
+        );
+        assert_eq!(
+            plan_unblock(&rules, &t, Scope::Dialed, &scoping, spec("8080/tcp")).unwrap(),
+            [Edit::Remove(2)]
+        );
+        let err = plan_unblock(&rules[..1], &t, Scope::Dialed, &scoping, spec("8080/tcp")).unwrap_err();
+        assert!(err.to_string().contains("dialed 8080/tcp on eth1"), "{err}");
+        // The scoped rule owns no unscoped slot; it owns its key's.
+        let owners = port_owners(&rules, Scope::Dialed, proto::TCP);
+        assert_eq!(owners[8080].map(|r| r.id), Some(1));
+        let resolve = |n: &str| (n == "eth1").then_some(7);
+        let scoped = scoped_owners(&rules, Scope::Dialed, proto::TCP, &resolve);
+        assert_eq!(scoped.len(), 1);
+        assert_eq!(scoped[0].0, (7, [0; 16]));
+        assert_eq!(scoped[0].1[8080].map(|r| r.id), Some(2));
+        // The bridge judges no scope: the rule is unscoped there.
+        let to = [Rule { scope: Scope::Container, ..on(rule(3, "80/tcp"), &[], &["198.18.160.1"]) }];
+        assert_eq!(port_owners(&to, Scope::Container, proto::TCP)[80].map(|r| r.id), Some(3));
+        assert!(scoped_owners(&to, Scope::Container, proto::TCP, &resolve).is_empty());
     }
 }

@@ -22,8 +22,8 @@ use aya::maps::{
     Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues,
 };
 use dockblock_common::{
-    map_names, port_index, proto, AllowEntry, AllowKey, Config, Counter, LogBudget, PortRule, RuleDef,
-    RuleStats, RuleTarget, ALLOW_KEY_RULE_BITS, HOOK_STATS_LEN,
+    map_names, port_index, proto, rule_flag, AllowEntry, AllowKey, Config, Counter, LogBudget, PortRule,
+    RuleDef, RuleStats, RuleTarget, ScopeEntry, ScopedKey, ALLOW_KEY_RULE_BITS, HOOK_STATS_LEN,
 };
 use ipnet::IpNet;
 use serde::Serialize;
@@ -36,6 +36,7 @@ use crate::{
     paths::PinDir,
     ports::PortSpec,
     rules::{self, Draft, Edit, Rule, RuleSpec, Scope},
+    scoping::{self, Scoping},
     target::Target,
     testhook,
 };
@@ -47,6 +48,11 @@ pub struct RuleStore {
     catalog: HashMap<MapData, u32, RuleDef>,
     catalog_allow: HashMap<MapData, AllowEntry, u32>,
     catalog_targets: HashMap<MapData, u32, RuleTarget>,
+    /// `RULE_SCOPES` and `SCOPED_RULES`: absent in a pin folder made by a
+    /// release before scoping until the next `attach` creates them; then
+    /// only scoped rules are refused.
+    catalog_scopes: Option<HashMap<MapData, ScopeEntry, u32>>,
+    scoped: Option<HashMap<MapData, ScopedKey, PortRule>>,
     allow: LpmTrie<MapData, AllowKey, u32>,
     config: Array<MapData, Config>,
     rule_stats: PerCpuArray<MapData, RuleStats>,
@@ -121,9 +127,15 @@ pub fn block_specs(draft: &mut Draft, specs: &[RuleSpec], changed: &mut Vec<bool
 }
 
 /// `unblock`'s edit, among the rules with `target`.
-pub fn unblock_specs(draft: &mut Draft, target: &Target, scope: Scope, specs: &[PortSpec]) -> Result<()> {
+pub fn unblock_specs(
+    draft: &mut Draft,
+    target: &Target,
+    scope: Scope,
+    scoping: &Scoping,
+    specs: &[PortSpec],
+) -> Result<()> {
     for spec in specs {
-        draft.apply(&rules::plan_unblock(&draft.rules, target, scope, *spec)?)?;
+        draft.apply(&rules::plan_unblock(&draft.rules, target, scope, scoping, *spec)?)?;
     }
     Ok(())
 }
@@ -181,6 +193,18 @@ where
     let data = open_map(pins, name, access)?;
     let map = Map::from_map_data(data).map_err(|e| Error::bpf(format!("map {name}"), e))?;
     T::try_from(map).map_err(|e| Error::bpf(format!("map {name} has an unexpected shape"), e))
+}
+
+/// `open_pinned_as`, `None` when `name` is not pinned (a map this release
+/// added, in a pin folder an older one made).
+fn open_optional<T>(pins: &PinDir, name: &str, access: Access) -> Result<Option<T>>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    match pins.map(name).exists() {
+        true => open_pinned_as(pins, name, access).map(Some),
+        false => Ok(None),
+    }
 }
 
 /// The capacity the pinned map `name` was created with.
@@ -321,6 +345,8 @@ impl RuleStore {
             catalog: open_pinned_as(pins, map_names::RULES, access)?,
             catalog_allow: open_pinned_as(pins, map_names::RULE_ALLOW, access)?,
             catalog_targets: open_pinned_as(pins, map_names::RULE_TARGETS, access)?,
+            catalog_scopes: open_optional(pins, map_names::RULE_SCOPES, access)?,
+            scoped: open_optional(pins, map_names::SCOPED_RULES, access)?,
             allow: open_pinned_as(pins, map_names::ALLOW, access)?,
             config: open_pinned_as(pins, map_names::CONFIG, access)?,
             rule_stats: open_pinned_as(pins, map_names::RULE_STATS, access)?,
@@ -373,11 +399,24 @@ impl RuleStore {
             let (id, target) = entry.map_err(|e| Error::bpf("read RULE_TARGETS", e))?;
             targets.insert(id, target);
         }
+        let mut scopings: StdHashMap<u32, Option<Scoping>> = StdHashMap::new();
+        for entry in self.catalog_scopes.iter().flat_map(|m| m.keys()) {
+            let entry = entry.map_err(|e| Error::bpf("read RULE_SCOPES", e))?;
+            let scoping = scopings.entry(entry.rule_id).or_insert_with(|| Some(Scoping::default()));
+            if scoping.as_mut().and_then(|s| s.add_entry(entry.kind, entry.value)).is_none() {
+                *scoping = None;
+            }
+        }
         let mut rules = Vec::new();
         for entry in self.catalog.iter() {
             let (id, def) = entry.map_err(|e| Error::bpf("read RULES", e))?;
-            match Rule::from_def(id, &def, allow.remove(&id).unwrap_or_default(), targets.get(&id)) {
-                Some(rule) => rules.push(rule),
+            let scoping = scopings.remove(&id).unwrap_or(Some(Scoping::default()));
+            let rule = Rule::from_def(id, &def, allow.remove(&id).unwrap_or_default(), targets.get(&id));
+            match rule.zip(scoping) {
+                Some((mut rule, scoping)) => {
+                    rule.options.scoping = scoping.normalised();
+                    rules.push(rule);
+                }
                 None => tracing::warn!("ignoring rule {id} that this version cannot read: {def:?}"),
             }
         }
@@ -451,7 +490,13 @@ impl RuleStore {
     /// Opens every spec in `scope` (plain rules), all or nothing;
     /// `NotBlocked` when no rule covers one of them.
     pub fn unblock(&mut self, scope: Scope, specs: &[PortSpec]) -> Result<()> {
-        self.commit_with(|draft| unblock_specs(draft, &Target::default(), scope, specs), None).map(drop)
+        self.unblock_scoped(scope, &Scoping::default(), specs)
+    }
+
+    /// `unblock` among the plain rules with `scoping`.
+    pub fn unblock_scoped(&mut self, scope: Scope, scoping: &Scoping, specs: &[PortSpec]) -> Result<()> {
+        self.commit_with(|draft| unblock_specs(draft, &Target::default(), scope, scoping, specs), None)
+            .map(drop)
     }
 
     /// Replaces the user rules with `specs` in one atomic switch.
@@ -471,11 +516,35 @@ impl RuleStore {
             after.iter().filter(|r| before_ids.get(&r.id) != Some(r)).collect();
         let gone_or_changed: Vec<&Rule> = before.iter().filter(|r| after_ids.get(&r.id) != Some(r)).collect();
         if added_or_changed.is_empty() && gone_or_changed.is_empty() {
-            return Ok(());
+            // Interfaces may have come, gone or been re-created since.
+            return self.refresh_scoped(after);
+        }
+        if self.scoped.is_none() && added_or_changed.iter().any(|r| !r.options.scoping.is_empty()) {
+            return Err(Error::BadArgument {
+                what: "--on/--to",
+                value: String::new(),
+                why: "the pinned maps predate scoped rules: run `dockblock-agent attach` again to add them"
+                    .into(),
+            });
         }
         let allow_entries: usize = after.iter().map(|r| r.options.allow_from.len()).sum();
         if allow_entries > self.allow_capacity as usize {
             return Err(Error::AllowFull { capacity: self.allow_capacity });
+        }
+        if self.scoped.is_some() {
+            // Both generations' entries live side by side.
+            let need = 2 * compile_scoped(after).len();
+            let capacity = max_entries(&self.pins, map_names::SCOPED_RULES)?;
+            if need > capacity as usize {
+                return Err(Error::BadArgument {
+                    what: "--on/--to",
+                    value: String::new(),
+                    why: format!(
+                        "scoped rules need {need} SCOPED_RULES entries (one per port, protocol, interface \
+                         and address, in both generations); it holds {capacity}: scope fewer ports"
+                    ),
+                });
+            }
         }
         for rule in &added_or_changed {
             // Refused before the journal names it: roll-forward must be
@@ -506,6 +575,7 @@ impl RuleStore {
                 &rule.options.allow_from,
             )?;
             self.set_catalog_target(rule)?;
+            self.set_catalog_scopes(rule.id, old.map(|o| &o.options.scoping), &rule.options.scoping)?;
             self.catalog.insert(rule.id, rule.to_def(), 0).map_err(|e| Error::bpf("write RULES", e))?;
             testhook::step();
         }
@@ -524,8 +594,73 @@ impl RuleStore {
             self.catalog.remove(&rule.id).map_err(|e| Error::bpf("delete from RULES", e))?;
             testhook::step();
             self.remove_catalog_target(rule.id)?;
+            self.set_catalog_scopes(rule.id, Some(&rule.options.scoping), &Scoping::default())?;
         }
         journal::set_change(&self.pins, None)
+    }
+
+    /// After a commit that changed no rule: if interfaces changed their
+    /// indexes since `SCOPED_RULES` was written, rebuild both generations
+    /// through the switch. Costs nothing without scoped rules.
+    fn refresh_scoped(&mut self, rules: &[Rule]) -> Result<()> {
+        if self.scoped.is_none() || rules.iter().all(|r| r.options.scoping.is_empty()) {
+            return Ok(());
+        }
+        let want = compile_scoped(rules);
+        let drift = (0..2).any(|g| self.scoped_entries(g) != stamp(&want, g));
+        if drift {
+            journal::set_change(&self.pins, Some(Change::Resync))?;
+            self.converge(rules, true)?;
+            journal::set_change(&self.pins, None)?;
+        }
+        Ok(())
+    }
+
+    /// Moves rule `id`'s `RULE_SCOPES` entries from `old` to `new`.
+    fn set_catalog_scopes(&mut self, id: u32, old: Option<&Scoping>, new: &Scoping) -> Result<()> {
+        let old = old.map(Scoping::entries).unwrap_or_default();
+        let new = new.entries();
+        if old == new {
+            return Ok(());
+        }
+        let Some(map) = self.catalog_scopes.as_mut() else { return Ok(()) };
+        for (kind, value) in old.iter().filter(|e| !new.contains(e)) {
+            if map.remove(&ScopeEntry { rule_id: id, kind: *kind, value: *value }).is_ok() {
+                testhook::step();
+            }
+        }
+        for (kind, value) in new.iter().filter(|e| !old.contains(e)) {
+            map.insert(ScopeEntry { rule_id: id, kind: *kind, value: *value }, 0, 0)
+                .map_err(|e| Error::bpf("write RULE_SCOPES", e))?;
+            testhook::step();
+        }
+        Ok(())
+    }
+
+    /// The `SCOPED_RULES` entries of `generation`.
+    fn scoped_entries(&self, generation: u32) -> StdHashMap<ScopedKey, PortRule> {
+        let Some(map) = &self.scoped else { return StdHashMap::new() };
+        map.iter().filter_map(|e| e.ok()).filter(|(k, _)| k.generation == generation).collect()
+    }
+
+    /// Makes `generation`'s `SCOPED_RULES` entries exactly `want` (stamped
+    /// with it): new and changed first, stale ones after.
+    fn sync_scoped(&mut self, generation: u32, want: &StdHashMap<ScopedKey, PortRule>) -> Result<()> {
+        let want = stamp(want, generation);
+        let have = self.scoped_entries(generation);
+        let Some(map) = self.scoped.as_mut() else { return Ok(()) };
+        for (key, rule) in &want {
+            if have.get(key) != Some(rule) {
+                map.insert(key, rule, 0).map_err(|e| Error::bpf("write SCOPED_RULES", e))?;
+                testhook::step();
+            }
+        }
+        for key in have.keys().filter(|k| !want.contains_key(k)) {
+            if map.remove(key).is_ok() {
+                testhook::step();
+            }
+        }
+        Ok(())
     }
 
     fn switch_to(&mut self, generation: u32) -> Result<()> {
@@ -538,6 +673,7 @@ impl RuleStore {
     /// Writes one commit's planned slots and allow-list changes into
     /// `generation`.
     fn write_generation(&mut self, generation: u32, writes: &GenerationWrites) -> Result<()> {
+        self.sync_scoped(generation, &writes.scoped)?;
         for (id, net) in &writes.allow_removed {
             // Already absent is fine: this is also how resync starts.
             if self.allow.remove(&allow_key(generation, *id, net)).is_ok() {
@@ -600,6 +736,7 @@ impl RuleStore {
     /// what `rules` compile to (reads are free: a table already right costs
     /// no write).
     fn sync_generation(&mut self, generation: u32, rules: &[Rule], table: &[PortRule]) -> Result<()> {
+        self.sync_scoped(generation, &compile_scoped(rules))?;
         let want = compile_allow(generation, rules);
         let have = self.allow_entries(generation);
         for (id, key) in &have {
@@ -630,6 +767,7 @@ impl RuleStore {
         let live = self.config()?.generation & 1;
         let mut drift = [0usize; 2];
         let slots = compile_slots(&rules);
+        let scoped = compile_scoped(&rules);
         let table = self.port_table()?;
         for (g, count) in drift.iter_mut().enumerate() {
             let g = g as u32;
@@ -639,6 +777,10 @@ impl RuleStore {
                     *count += 1;
                 }
             }
+            let want = stamp(&scoped, g);
+            let have = self.scoped_entries(g);
+            *count += have.iter().filter(|(k, v)| want.get(k) != Some(v)).count();
+            *count += want.keys().filter(|k| !have.contains_key(k)).count();
             let want = compile_allow(g, &rules);
             let have = self.allow_entries(g);
             *count += have.keys().filter(|k| !want.contains_key(k)).count();
@@ -681,12 +823,15 @@ impl RuleStore {
             let old = current.get(&rule.id).map_or(&[][..], |r| &r.options.allow_from[..]);
             self.set_catalog_allow(rule.id, old, &rule.options.allow_from)?;
             self.set_catalog_target(&rule)?;
+            let old_scoping = current.get(&rule.id).map(|r| &r.options.scoping);
+            self.set_catalog_scopes(rule.id, old_scoping, &rule.options.scoping)?;
             self.catalog.insert(rule.id, rule.to_def(), 0).map_err(|e| Error::bpf("write RULES", e))?;
             testhook::step();
         }
         for id in remove {
             if let Some(old) = current.get(id) {
                 self.set_catalog_allow(*id, &old.options.allow_from, &[])?;
+                self.set_catalog_scopes(*id, Some(&old.options.scoping), &Scoping::default())?;
             }
             if self.catalog.remove(id).is_ok() {
                 testhook::step();
@@ -781,6 +926,8 @@ struct GenerationWrites {
     allow_removed: Vec<(u32, IpNet)>,
     /// Every entry of the touched rules in `after`.
     allow_set: Vec<(u32, IpNet)>,
+    /// `SCOPED_RULES` as `after` compiles (generation 0, stamped per write).
+    scoped: StdHashMap<ScopedKey, PortRule>,
 }
 
 impl GenerationWrites {
@@ -797,13 +944,18 @@ impl GenerationWrites {
             allow_removed.extend(old_allow.iter().filter(|n| !new_allow.contains(n)).map(|n| (id, *n)));
             allow_set.extend(new_allow.iter().map(|n| (id, *n)));
         }
-        Self { slots: plan_slots(after, touched), allow_removed, allow_set }
+        let scoped = compile_scoped(after);
+        Self { slots: plan_slots(after, touched, &scoped), allow_removed, allow_set, scoped }
     }
 }
 
 /// The slot of every (scope, protocol, port) that a rule in `touched`
 /// covers, set to its owner under `rules`.
-fn plan_slots(rules: &[Rule], touched: &[&Rule]) -> Vec<(Scope, u32, u16, PortRule)> {
+fn plan_slots(
+    rules: &[Rule],
+    touched: &[&Rule],
+    scoped: &StdHashMap<ScopedKey, PortRule>,
+) -> Vec<(Scope, u32, u16, PortRule)> {
     let mut slots = Vec::new();
     for scope in Scope::ALL {
         for proto in [proto::TCP, proto::UDP] {
@@ -819,12 +971,8 @@ fn plan_slots(rules: &[Rule], touched: &[&Rule]) -> Vec<(Scope, u32, u16, PortRu
             }
             ports.sort_unstable();
             ports.dedup();
-            let owners = rules::port_owners(rules, scope, proto);
-            slots.extend(ports.into_iter().map(|port| {
-                let slot = owners[usize::from(port)]
-                    .map_or(PortRule::default(), |r| PortRule { rule_id: r.id, flags: r.options.flags() });
-                (scope, proto, port, slot)
-            }));
+            let slot = slot_of(rules, scope, proto, scoped);
+            slots.extend(ports.into_iter().map(|port| (scope, proto, port, slot(port))));
         }
     }
     slots
@@ -832,18 +980,84 @@ fn plan_slots(rules: &[Rule], touched: &[&Rule]) -> Vec<(Scope, u32, u16, PortRu
 
 /// Every (scope, protocol, port) slot, ports 1-65535, as `rules` own them.
 fn compile_slots(rules: &[Rule]) -> Vec<(Scope, u32, u16, PortRule)> {
+    let scoped = compile_scoped(rules);
     let mut slots = Vec::with_capacity(4 * 65535);
     for scope in Scope::ALL {
         for proto in [proto::TCP, proto::UDP] {
-            let owners = rules::port_owners(rules, scope, proto);
-            slots.extend((1..=65535u16).map(|port| {
-                let slot = owners[usize::from(port)]
-                    .map_or(PortRule::default(), |r| PortRule { rule_id: r.id, flags: r.options.flags() });
-                (scope, proto, port, slot)
-            }));
+            let slot = slot_of(rules, scope, proto, &scoped);
+            slots.extend((1..=65535u16).map(|port| (scope, proto, port, slot(port))));
         }
     }
     slots
+}
+
+/// The `PORT_RULES` slot of each port of `scope`/`proto`: its unscoped
+/// owner, flagged `SCOPED` when `scoped` has entries for the port.
+fn slot_of(
+    rules: &[Rule],
+    scope: Scope,
+    proto: u32,
+    scoped: &StdHashMap<ScopedKey, PortRule>,
+) -> impl Fn(u16) -> PortRule {
+    let owners: Vec<PortRule> = rules::port_owners(rules, scope, proto)
+        .into_iter()
+        .map(|o| o.map_or(PortRule::default(), |r| PortRule { rule_id: r.id, flags: r.options.flags() }))
+        .collect();
+    let flagged: std::collections::HashSet<u32> =
+        scoped.keys().filter(|k| k.scope == scope.raw() && k.proto == proto).map(|k| k.port).collect();
+    move |port| {
+        let slot = owners[usize::from(port)];
+        match flagged.contains(&u32::from(port)) {
+            true => PortRule { flags: slot.flags | rule_flag::SCOPED, ..slot },
+            false => slot,
+        }
+    }
+}
+
+/// Every `SCOPED_RULES` entry `rules` need (generation 0; `stamp` sets
+/// it), interfaces resolved now.
+pub fn compile_scoped(rules: &[Rule]) -> StdHashMap<ScopedKey, PortRule> {
+    compile_scoped_with(rules, &scoping::ifindex)
+}
+
+/// `compile_scoped` with interfaces resolved by `resolve`.
+pub fn compile_scoped_with(
+    rules: &[Rule],
+    resolve: &dyn Fn(&str) -> Option<u32>,
+) -> StdHashMap<ScopedKey, PortRule> {
+    let mut entries = StdHashMap::new();
+    if rules.iter().all(|r| r.options.scoping.is_empty()) {
+        return entries;
+    }
+    for scope in Scope::ALL {
+        for proto in [proto::TCP, proto::UDP] {
+            let unscoped = rules::port_owners(rules, scope, proto);
+            for ((ifindex, addr), owners) in rules::scoped_owners(rules, scope, proto, resolve) {
+                for (port, owner) in owners.iter().enumerate().filter_map(|(p, o)| o.map(|o| (p, o))) {
+                    // A dry-run rule never opens what an unscoped block closes:
+                    // no entry, the lookup goes on to less specific ones.
+                    if owner.options.dry_run && unscoped[port].is_some_and(|u| !u.options.dry_run) {
+                        continue;
+                    }
+                    let key = ScopedKey {
+                        generation: 0,
+                        scope: scope.raw(),
+                        proto,
+                        port: port as u32,
+                        ifindex,
+                        addr,
+                    };
+                    entries.insert(key, PortRule { rule_id: owner.id, flags: owner.options.flags() });
+                }
+            }
+        }
+    }
+    entries
+}
+
+/// `entries` with their keys in `generation`.
+fn stamp(entries: &StdHashMap<ScopedKey, PortRule>, generation: u32) -> StdHashMap<ScopedKey, PortRule> {
+    entries.iter().map(|(k, v)| (ScopedKey { generation, ..*k }, *v)).collect()
 }
 
 /// An `ALLOW` key as something hashable: prefix length, rule id, address.

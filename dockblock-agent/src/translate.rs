@@ -137,7 +137,9 @@ fn derived_spec(parent: &Rule, port: u16, proto: u32) -> RuleSpec {
     RuleSpec {
         scope: Scope::Dialed,
         ports: PortSpec { lo: port, hi: port, protos: proto::bit(proto) },
-        options: RuleOptions::new(o.allow_from.iter().copied(), o.dry_run, o.log),
+        // The host port is judged at XDP, which sees both `--on` and `--to`.
+        options: RuleOptions::new(o.allow_from.iter().copied(), o.dry_run, o.log)
+            .with_scoping(o.scoping.clone()),
         target: Target { selector: Selector::Derived { parent: parent.id }, action: Action::Block },
     }
 }

@@ -61,9 +61,19 @@ pub mod map_names {
     /// policy) or the rule it was derived from. Plain port rules have no
     /// entry. Read only by the agent, like `RULES`.
     pub const RULE_TARGETS: &str = "RULE_TARGETS";
+    /// `HASH` [`crate::ScopedKey`] -> [`crate::PortRule`]: rules scoped with
+    /// `--on`/`--to`, looked up only for a port whose `PORT_RULES` slot has
+    /// [`crate::rule_flag::SCOPED`]. A map of its own (not a wider
+    /// `PORT_RULES` value), so the pinned maps of earlier releases keep their
+    /// layouts; created when an old pin folder lacks it.
+    pub const SCOPED_RULES: &str = "SCOPED_RULES";
+    /// `HASH` [`crate::ScopeEntry`] -> u32: the `--on`/`--to` values of each
+    /// rule as the user gave them (interface names, addresses), the catalog
+    /// `SCOPED_RULES` is compiled from. Read only by the agent.
+    pub const RULE_SCOPES: &str = "RULE_SCOPES";
 
     /// Every map the agent pins, in a fixed order.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         PORT_RULES,
         RULES,
         RULE_ALLOW,
@@ -79,6 +89,8 @@ pub mod map_names {
         VETHS,
         VETH_RULES,
         RULE_TARGETS,
+        SCOPED_RULES,
+        RULE_SCOPES,
     ];
 }
 
@@ -217,7 +229,59 @@ pub mod rule_flag {
     /// judged).
     pub const FROM_CONTAINERS: u32 = 8;
     pub const ALL: u32 = DRY_RUN | LOG | ALLOW_LIST | FROM_CONTAINERS;
+    /// `PORT_RULES` slots only, never a rule's own flag (so not in `ALL`):
+    /// `SCOPED_RULES` has entries for this port, look them up before the
+    /// slot's own (unscoped) rule. A port without scoped rules pays this one
+    /// bit test.
+    pub const SCOPED: u32 = 16;
 }
+
+/// Key of `SCOPED_RULES`: one (ingress interface, destination address)
+/// pair of a scoped rule on one port. `ifindex` 0 means any interface, an
+/// all-zero `addr` any address; a rule scoped on both has one key per pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ScopedKey {
+    /// The generation, as in `PORT_RULES` (0 or 1).
+    pub generation: u32,
+    /// One of [`scope`].
+    pub scope: u32,
+    /// One of [`proto`].
+    pub proto: u32,
+    pub port: u32,
+    /// The interface the packet came in on (XDP: its ingress interface;
+    /// bridge TC: `skb->ingress_ifindex`), 0 for any.
+    pub ifindex: u32,
+    /// The destination address (IPv4 mapped into IPv6), zero for any. Only
+    /// hooks that see the dialed address (XDP) get entries with one.
+    pub addr: [u8; 16],
+}
+
+/// What a [`ScopeEntry`] holds.
+pub mod scope_kind {
+    /// `--on IFACE`: `value` is the interface name, NUL-padded.
+    pub const ON: u32 = 1;
+    /// `--to ADDR`: `value` is the address, IPv4 mapped into IPv6.
+    pub const TO: u32 = 2;
+}
+
+/// Key of `RULE_SCOPES`: one `--on` or `--to` value of one rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ScopeEntry {
+    pub rule_id: u32,
+    /// One of [`scope_kind`].
+    pub kind: u32,
+    pub value: [u8; 16],
+}
+
+/// Interface names are at most 15 bytes (IFNAMSIZ 16 with the NUL).
+pub const IFNAME_MAX: usize = 15;
+
+/// Default capacity of `SCOPED_RULES` (both generations together).
+pub const DEFAULT_MAX_SCOPED: u32 = 65536;
+/// Default capacity of `RULE_SCOPES`.
+pub const DEFAULT_MAX_RULE_SCOPES: u32 = 8192;
 
 /// The value of a `PORT_RULES` slot. `rule_id == 0` means "no rule".
 #[repr(C)]
@@ -681,6 +745,8 @@ const _: () = assert!(size_of::<LogBudget>() == 24);
 const _: () = assert!(size_of::<VethState>() == 40);
 const _: () = assert!(size_of::<VethRuleKey>() == 12);
 const _: () = assert!(size_of::<RuleTarget>() == 16 + RULE_TARGET_TEXT);
+const _: () = assert!(size_of::<ScopedKey>() == 36);
+const _: () = assert!(size_of::<ScopeEntry>() == 24);
 const _: () = assert!(port_index(1, scope::CONTAINER, proto::UDP, 65535) == PORT_RULES_LEN - 1);
 const _: () = assert!(DEFAULT_MAX_FRAGS.is_power_of_two());
 
@@ -703,6 +769,8 @@ mod pod {
     unsafe impl aya::Pod for super::VethState {}
     unsafe impl aya::Pod for super::VethRuleKey {}
     unsafe impl aya::Pod for super::RuleTarget {}
+    unsafe impl aya::Pod for super::ScopedKey {}
+    unsafe impl aya::Pod for super::ScopeEntry {}
 }
 
 #[cfg(test)]

@@ -28,15 +28,17 @@ use aya_ebpf::{
 use dockblock_common::{hook, scope};
 use events::Seen;
 use parse::{parse, Cursor, Facts, Reject, PARSE_DEPTH_MAX};
-use verdict::{judge, port_table, Verdict};
+use verdict::{judge, PortTable, Verdict};
 
 #[xdp]
 pub fn dockblock_xdp(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    let seen = Seen { hook: hook::XDP, ifindex: ctx.ingress_ifindex() as u32 };
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let seen = Seen { hook: hook::XDP, ifindex };
     // XDP sees only the linear buffer (no frags support): it is the packet.
     let parse = || parse(&Cursor::new(ctx.data(), ctx.data_end(), len));
-    match judge(scope::DIALED, len as u64, &seen, false, parse, port_table(scope::DIALED)) {
+    let lookup = PortTable { scope: scope::DIALED, scoped: Some(ifindex) };
+    match judge(scope::DIALED, len as u64, &seen, false, parse, lookup) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
@@ -56,7 +58,8 @@ pub fn dockblock_tc(ctx: TcContext) -> i32 {
         &seen,
         ingress_ifindex == 0,
         parse,
-        port_table(scope::CONTAINER),
+        // No scope judged here (see PortTable): scoped rules close the port.
+        PortTable { scope: scope::CONTAINER, scoped: None },
     ))
 }
 
@@ -70,8 +73,7 @@ pub fn dockblock_veth(ctx: TcContext) -> i32 {
     // The origin is read again after the parse: carried across it, the
     // "host or not" branch before it made the verifier walk the parse and
     // the judgement twice (over its budget).
-    // SAFETY: as above.
-    let lookup = |_: &_, l4: &_| veth::lookup(ifindex, unsafe { (*skb).ingress_ifindex }, l4);
+    let lookup = veth::VethTable { ifindex, skb };
     // Replies to the container's own UDP flows are found in the container
     // scope, as on the bridge.
     tc_verdict(judge(scope::CONTAINER, u64::from(ctx.len()), &seen, ingress_ifindex == 0, parse, lookup))

@@ -3,7 +3,7 @@
 //! recorded: the map stays small and other traffic pays one array lookup.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use dockblock_common::{port_index, proto, seen, FlowKey};
+use dockblock_common::{port_index, proto, rule_flag, seen, FlowKey};
 
 use crate::{
     maps::{mark_seen, FLOWS, PORT_RULES},
@@ -29,11 +29,12 @@ pub fn track(parsed: Result<Facts, Reject>, scope: u32, blocked: impl FnOnce(u16
     mark_seen(seen::FLOWS);
 }
 
-/// Whether `PORT_RULES` has a rule on UDP `port` in `scope`.
+/// Whether `PORT_RULES` has a rule on UDP `port` in `scope`, or scoped
+/// rules (whichever of them judges the reply, it needs the flow).
 #[inline(always)]
 pub fn port_table_blocks(scope: u32) -> impl FnOnce(u16) -> bool {
     move |port| {
         let index = port_index(config().generation, scope, proto::UDP, port);
-        PORT_RULES.get(index).is_some_and(|rule| rule.rule_id != 0)
+        PORT_RULES.get(index).is_some_and(|rule| rule.rule_id != 0 || rule.flags & rule_flag::SCOPED != 0)
     }
 }

@@ -5,13 +5,14 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use dockblock_common::{
     config_flag, hook_stats_index, net::IPPROTO_TCP, outcome, port_index, proto, rule_flag,
-    seen as seen_slot, AllowKey, Counter, FlowKey, FragKey, PortRule, RuleStats, ALLOW_KEY_RULE_BITS,
+    seen as seen_slot, AllowKey, Counter, FlowKey, FragKey, PortRule, RuleStats, ScopedKey,
+    ALLOW_KEY_RULE_BITS,
 };
 
 use crate::{
     events::{self, Seen},
     frags,
-    maps::{seen, ALLOW, CONFIG, FLOWS, HOOK_STATS, PORT_RULES, RULE_STATS},
+    maps::{seen, ALLOW, CONFIG, FLOWS, HOOK_STATS, PORT_RULES, RULE_STATS, SCOPED_RULES},
     parse::{Facts, Frag, Reject, L4},
 };
 
@@ -31,13 +32,74 @@ pub enum Match {
     Pass(u32),
 }
 
-/// The rule of `scope` in `PORT_RULES` (XDP and bridge TC).
-#[inline(always)]
-pub fn port_table(scope: u32) -> impl FnOnce(&LiveConfig, &L4) -> Match {
-    move |config, l4| match PORT_RULES.get(port_index(config.generation, scope, l4.proto, l4.dport)) {
-        Some(rule) if rule.rule_id != 0 => Match::Rule(*rule),
-        _ => Match::Pass(outcome::PASSED_NO_RULE),
+/// How a hook finds the rule for a packet's port. A trait with an
+/// always-inlined method, not a closure: a closure this size was left a
+/// BPF subprogram, where the verifier lost the parser's facts (the
+/// address family) and refused the address read.
+pub trait Lookup {
+    fn find(self, config: &LiveConfig, facts: &Facts, l4: &L4) -> Match;
+}
+
+/// The rule of `scope` in `PORT_RULES` (XDP and bridge TC). At XDP
+/// (`scoped`, with the ingress ifindex), for a slot flagged `SCOPED`, the
+/// most specific `SCOPED_RULES` entry that matches the packet first
+/// (interface and address, then address, then interface), falling back to
+/// the slot's own rule. The bridge judges no scope (user space compiles
+/// none for it): one more lookup there took its verification, three parses
+/// deep, over the kernel's budget.
+pub struct PortTable {
+    pub scope: u32,
+    pub scoped: Option<u32>,
+}
+
+impl Lookup for PortTable {
+    #[inline(always)]
+    fn find(self, config: &LiveConfig, facts: &Facts, l4: &L4) -> Match {
+        let scope = self.scope;
+        let slot = match PORT_RULES.get(port_index(config.generation, scope, l4.proto, l4.dport)) {
+            Some(slot) => *slot,
+            None => PortRule::default(),
+        };
+        // Every lookup below ends in one value, so the verifier walks the
+        // rest of the judgement once per packet shape, not once per hit.
+        let mut rule = slot;
+        if let Some(ifindex) = self.scoped {
+            if slot.flags & rule_flag::SCOPED != 0 {
+                let found = scoped(config.generation, scope, ifindex, facts, l4);
+                if found.rule_id != 0 {
+                    rule = found;
+                }
+            }
+        }
+        match rule.rule_id {
+            0 => Match::Pass(outcome::PASSED_NO_RULE),
+            _ => Match::Rule(rule),
+        }
     }
+}
+
+/// The most specific `SCOPED_RULES` entry for the packet, or no rule (id 0).
+#[inline(always)]
+fn scoped(generation: u32, scope: u32, ifindex: u32, facts: &Facts, l4: &L4) -> PortRule {
+    let mut key =
+        ScopedKey { generation, scope, proto: l4.proto, port: u32::from(l4.dport), ifindex, addr: [0; 16] };
+    let get = |key: &ScopedKey| match unsafe { SCOPED_RULES.get(key) } {
+        // SAFETY: the value is copied out at once.
+        Some(rule) => *rule,
+        None => PortRule::default(),
+    };
+    key.addr = facts.dst();
+    let mut found = get(&key);
+    if found.rule_id == 0 {
+        key.ifindex = 0;
+        found = get(&key);
+    }
+    if found.rule_id == 0 {
+        key.ifindex = ifindex;
+        key.addr = [0; 16];
+        found = get(&key);
+    }
+    found
 }
 
 /// Judges the packet `parse` reads with the rule `lookup` finds for it,
@@ -53,7 +115,7 @@ pub fn judge(
     seen: &Seen,
     from_host: bool,
     parse: impl FnOnce() -> Result<Facts, Reject>,
-    lookup: impl FnOnce(&LiveConfig, &L4) -> Match,
+    lookup: impl Lookup,
 ) -> Verdict {
     let hook = seen.hook;
     let config = config();
@@ -68,7 +130,7 @@ pub fn judge(
         return judge_later_fragment(&facts, hook, len);
     };
     // Unreviewed: judged as a rule with no id, no flags and no counters.
-    let rule = match lookup(&config, l4) {
+    let rule = match lookup.find(&config, &facts, l4) {
         Match::Rule(rule) => rule,
         Match::Unreviewed => PortRule::default(),
         Match::Pass(outcome) => return finish(hook, outcome, len),

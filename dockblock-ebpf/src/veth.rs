@@ -7,10 +7,12 @@
 
 use dockblock_common::{outcome, proto, rule_flag, veth_flag, PortRule, VethRuleKey, VETH_ANY_PORT};
 
+use aya_ebpf::bindings::__sk_buff;
+
 use crate::{
     maps::{VETHS, VETH_RULES},
-    parse::L4,
-    verdict::Match,
+    parse::{Facts, L4},
+    verdict::{LiveConfig, Lookup, Match},
 };
 
 /// Flags of the veth's `VETHS` entry, if it was reviewed. An entry without
@@ -41,7 +43,7 @@ fn rule(ifindex: u32, flags: u32, proto: u32, port: u16) -> Option<PortRule> {
 /// The verdict's lookup for a packet entering the container behind veth
 /// `ifindex` that came in on `from` (its `ingress_ifindex`).
 #[inline(always)]
-pub fn lookup(ifindex: u32, from: u32, l4: &L4) -> Match {
+fn lookup(ifindex: u32, from: u32, l4: &L4) -> Match {
     let Some(flags) = reviewed(ifindex) else { return Match::Unreviewed };
     let Some(rule) = rule(ifindex, flags, l4.proto, l4.dport) else {
         return Match::Pass(outcome::PASSED_NO_RULE);
@@ -53,6 +55,20 @@ pub fn lookup(ifindex: u32, from: u32, l4: &L4) -> Match {
         return Match::Pass(outcome::PASSED_FROM_CONTAINER);
     }
     Match::Rule(rule)
+}
+
+/// The verdict's lookup at the veth hook of `ifindex`.
+pub struct VethTable {
+    pub ifindex: u32,
+    pub skb: *mut __sk_buff,
+}
+
+impl Lookup for VethTable {
+    #[inline(always)]
+    fn find(self, _: &LiveConfig, _: &Facts, l4: &L4) -> Match {
+        // SAFETY: the context's valid __sk_buff.
+        lookup(self.ifindex, unsafe { (*self.skb).ingress_ifindex }, l4)
+    }
 }
 
 /// Whether replies to UDP source `port` of the container behind `ifindex`

@@ -123,6 +123,24 @@ impl Datapath {
         }
     }
 
+    /// Runs the XDP program on `frame` as if it came in on `ingress`.
+    pub fn xdp_on(&mut self, frame: &[u8], ingress: u32) -> Verdict {
+        match self.try_xdp_on(frame, ingress).expect("BPF_PROG_TEST_RUN") {
+            XDP_PASS => Verdict::Pass,
+            XDP_DROP => Verdict::Drop,
+            other => panic!("unexpected XDP return {other}"),
+        }
+    }
+
+    /// Runs the bridge TC program on `frame` forwarded from `ingress`.
+    pub fn tc_on(&mut self, frame: &[u8], ingress: u32) -> Verdict {
+        match self.try_tc_on(frame, ingress).expect("BPF_PROG_TEST_RUN") {
+            TC_NEXT => Verdict::Pass,
+            TC_SHOT => Verdict::Drop,
+            other => panic!("unexpected TC return {other}"),
+        }
+    }
+
     /// Runs the bridge TC program (container ports) on a forwarded `frame`.
     pub fn tc(&mut self, frame: &[u8]) -> Verdict {
         self.tc_from(frame, From::Outside)
@@ -329,6 +347,23 @@ impl Datapath {
     pub fn try_xdp(&mut self, frame: &[u8]) -> Result<u32, aya::programs::ProgramError> {
         let prog = loader::xdp_program(&mut self.ebpf).unwrap();
         prog.test_run(options(frame)).map(|r| r.return_value)
+    }
+
+    /// `try_xdp` as if `frame` came in on interface `ingress` (it must exist
+    /// in this network namespace).
+    pub fn try_xdp_on(&mut self, frame: &[u8], ingress: u32) -> Result<u32, aya::programs::ProgramError> {
+        let ctx = dockblock_agent::explain::xdp_ctx(frame.len(), ingress);
+        let opts = TestRunOptions { ctx_in: Some(&ctx), ..options(frame) };
+        let prog = loader::xdp_program(&mut self.ebpf).unwrap();
+        prog.test_run(opts).map(|r| r.return_value)
+    }
+
+    /// `try_tc` of a packet forwarded from interface `ingress` (0: the host).
+    pub fn try_tc_on(&mut self, frame: &[u8], ingress: u32) -> Result<u32, aya::programs::ProgramError> {
+        let ctx = skb_ctx_at(0, ingress);
+        let opts = TestRunOptions { ctx_in: Some(&ctx), ..options(frame) };
+        let prog = loader::tc_program(&mut self.ebpf, program_names::BRIDGE_TC).unwrap();
+        prog.test_run(opts).map(|r| r.return_value)
     }
 
     /// The bridge TC program's return value on `frame`, or the error.

@@ -27,6 +27,7 @@ use dockblock_agent::{
     ports::PortSpec,
     rulefile::parse_net,
     rules::{RuleOptions, RuleSpec, Scope},
+    scoping::Scoping,
     store::open_pinned,
 };
 use dockblock_common::{
@@ -34,7 +35,7 @@ use dockblock_common::{
     FlowKey, FragSlot, PortRule, RuleStats, VethRuleKey, VethState, VETH_ANY_PORT,
 };
 use dockblock_tests::{
-    datapath::{Datapath, From, TC_NEXT, TC_SHOT, VETH, XDP_DROP, XDP_PASS},
+    datapath::{Datapath, TC_NEXT, TC_SHOT, VETH, XDP_DROP, XDP_PASS},
     packet::*,
 };
 use proptest::{
@@ -122,15 +123,34 @@ fn port_range() -> impl Strategy<Value = (u16, u16)> {
     ]
 }
 
+/// `--on`/`--to` of a rule: test packets come in on `lo` (1), so `lo`
+/// matches and a name no interface has never does; `--to` one of the
+/// frames' destinations (never 0.0.0.0, which is no host address).
+fn scoping() -> impl Strategy<Value = Scoping> {
+    let on = prop_oneof![4 => Just(vec![]), 1 => Just(vec!["lo"]), 1 => Just(vec!["dbt-sc-fz0"])];
+    let to = prop_oneof![
+        4 => Just(vec![]),
+        1 => prop::sample::select(V4[..5].to_vec()).prop_map(|a| vec![a]),
+        1 => prop::sample::select(V6[..4].to_vec()).prop_map(|a| vec![a]),
+    ];
+    (on, to).prop_map(|(on, to)| {
+        let strings = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
+        Scoping::parse(&strings(on), &strings(to)).unwrap()
+    })
+}
+
 fn rule() -> impl Strategy<Value = RuleSpec> {
     let allow = prop_oneof![3 => Just(vec![]), 2 => prop::collection::vec(net(), 1..4)];
-    (any::<bool>(), port_range(), 1u32..=3, allow, prop::bool::weighted(0.2), prop::bool::weighted(0.1))
-        .prop_map(|(container, (lo, hi), protos, allow, dry_run, log)| RuleSpec {
+    let flags = (prop::bool::weighted(0.2), prop::bool::weighted(0.1));
+    (any::<bool>(), port_range(), 1u32..=3, allow, flags, scoping()).prop_map(
+        |(container, (lo, hi), protos, allow, (dry_run, log), scoping)| RuleSpec {
             scope: if container { Scope::Container } else { Scope::Dialed },
             ports: PortSpec { lo, hi, protos },
-            options: RuleOptions::new(allow.iter().map(|n| parse_net(n).unwrap()), dry_run, log),
+            options: RuleOptions::new(allow.iter().map(|n| parse_net(n).unwrap()), dry_run, log)
+                .with_scoping(scoping),
             target: Default::default(),
-        })
+        },
+    )
 }
 
 fn flow() -> impl Strategy<Value = FlowKey> {
@@ -155,8 +175,8 @@ fn case() -> impl Strategy<Value = Case> {
 /// host sends from the host (0), others from the peer or from outside.
 fn at(hook: u32, from_host: bool, index: usize) -> At {
     match hook {
-        hook::XDP => At::Xdp,
-        hook::TC => At::Bridge { from_host },
+        hook::XDP => At::Xdp { ingress: 1 },
+        hook::TC => At::Bridge { from_host, ingress: u32::from(!from_host) },
         _ => {
             let from = if from_host {
                 0
@@ -529,16 +549,14 @@ impl Harness {
 
     fn run(&mut self, at: At, frame: &[u8]) -> Kernel {
         let result = match at {
-            At::Xdp => self.dp.try_xdp(frame),
-            At::Bridge { from_host } => {
-                self.dp.try_tc(frame, if from_host { From::Host } else { From::Outside })
-            }
+            At::Xdp { ingress } => self.dp.try_xdp_on(frame, ingress),
+            At::Bridge { ingress, .. } => self.dp.try_tc_on(frame, ingress),
             At::Veth { ifindex, from } => self.dp.try_veth(frame, ifindex, from),
         };
         match (at, result) {
             (_, Err(_)) => Kernel::Refused,
-            (At::Xdp, Ok(XDP_PASS)) => Kernel::Pass,
-            (At::Xdp, Ok(XDP_DROP)) => Kernel::Drop,
+            (At::Xdp { .. }, Ok(XDP_PASS)) => Kernel::Pass,
+            (At::Xdp { .. }, Ok(XDP_DROP)) => Kernel::Drop,
             (At::Bridge { .. } | At::Veth { .. }, Ok(TC_NEXT)) => Kernel::Pass,
             (At::Bridge { .. } | At::Veth { .. }, Ok(TC_SHOT)) => Kernel::Drop,
             (_, Ok(other)) => Kernel::Returned(other),

@@ -20,7 +20,10 @@ pub fn run(pins: &PinDir, args: BlockArgs) -> Result<()> {
         });
     }
     let allow = args.allow_from.iter().map(|v| parse_net(v)).collect::<Result<Vec<_>>>()?;
-    let options = RuleOptions::new(allow, args.dry_run, args.log).with_from_containers(args.from_containers);
+    let scoping = args.ports.scoping(true)?;
+    let options = RuleOptions::new(allow, args.dry_run, args.log)
+        .with_from_containers(args.from_containers)
+        .with_scoping(scoping);
     let target = Target { selector, action: Action::Block };
     let specs = targeted::specs(scope, &ports, &options, &target);
     super::config::check_failsafe(&specs, args.force)?;

@@ -17,6 +17,9 @@ pub fn run(pins: &PinDir, args: ExplainArgs) -> Result<()> {
     require_root()?;
     let mut query =
         Query::parse(&args.proto, &args.src, &args.dst, args.flags.as_deref(), &args.vlan, args.from_host)?;
+    if let Some(name) = &args.on {
+        query = query.on(name)?;
+    }
     if let Some(ifindex) = args.veth {
         query = query.at_veth(ifindex, args.from_ifindex)?;
     }

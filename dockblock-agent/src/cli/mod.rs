@@ -198,6 +198,10 @@ struct ExplainArgs {
     /// For tc and veth: the host itself sent the packet.
     #[arg(long)]
     from_host: bool,
+    /// The interface the packet came in on (for rules with --on; default an
+    /// outside one, index 1).
+    #[arg(long, value_name = "IFACE")]
+    on: Option<String>,
     #[command(flatten)]
     json: JsonArg,
 }
@@ -399,6 +403,15 @@ struct PortArgs {
     container_port: bool,
     #[command(flatten)]
     selector: SelectorArgs,
+    /// Only packets that came in on this interface (as iptables -i); repeat
+    /// for more. The interface must exist.
+    #[arg(long, value_name = "IFACE")]
+    on: Vec<String>,
+    /// Only packets addressed to this host address (as iptables -d), IPv4 or
+    /// IPv6; repeat for more. Judged where the dialed address is seen (the
+    /// uplink); elsewhere the rule applies to every address.
+    #[arg(long, value_name = "ADDR")]
+    to: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -42,6 +42,10 @@ pub struct RuleJson {
     pub target: Selector,
     pub action: Action,
     pub from_containers: bool,
+    /// `--on`: the ingress interfaces the rule applies to ([] for all).
+    pub on: Vec<String>,
+    /// `--to`: the host addresses the rule applies to ([] for all).
+    pub to: Vec<String>,
     /// The rule a derived rule was made from.
     pub derived_from: Option<u32>,
     /// What the rule covers now (`list --json` with an engine), else null.
@@ -73,6 +77,8 @@ impl From<&RuleWithStats> for RuleJson {
             target: r.rule.target.selector.clone(),
             action: r.rule.target.action,
             from_containers: options.from_containers,
+            on: options.scoping.on.clone(),
+            to: options.scoping.to.iter().map(|a| a.to_string()).collect(),
             derived_from: match r.rule.target.selector {
                 Selector::Derived { parent } => Some(parent),
                 _ => None,
@@ -98,6 +104,10 @@ pub fn describe_options(options: &RuleOptions) -> String {
 
 fn option_parts(options: &RuleOptions) -> Vec<String> {
     let mut parts = Vec::new();
+    let scoping = options.scoping.to_string();
+    if !scoping.is_empty() {
+        parts.push(scoping.trim_start().to_string());
+    }
     if !options.allow_from.is_empty() {
         let nets: Vec<String> = options.allow_from.iter().map(|n| n.to_string()).collect();
         parts.push(format!("allow {}", nets.join(",")));

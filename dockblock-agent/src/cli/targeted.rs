@@ -9,6 +9,7 @@ use dockblock_agent::{
     reconcile::{self, Applied, EngineView},
     require_root,
     rules::{RuleOptions, RuleSpec, Scope},
+    scoping::Scoping,
     store,
     target::{too_wide, Selector, Target, MAX_RANGE},
     Error, Result,
@@ -66,6 +67,19 @@ impl PortArgs {
         }
         let specs = if specs.is_empty() { vec![PortSpec::EVERY] } else { specs };
         Ok((selector, Scope::Container, specs))
+    }
+}
+
+impl PortArgs {
+    /// `--on`/`--to`, checked (syntax; that the interfaces exist only when
+    /// `existing`: a rule on an interface that went away can still be
+    /// removed).
+    pub(super) fn scoping(&self, existing: bool) -> Result<Scoping> {
+        let scoping = Scoping::parse(&self.on, &self.to)?;
+        if existing {
+            scoping.check_interfaces()?;
+        }
+        Ok(scoping)
     }
 }
 
@@ -141,16 +155,18 @@ pub(super) fn remove(
     pins: &PinDir,
     target: &Target,
     scope: Scope,
+    scoping: &Scoping,
     ports: &[PortSpec],
     done: &str,
 ) -> Result<()> {
     require_root()?;
     let view = view(target)?;
-    let applied =
-        reconcile::reconcile(pins, view.as_ref(), |d| store::unblock_specs(d, target, scope, ports))?;
+    let applied = reconcile::reconcile(pins, view.as_ref(), |d| {
+        store::unblock_specs(d, target, scope, scoping, ports)
+    })?;
     for spec in ports {
         let spec = RuleSpec { target: target.clone(), ..RuleSpec::plain(scope, *spec) };
-        println!("{done} {}", describe(&spec));
+        println!("{done} {}{scoping}", describe(&spec));
     }
     report(pins, target, &applied);
     Ok(())

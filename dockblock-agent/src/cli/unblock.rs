@@ -10,6 +10,7 @@ use super::{targeted, PortArgs};
 /// rules); `NotBlocked` when no such rule covers one of them.
 pub fn run(pins: &PinDir, args: PortArgs) -> Result<()> {
     let (selector, scope, ports) = args.resolve()?;
+    let scoping = args.scoping(false)?;
     let target = Target { selector, action: Action::Block };
-    targeted::remove(pins, &target, scope, &ports, "unblocked")
+    targeted::remove(pins, &target, scope, &scoping, &ports, "unblocked")
 }
