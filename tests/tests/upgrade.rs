@@ -224,38 +224,35 @@ fn this_release(t: &Topology) -> Cli {
     Cli::new(t.agent.bin(), t.agent.pin_dir())
 }
 
-/// SIGTERM, then a new start: no window, rules and counters kept.
-#[test]
-fn a_restart_opens_no_window() {
-    let mut t = Topology::with_daemon("upr", 184);
+/// The daemon stopped by `stop` and started again over its pins, while the
+/// probes run: no window, rules and counters kept.
+fn restart_opens_no_window(tag: &str, subnet: u8, port: u16, what: &str, stop: fn(&mut Topology)) {
+    let mut t = Topology::with_daemon(tag, subnet);
     let cli = this_release(&t);
-    let s = ready(&t, "upr", 21220, &cli);
+    let s = ready(&t, tag, port, &cli);
     let probes = Probes::start(&t, &s, Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(1));
     let before = Before::read(&cli);
-    t.stop_daemon();
+    stop(&mut t);
     std::thread::sleep(Duration::from_secs(1));
     t.start_daemon();
     std::thread::sleep(Duration::from_secs(1));
-    probes.finish(&t, "SIGTERM and start");
-    before.check(&t, "SIGTERM and start");
+    probes.finish(&t, what);
+    before.check(&t, what);
 }
 
-/// SIGKILL (nothing runs on exit), then a new start: the same.
+/// SIGTERM, then a new start.
+#[test]
+fn a_restart_opens_no_window() {
+    restart_opens_no_window("upr", 184, 21220, "SIGTERM and start", |t| {
+        t.stop_daemon();
+    });
+}
+
+/// SIGKILL (nothing runs on exit), then a new start.
 #[test]
 fn a_kill_and_start_opens_no_window() {
-    let mut t = Topology::with_daemon("upk", 186);
-    let cli = this_release(&t);
-    let s = ready(&t, "upk", 21245, &cli);
-    let probes = Probes::start(&t, &s, Duration::from_secs(120));
-    std::thread::sleep(Duration::from_secs(1));
-    let before = Before::read(&cli);
-    t.kill_daemon();
-    std::thread::sleep(Duration::from_secs(1));
-    t.start_daemon();
-    std::thread::sleep(Duration::from_secs(1));
-    probes.finish(&t, "SIGKILL and start");
-    before.check(&t, "SIGKILL and start");
+    restart_opens_no_window("upk", 186, 21245, "SIGKILL and start", Topology::kill_daemon);
 }
 
 /// The previous release's daemon attaches and its CLI adds the rules;
