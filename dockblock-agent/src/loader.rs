@@ -36,7 +36,7 @@ use crate::{
     teardown, EBPF_OBJECT,
 };
 
-pub use hooks::{attach_bridge, detach_bridge, detach_veth, gc_links, VethHooks};
+pub use hooks::{detach_bridge, detach_veth, gc_links, DockerHooks};
 
 /// How to attach XDP on an uplink.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -259,6 +259,13 @@ pub fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedCla
 /// links under `pins`. Safe to run again: live links get the new program in
 /// place, rules are kept.
 pub fn attach(pins: &PinDir, req: &AttachRequest) -> Result<Vec<Attached>> {
+    attach_keep(pins, req).map(|(done, _)| done)
+}
+
+/// [`attach`], returning the object it loaded too: the daemon attaches its
+/// veth and bridge programs from it ([`DockerHooks::from_object`]) instead of
+/// loading (and verifying) the object again.
+pub fn attach_keep(pins: &PinDir, req: &AttachRequest) -> Result<(Vec<Attached>, Ebpf)> {
     // Check every name before changing anything.
     for name in &req.uplinks {
         check_interface(name, "")?;
@@ -283,7 +290,7 @@ pub fn attach(pins: &PinDir, req: &AttachRequest) -> Result<Vec<Attached>> {
     result
 }
 
-fn attach_locked(pins: &PinDir, req: &AttachRequest, existed: bool) -> Result<Vec<Attached>> {
+fn attach_locked(pins: &PinDir, req: &AttachRequest, existed: bool) -> Result<(Vec<Attached>, Ebpf)> {
     if existed {
         check_capacities(pins, &req.capacities)?;
     }
@@ -304,7 +311,7 @@ fn attach_locked(pins: &PinDir, req: &AttachRequest, existed: bool) -> Result<Ve
         done.push(attach_tc(&mut ebpf, pins, name, LinkKind::TcEgress)?);
         done.push(attach_tc(&mut ebpf, pins, name, LinkKind::TrackBridge)?);
     }
-    Ok(done)
+    Ok((done, ebpf))
 }
 
 fn apply_settings(store: &mut RuleStore, settings: &Settings) -> Result<()> {

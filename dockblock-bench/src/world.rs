@@ -80,6 +80,11 @@ pub fn detach_agent() {
     agent().detach_and_remove();
 }
 
+/// The agent's pins gone as after a reboot; its saved rule set kept.
+pub fn reboot_agent() {
+    agent().detach_keep_state();
+}
+
 pub struct Topology {
     pub host_mac: String,
     pub ns_mac: String,

@@ -34,12 +34,18 @@ pub fn output(bin: &Path, pin_dir: &str, limit: Duration, args: &[&str]) -> Resu
 /// Detaches whatever the agent has under `pin_dir` and removes the folder
 /// and its state dir, best effort: state a crashed run left behind goes too.
 pub fn detach_and_remove(bin: &Path, pin_dir: &str) {
+    detach_keep_state(bin, pin_dir);
+    let _ = std::fs::remove_dir_all(state_dir(pin_dir));
+}
+
+/// What a reboot leaves: every link, map and pin gone, the saved rule set
+/// (the state folder) kept.
+pub fn detach_keep_state(bin: &Path, pin_dir: &str) {
     if Path::new(pin_dir).exists() {
         let _ = output(bin, pin_dir, Duration::from_secs(30), &["detach"]);
         // Unpinning drops the last reference to any link detach left behind.
         let _ = std::fs::remove_dir_all(pin_dir);
     }
-    let _ = std::fs::remove_dir_all(state_dir(pin_dir));
 }
 
 /// An agent binary and its pin folder, for callers that handle errors
@@ -81,5 +87,9 @@ impl Cli {
 
     pub fn detach_and_remove(&self) {
         detach_and_remove(&self.bin, &self.pin_dir);
+    }
+
+    pub fn detach_keep_state(&self) {
+        detach_keep_state(&self.bin, &self.pin_dir);
     }
 }

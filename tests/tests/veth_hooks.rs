@@ -2,7 +2,7 @@
 //! with two "container" namespaces on veths (the host ends enslaved and left
 //! down, as Docker leaves them until the peer is in its namespace), and an
 //! "outside" namespace routed through the host to them. The hooks are
-//! attached by `loader::VethHooks`, the table written by `vethtable::sync`,
+//! attached by `loader::DockerHooks`, the table written by `vethtable::sync`,
 //! as the daemon does; the verdicts are read from real TCP connects and the
 //! kernel's per-hook counters.
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use dockblock_agent::{
     link_info,
-    loader::{self, AttachRequest, Capacities, VethHooks},
+    loader::{self, AttachRequest, Capacities, DockerHooks},
     paths::{LinkKind, PinDir},
     store::RuleStore,
     vethtable::{self, VethPlan},
@@ -175,13 +175,13 @@ fn veth_hooks_close_unreviewed_veths_and_judge_their_rules() {
     let agent = Agent::new("veth-hooks");
     let pins = PinDir::new(agent.pin_dir());
     attach_maps(&pins, Capacities::default());
-    let bridge_links = loader::attach_bridge(&pins, BRIDGE).unwrap();
+    let hooks = DockerHooks::load(&pins).unwrap();
+    let bridge_links = hooks.attach_bridge(BRIDGE).unwrap();
     assert_eq!(
         bridge_links.iter().map(|a| a.kind).collect::<Vec<_>>(),
         [LinkKind::TcEgress, LinkKind::TrackBridge]
     );
 
-    let hooks = VethHooks::load(&pins).unwrap();
     // Down and enslaved, as Docker leaves a new veth.
     for c in [&c1, &c2] {
         let done = hooks.attach(&c.host_if).unwrap();
@@ -260,7 +260,7 @@ fn veth_hooks_close_unreviewed_veths_and_judge_their_rules() {
     let first = link_info::read(&judge).unwrap();
     assert!(hooks.attach(&c1.host_if).unwrap().iter().all(|a| a.replaced));
     assert_eq!(link_info::read(&judge).unwrap(), first, "re-attach with the same program changed the link");
-    let again = VethHooks::load(&pins).unwrap();
+    let again = DockerHooks::load(&pins).unwrap();
     assert!(again.attach(&c1.host_if).unwrap().iter().all(|a| a.replaced));
     let now = link_info::read(&judge).unwrap();
     assert_eq!((now.link_id, now.ifindex), (first.link_id, first.ifindex), "same link");
@@ -304,7 +304,7 @@ fn veth_attach_is_fast_and_takes_no_lock() {
     let agent = Agent::new("veth-fast");
     let pins = PinDir::new(agent.pin_dir());
     attach_maps(&pins, Capacities::default());
-    let hooks = VethHooks::load(&pins).unwrap();
+    let hooks = DockerHooks::load(&pins).unwrap();
     let pairs: Vec<VethPair> =
         (0..12).map(|i| VethPair::create(&format!("dbvf{i}"), &format!("dbvg{i}")).unwrap()).collect();
     // A CLI commit holding the pin folder lock does not hold the fast path.

@@ -5,17 +5,17 @@ use crate::{
     docker::snapshot::{Snapshot, VethOwner},
     error::Result,
     link_info,
-    loader::{self, VethHooks},
+    loader::{self, DockerHooks},
     paths::{LinkKind, PinDir},
     reconcile::{self, EngineView},
 };
 
-/// The veth programs, loaded once; attach/detach log what they did.
-pub(super) struct Hooks(VethHooks);
+/// The veth and bridge programs, loaded once (by the start's attach).
+pub(super) struct Hooks(DockerHooks);
 
 impl Hooks {
-    pub fn load(pins: &PinDir) -> Result<Hooks> {
-        VethHooks::load(pins).map(Hooks)
+    pub fn new(hooks: DockerHooks) -> Hooks {
+        Hooks(hooks)
     }
 
     /// Both veth links on `ifname` (kept when live).
@@ -43,6 +43,7 @@ fn bridge_hooked(pins: &PinDir, bridge: &str) -> bool {
 /// returns the problems to report (bad labels among them).
 pub(super) fn sync(
     pins: &PinDir,
+    hooks: &Hooks,
     bridges: &[String],
     s: Snapshot,
     veths: Vec<VethOwner>,
@@ -51,7 +52,7 @@ pub(super) fn sync(
 ) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for bridge in bridges.iter().filter(|b| !bridge_hooked(pins, b)) {
-        match loader::attach_bridge(pins, bridge) {
+        match hooks.0.attach_bridge(bridge) {
             Ok(done) => {
                 for a in done {
                     tracing::info!(bridge = %a.interface, kind = a.kind.label(), "bridge hook attached");

@@ -122,13 +122,13 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
         settings: opts.settings,
     };
     let p = pins.clone();
-    let attached = tokio::task::spawn_blocking(move || start::start_state(&p, &req, saved))
+    let (attached, hooks) = tokio::task::spawn_blocking(move || start::start_state(&p, &req, saved))
         .await
         .expect("start panicked")?;
     for a in &attached {
         tracing::info!(interface = %a.interface, kind = a.kind.label(), replaced = a.replaced, "hook attached");
     }
-    let hooks = kernel::Hooks::load(&pins)?;
+    let hooks = Arc::new(kernel::Hooks::new(hooks));
     // Loading the object is the daemon's peak of heap (ELF, BTF, verifier
     // logs); glibc keeps freed pages mapped unless asked to return them.
     // SAFETY: malloc_trim only releases free heap memory.
@@ -205,7 +205,7 @@ struct Pending {
 struct Daemon {
     pins: PinDir,
     hooks: Mutex<hooks::Links>,
-    kernel_hooks: kernel::Hooks,
+    kernel_hooks: Arc<kernel::Hooks>,
     /// Names of the Docker bridges in the last snapshot.
     bridges: Mutex<BTreeSet<String>>,
     pending: Mutex<Pending>,
@@ -230,7 +230,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Daemon {
     fn new(
         pins: PinDir,
-        kernel_hooks: kernel::Hooks,
+        kernel_hooks: Arc<kernel::Hooks>,
         since: String,
         desired: reload::Desired,
         bridges: BTreeSet<String>,

@@ -5,14 +5,15 @@ use std::collections::BTreeSet;
 
 use crate::{
     error::Result,
-    loader::{self, AttachRequest, Attached},
+    loader::{self, AttachRequest, Attached, DockerHooks},
     paths::PinDir,
     saved,
 };
 
 /// Brings the kernel to the saved state plus the config's rule files and
 /// attaches `req`'s hooks; `start` was read (and checked) before anything
-/// changed.
+/// changed. Returns the loaded object too: the veth and bridge programs
+/// are attached from it, the verifier runs once per start.
 /// - New pins (a reboot): maps first (no program loaded yet: the verifier
 ///   runs once, in the attach), the saved rules in them, then the hooks, so
 ///   no packet is judged by empty maps. A failure removes what was made:
@@ -20,15 +21,20 @@ use crate::{
 /// - Pins there: they are the newest and win; the hooks are attached over
 ///   them first (the maps checked), then the rule files, and the state file
 ///   is rewritten if it differs.
-pub(super) fn start_state(pins: &PinDir, req: &AttachRequest, start: saved::Start) -> Result<Vec<Attached>> {
+pub(super) fn start_state(
+    pins: &PinDir,
+    req: &AttachRequest,
+    start: saved::Start,
+) -> Result<(Vec<Attached>, DockerHooks)> {
+    let hooks = |(attached, ebpf)| DockerHooks::from_object(pins, ebpf).map(|h| (attached, h));
     if !start.fresh() {
-        let attached = loader::attach(pins, req)?;
+        let attached = loader::attach_keep(pins, req).and_then(hooks)?;
         log(saved::start(pins, start)?);
         return Ok(attached);
     }
     let result = loader::create_maps(pins, &req.capacities).and_then(|()| {
         log(saved::start(pins, start)?);
-        loader::attach(pins, req)
+        loader::attach_keep(pins, req).and_then(hooks)
     });
     if result.is_err() && pins.is_attached() {
         // Links made here are pinned only in the folder; with it they go.

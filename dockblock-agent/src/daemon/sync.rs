@@ -113,8 +113,9 @@ impl Daemon {
         let pins = self.pins.clone();
         let snapshot = snapshot.clone();
         let (failsafe, policy) = self.take_config();
+        let hooks = self.kernel_hooks.clone();
         let problems = tokio::task::spawn_blocking(move || {
-            kernel::sync(&pins, &present, snapshot, veths, failsafe, policy)
+            kernel::sync(&pins, &hooks, &present, snapshot, veths, failsafe, policy)
         })
         .await
         .expect("sync panicked")

@@ -4,8 +4,10 @@
 //! bridges of user-defined networks, and the unpinning of links whose
 //! interface is gone.
 //!
-//! The veth programs are loaded once per process ([`VethHooks::load`]: one
-//! verifier run) and kept: attaching them to a veth is then two
+//! The programs are loaded once per process and kept: the daemon takes the
+//! object its uplinks' attach loaded ([`DockerHooks::from_object`]; no
+//! second verifier run), tests load their own ([`DockerHooks::load`]).
+//! Attaching them to a veth is then two
 //! `bpf_link_create` and two pins, ~0.2 ms of work, but the kernel makes
 //! each TCX link create wait for an RCU grace period (`tcx_entry_sync`,
 //! under rtnl): ~12-15 ms each on a 2-CPU VM, well inside the ~265 ms
@@ -31,8 +33,9 @@ use crate::{
     teardown,
 };
 
-/// The veth programs, loaded against the pinned maps, ready to attach.
-pub struct VethHooks {
+/// The veth and bridge programs, loaded against the pinned maps, ready to
+/// attach.
+pub struct DockerHooks {
     pins: PinDir,
     /// aya attaches through `&mut`; held for the syscalls of one attach.
     ebpf: Mutex<Ebpf>,
@@ -41,19 +44,23 @@ pub struct VethHooks {
     track_id: u32,
 }
 
-impl VethHooks {
-    /// Loads `dockblock_veth` and `dockblock_track_veth` (a verifier run
-    /// each) against the maps pinned under `pins`; `NotAttached` unless
-    /// `attach` created them.
-    pub fn load(pins: &PinDir) -> Result<VethHooks> {
-        let mut ebpf = load_pinned(pins, &[program_names::VETH_TC, program_names::VETH_TRACK])?;
+impl DockerHooks {
+    /// Loads the veth and bridge programs (a verifier run each) against the
+    /// maps pinned under `pins`; `NotAttached` unless `attach` created them.
+    pub fn load(pins: &PinDir) -> Result<DockerHooks> {
+        DockerHooks::from_object(pins, load_pinned(pins, &DOCKER_PROGRAMS)?)
+    }
+
+    /// Takes `ebpf`, an object whose programs are loaded against the maps
+    /// pinned under `pins` (what [`super::attach_keep`] returns).
+    pub fn from_object(pins: &PinDir, mut ebpf: Ebpf) -> Result<DockerHooks> {
         let mut id = |name: &str| -> Result<u32> {
             let info =
                 tc_program(&mut ebpf, name)?.info().map_err(|e| Error::bpf(format!("{name} info"), e))?;
             Ok(info.id())
         };
         let (judge_id, track_id) = (id(program_names::VETH_TC)?, id(program_names::VETH_TRACK)?);
-        Ok(VethHooks { pins: pins.clone(), ebpf: Mutex::new(ebpf), judge_id, track_id })
+        Ok(DockerHooks { pins: pins.clone(), ebpf: Mutex::new(ebpf), judge_id, track_id })
     }
 
     /// Hooks veth `ifname`: the judge (TCX egress) first, so the veth is
@@ -116,10 +123,24 @@ impl VethHooks {
     pub fn detach(&self, ifname: &str) -> Result<Vec<LinkPin>> {
         detach_veth(&self.pins, ifname)
     }
+
+    /// Attaches the bridge programs to bridge `name` as `attach --bridge`
+    /// does (judge at TCX egress, tracker at ingress; live links get them
+    /// in place). Takes the pin folder lock (finishing a killed change
+    /// first): never called under another lock of the same folder.
+    pub fn attach_bridge(&self, name: &str) -> Result<Vec<Attached>> {
+        check_interface(name, "")?;
+        let _change = teardown::begin_change(&self.pins)?;
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(vec![
+            attach_tc(&mut ebpf, &self.pins, name, LinkKind::TcEgress)?,
+            attach_tc(&mut ebpf, &self.pins, name, LinkKind::TrackBridge)?,
+        ])
+    }
 }
 
 /// Unpins the veth hooks of `ifname` (judge first), if any; no lock, for
-/// the same reason as [`VethHooks::attach`].
+/// the same reason as [`DockerHooks::attach`].
 pub fn detach_veth(pins: &PinDir, ifname: &str) -> Result<Vec<LinkPin>> {
     let links = [LinkKind::VethJudge, LinkKind::VethTrack]
         .map(|kind| LinkPin { kind, interface: ifname.into(), path: pins.link(kind, ifname) })
@@ -127,21 +148,6 @@ pub fn detach_veth(pins: &PinDir, ifname: &str) -> Result<Vec<LinkPin>> {
         .filter(|l| l.path.exists())
         .collect();
     teardown::unpin_links(links)
-}
-
-/// Attaches the bridge programs to bridge `name` as `attach --bridge` does
-/// (judge at TCX egress, tracker at ingress; live links get them in place).
-/// Takes the pin folder lock (finishing a killed change first) and loads
-/// the two programs (a verifier run): the daemon's slow path, never called
-/// under another lock of the same folder.
-pub fn attach_bridge(pins: &PinDir, name: &str) -> Result<Vec<Attached>> {
-    check_interface(name, "")?;
-    let _change = teardown::begin_change(pins)?;
-    let mut ebpf = load_pinned(pins, &[program_names::BRIDGE_TC, program_names::BRIDGE_TRACK])?;
-    Ok(vec![
-        attach_tc(&mut ebpf, pins, name, LinkKind::TcEgress)?,
-        attach_tc(&mut ebpf, pins, name, LinkKind::TrackBridge)?,
-    ])
 }
 
 /// Detaches bridge `name` (the journaled detach of one interface).
@@ -179,8 +185,16 @@ fn load_pinned(pins: &PinDir, programs: &[&str]) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-// The daemon shares one `VethHooks` between its tasks.
+/// What the daemon attaches as Docker's interfaces come and go.
+const DOCKER_PROGRAMS: [&str; 4] = [
+    program_names::VETH_TC,
+    program_names::VETH_TRACK,
+    program_names::BRIDGE_TC,
+    program_names::BRIDGE_TRACK,
+];
+
+// The daemon shares one `DockerHooks` between its tasks.
 const _: fn() = || {
     fn shared<T: Send + Sync>() {}
-    shared::<VethHooks>();
+    shared::<DockerHooks>();
 };

@@ -14,7 +14,9 @@
 //!    same throughput and flood through its hooks and derived XDP rule;
 //!    then `docker run` to the rule in force (start.rs) and the churn
 //!    (churn.rs), the daemon's CPU and memory measured over it;
-//! 3. the daemon stopped and detached, the no-daemon throughput again (so
+//! 3. the bridge and veth hooks against none, in interleaved pairs
+//!    ([`hooks_against_none`]); the daemon as a service (service.rs);
+//! 4. the daemon stopped and detached, the no-daemon throughput again (so
 //!    the comparison brackets the daemon's).
 //!
 //! Everything it makes is named `dockblock-bench-*` and labelled
@@ -332,12 +334,6 @@ fn measure(ctx: &Ctx, out: &mut Value, tput: &mut Vec<Value>, floods: &mut Vec<V
             log_flood(ctx, &s);
             floods.push(s);
         }
-        // The per-container hook on its own: XDP on a veth uplink makes the
-        // veth pair give up GRO/TSO batching (a cost of the test uplink,
-        // not of a NIC's driver), so the uplink is detached for these runs
-        // and the bridge and veth hooks stay.
-        agent_ok(&["detach", HOST_IF])?;
-        throughput_runs(ctx, &plan, "veth", "during", tput)?;
         agent_ok(&["unblock", "--container", CONTAINER, &port])?;
 
         ctx.log("docker: docker run -> rule in force");
@@ -357,6 +353,11 @@ fn measure(ctx: &Ctx, out: &mut Value, tput: &mut Vec<Value>, floods: &mut Vec<V
     if let Err(e) = result {
         return Err(e.context(format!("daemon log:\n{log_tail}")));
     }
+
+    ctx.log("docker: the bridge and veth hooks against none, interleaved");
+    let r = hooks_against_none(ctx, &plan, tput);
+    world::detach_agent();
+    r?;
 
     ctx.log("docker: the daemon as a service (restart, cold start)");
     let r = service::run(ctx, &plan);
@@ -389,6 +390,48 @@ fn throughput_runs(ctx: &Ctx, plan: &Plan, hooks: &str, phase: &str, out: &mut V
         let g = datapath::throughput(plan.throughput_secs)?;
         ctx.log(&format!("throughput {hooks:<6} ({phase}) {i}/{}: {g:.2} Gbit/s", plan.throughput_runs));
         out.push(json!({ "hooks": hooks, "phase": phase, "run": i, "gbps": g }));
+    }
+    Ok(())
+}
+
+/// Allowed throughput with the daemon's bridge and veth hooks against none,
+/// in interleaved pairs (V N, N V, V N, ...): the machine drifts between
+/// distant phases by more than the hooks cost. No uplink: XDP on a veth
+/// uplink makes the veth pair give up GRO/TSO batching (a cost of the test
+/// uplink, not of a NIC's driver). The daemon hooks the container's veth
+/// with a rule on another of its ports, and stops (SIGTERM: hooks and rule
+/// stay in the kernel); "none" is the same with every link pin removed (no
+/// program attached anywhere), and the next start hooks it all again.
+fn hooks_against_none(ctx: &Ctx, plan: &Plan, out: &mut Vec<Value>) -> Result<()> {
+    let port = format!("{}/tcp", world::BLOCKED_CPORT);
+    let links = Path::new(PIN_DIR).join("links");
+    let mut hooked = false;
+    for k in 0..2 * plan.throughput_runs {
+        ctx.check_stop()?;
+        let want = matches!(k % 4, 0 | 3);
+        if want && !hooked {
+            let mut daemon = Daemon::start_env(&world::agent_bin(), PIN_DIR, &[], &[("RUST_LOG", "info")])
+                .context("starting the daemon with no uplink")?;
+            let r = Run { tables: kernel::Tables::open(PIN_DIR)?, daemon_pid: daemon.pid() };
+            let ruled =
+                agent_ok(&["block", "--container", CONTAINER, &port]).and_then(|_| wait_web_ruled(&r));
+            daemon.stop();
+            ruled?;
+            if r.tables.hooked().is_empty() {
+                bail!("no veth hook pinned after the daemon's start");
+            }
+        } else if !want && hooked {
+            for e in fs::read_dir(&links).with_context(|| format!("read {}", links.display()))? {
+                let path = e?.path();
+                fs::remove_file(&path).with_context(|| format!("unpin {}", path.display()))?;
+            }
+        }
+        hooked = want;
+        world::clear_conntrack();
+        let g = datapath::throughput(plan.throughput_secs)?;
+        let hooks = if want { "ab-hooks" } else { "ab-none" };
+        ctx.log(&format!("throughput {hooks:<8} pair {}: {g:.2} Gbit/s", k / 2 + 1));
+        out.push(json!({ "hooks": hooks, "phase": "interleaved", "pair": k / 2 + 1, "gbps": g }));
     }
     Ok(())
 }

@@ -93,7 +93,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<Value> {
     // Cold start: the pins gone (a reboot empties bpffs), the state dir kept.
     daemon.stop();
     drop(tables);
-    world::detach_agent();
+    world::reboot_agent();
     let t = Instant::now();
     daemon = start().context("starting the daemon on no pins")?;
     let synced = t.elapsed();
