@@ -161,6 +161,37 @@ fn veth_hooks_follow_containers() {
     );
 }
 
+/// A veth's link pins removed by hand (the pins held the links: the
+/// container is unjudged) are noticed at the next sync, here the one a CLI
+/// change starts, and the hooks are attached again.
+#[test]
+fn veth_hooks_whose_pins_are_removed_are_attached_again() {
+    require_env();
+    let agent = Agent::new("dmp");
+    let d = start_daemon(&agent, &[]);
+    let c = Ctr::web("dbt-dmp", &["-l", "dockblock.block=80/tcp"]);
+    let (ifindex, name) = c.veths()[0].clone();
+    assert!(
+        eventually(Duration::from_secs(10), || reviewed(&agent, ifindex) && live_links(&agent, &name) == 2),
+        "{name} not hooked and reviewed\n{}",
+        d.log_tail()
+    );
+    let links = PathBuf::from(agent.pin_dir()).join("links");
+    for pin in pins_naming(&agent, &name) {
+        std::fs::remove_file(links.join(pin)).unwrap();
+    }
+    assert_eq!(live_links(&agent, &name), 0, "the links died with their pins");
+    agent.ok(&["block", "21998/udp"]);
+    assert!(
+        eventually(Duration::from_secs(10), || live_links(&agent, &name) == 2),
+        "{name}'s hooks not attached again after a sync: {:?}\n{}",
+        link_pins(&agent),
+        d.log_tail()
+    );
+    assert!(d.log().contains("veth hooks gone"), "not logged:\n{}", d.log_tail());
+    assert!(reviewed(&agent, ifindex), "the veth's review is kept");
+}
+
 /// A user-defined network's bridge (named by Docker, br-<id>) gets the
 /// bridge programs when the network appears and loses them with it.
 #[test]

@@ -7,7 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{lock, Daemon};
-use crate::docker::links::{self, LinkEvent, LinkInfo};
+use crate::{
+    docker::links::{self, LinkEvent, LinkInfo},
+    paths::LinkKind,
+};
 
 /// The host's links as the events left them, and the veths we hooked.
 #[derive(Debug, Default)]
@@ -126,10 +129,11 @@ impl Daemon {
     }
 
     /// Hooks every veth on a Docker bridge that has no hooks yet (after a
-    /// snapshot named more bridges); how many it hooked.
+    /// snapshot named more bridges, or its links lost); how many it hooked.
     pub(super) fn hook_docker_veths(&self) -> usize {
         let bridges = lock(&self.bridges).clone();
         let mut l = lock(&self.hooks);
+        self.forget_lost_hooks(&mut l);
         let todo: Vec<LinkInfo> = l
             .all
             .values()
@@ -140,6 +144,27 @@ impl Daemon {
             self.hook(&mut l, info);
         }
         todo.len()
+    }
+
+    /// Forgets the veths hooked here whose links are gone while the veth
+    /// stays (a pin removed by hand, bpffs unmounted: the pin held the
+    /// link), so they are hooked again, at the latest by the next sync;
+    /// otherwise the container would go unjudged until its veth is made
+    /// again.
+    fn forget_lost_hooks(&self, l: &mut Links) {
+        let live = |name: &str, ifindex: u32, kind| {
+            crate::link_info::read(&self.pins.link(kind, name)).is_ok_and(|i| i.ifindex == ifindex)
+        };
+        let lost: Vec<u32> = l
+            .hooked
+            .iter()
+            .filter(|(&i, n)| !(live(n, i, LinkKind::VethJudge) && live(n, i, LinkKind::VethTrack)))
+            .map(|(&i, _)| i)
+            .collect();
+        for ifindex in lost {
+            let name = l.hooked.remove(&ifindex).unwrap_or_default();
+            tracing::warn!(veth = %name, ifindex, "veth hooks gone (pin removed?): attaching them again");
+        }
     }
 
     fn hook(&self, l: &mut Links, info: &LinkInfo) {
