@@ -14,6 +14,10 @@ use crate::{quiet, run, run_ok};
 
 pub struct Dockerd {
     had_config: Option<String>,
+    /// Live-restore as the running dockerd had it: SIGHUP with the key
+    /// gone from daemon.json keeps the value it has, so the drop sets it
+    /// back explicitly.
+    had_live_restore: Option<String>,
 }
 
 const DOCKERD_CONFIG: &str = "/etc/docker/daemon.json";
@@ -22,7 +26,15 @@ const DOCKERD_LOG: &str = "/var/log/dockblock-dockerd.log";
 impl Dockerd {
     /// Only the guard: dockerd runs again at the end.
     pub fn guard() -> Dockerd {
-        Dockerd { had_config: std::fs::read_to_string(DOCKERD_CONFIG).ok() }
+        Dockerd {
+            had_config: std::fs::read_to_string(DOCKERD_CONFIG).ok(),
+            had_live_restore: Dockerd::live_restore_now(),
+        }
+    }
+
+    fn live_restore_now() -> Option<String> {
+        let o = run("docker", &["info", "-f", "{{.LiveRestoreEnabled}}"]);
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
     }
 
     /// Turns live-restore on (containers keep running while dockerd is
@@ -37,19 +49,24 @@ impl Dockerd {
     /// lifetime.
     pub fn with_live_restore(on: bool) -> Dockerd {
         let g = Dockerd::guard();
-        let mut config: Value = match &g.had_config {
+        let config: Value = match &g.had_config {
             Some(text) => serde_json::from_str(text).unwrap_or_else(|e| panic!("{DOCKERD_CONFIG}: {e}")),
             None => serde_json::json!({}),
         };
+        assert!(Dockerd::set_live_restore(config, on), "dockerd did not set live-restore to {on}");
+        g
+    }
+
+    /// Writes `config` with live-restore `on`, SIGHUP, and waits until the
+    /// running dockerd has it (false: not within 10 s).
+    fn set_live_restore(mut config: Value, on: bool) -> bool {
         config["live-restore"] = on.into();
         std::fs::create_dir_all("/etc/docker").unwrap();
         std::fs::write(DOCKERD_CONFIG, format!("{config}\n")).unwrap();
         Dockerd::hup();
-        let set = eventually(Duration::from_secs(10), || {
-            run_ok("docker", &["info", "-f", "{{.LiveRestoreEnabled}}"]).trim() == on.to_string()
-        });
-        assert!(set, "dockerd did not set live-restore to {on}");
-        g
+        eventually(Duration::from_secs(10), || {
+            Dockerd::live_restore_now().is_some_and(|v| v == on.to_string())
+        })
     }
 
     /// SIGHUP (reload daemon.json) to dockerd, by its pid.
@@ -108,6 +125,17 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
+        // The running dockerd keeps a live-restore the file no longer names:
+        // set it back first, then the file as it was.
+        let want = self.had_live_restore.as_deref().map(|v| v == "true");
+        if Dockerd::pid().is_some()
+            && want.is_some_and(|w| Dockerd::live_restore_now() != Some(w.to_string()))
+        {
+            let config = self.had_config.as_deref().and_then(|t| serde_json::from_str(t).ok());
+            if !Dockerd::set_live_restore(config.unwrap_or_else(|| serde_json::json!({})), want.unwrap()) {
+                eprintln!("dockerd did not set live-restore back within 10 s");
+            }
+        }
         match &self.had_config {
             Some(text) => {
                 let _ = std::fs::write(DOCKERD_CONFIG, text);
