@@ -181,7 +181,9 @@ pub fn veth_plans_with(
     let running: HashMap<&str, &Container> =
         s.containers.iter().filter(|c| c.running).map(|c| (c.id.as_str(), c)).collect();
     type Keys<'r> = BTreeMap<(u32, u32), Claim<'r>>;
-    let mut claims: HashMap<&str, (Keys, Vec<(u32, Keys)>)> = HashMap::new();
+    /// A container's claims: for every interface, then per `--on` ifindex.
+    type Claims<'r> = (Keys<'r>, Vec<(u32, Keys<'r>)>);
+    let mut claims: HashMap<&str, Claims> = HashMap::new();
     let mut plans: Vec<VethPlan> = Vec::new();
     for veth in veths {
         let Some(c) = running.get(veth.container.as_str()) else { continue };

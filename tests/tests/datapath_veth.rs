@@ -503,7 +503,7 @@ fn cost_of_scoped_veth_lookups() {
         runs.sort();
         runs[2]
     };
-    let mut time = |rig: &mut Rig, frame: &[u8], from: u32| {
+    let time = |rig: &mut Rig, frame: &[u8], from: u32| {
         median((0..5).map(|_| rig.dp.time_veth(frame, VETH, from, 2_000_000).0.as_nanos()).collect())
     };
     let syn = Packet::syn(18080).build();
