@@ -491,6 +491,46 @@ fn the_veth_table_writes_scoped_entries_and_the_flag_last() {
     assert!(rig.dp.veth_scoped_rules().keys().next().is_none());
 }
 
+#[test]
+fn pins_of_a_release_before_veth_scoping_get_the_new_map_at_the_next_load() {
+    use dockblock_agent::{
+        loader::{self, Capacities},
+        paths::PinDir,
+        vethtable::{self, VethPlan},
+    };
+    let rig = Rig::new("veth-on-old", &[("3306/tcp", no_options())]);
+    let pins: PinDir = rig.dp.pins.clone();
+    std::fs::remove_file(pins.map(dockblock_common::map_names::VETH_SCOPED_RULES)).unwrap();
+    let rule = PortRule { rule_id: rig.id("3306/tcp"), flags: 0 };
+    let state = |flags| VethState { flags: veth_flag::REVIEWED | flags, _pad: 0, container: [0xab; 32] };
+    let unscoped = VethPlan {
+        ifindex: VETH,
+        state: state(veth_flag::HAS_PORTS),
+        entries: vec![(VethRuleKey { ifindex: VETH, proto: proto::TCP, port: 3306 }, rule)],
+        scoped: vec![],
+    };
+    // The old pin folder still takes plans without --on entries; one with
+    // them is refused with the fix, nothing written.
+    vethtable::sync(&pins, std::slice::from_ref(&unscoped)).expect("an unscoped plan");
+    let key = VethScopedKey { ifindex: VETH, proto: proto::TCP, port: 8080, from: UPLINK_B };
+    let scoped = VethPlan {
+        state: state(veth_flag::HAS_PORTS | veth_flag::HAS_SCOPED),
+        scoped: vec![(key, rule)],
+        ..unscoped
+    };
+    let err = vethtable::sync(&pins, std::slice::from_ref(&scoped)).unwrap_err();
+    assert!(err.to_string().contains("attach"), "{err}");
+    assert_eq!(rig.dp.veths().get(&VETH, 0).unwrap().flags & veth_flag::HAS_SCOPED, 0);
+    // A load (what attach does) creates and pins it; then the plan goes in.
+    loader::load(&pins, &Capacities::default()).unwrap();
+    assert!(pins.map(dockblock_common::map_names::VETH_SCOPED_RULES).exists());
+    vethtable::sync(&pins, std::slice::from_ref(&scoped)).expect("after the load");
+    let mut dp = rig.dp;
+    dp.reload();
+    assert_eq!(dp.veth(&Packet::syn(8080).build(), VETH, UPLINK_B), Verdict::Drop);
+    assert_eq!(dp.veth(&Packet::syn(8080).build(), VETH, OUTSIDE), Verdict::Pass);
+}
+
 /// Cost of `--on` at the veth, printed (run by hand: `cargo test --release
 /// -p dockblock-tests --test datapath_veth -- --ignored --nocapture
 /// cost_of_scoped`): median of 5 rounds of 2M test runs, raw.
