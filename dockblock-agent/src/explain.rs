@@ -794,6 +794,19 @@ mod tests {
     }
 
     #[test]
+    fn at_the_veth_the_packet_comes_in_on_the_on_interface() {
+        let lo = crate::scoping::ifindex("lo").unwrap();
+        let q = query("tcp", "203.0.113.7", "172.17.0.2:80").unwrap().on("lo").unwrap();
+        let at = q.clone().at_veth(5, None).unwrap().at(hook::VETH);
+        assert_eq!(at, Some(model::At::Veth { ifindex: 5, from: lo }), "--on is the veth's ingress");
+        assert!(q.clone().at_veth(5, Some(lo)).is_ok());
+        let err = q.at_veth(5, Some(lo + 1000)).unwrap_err();
+        assert!(err.to_string().contains("contradicts --on"), "{err}");
+        let q = query("tcp", "203.0.113.7", "172.17.0.2:80").unwrap().at_veth(5, None).unwrap();
+        assert_eq!(q.at(hook::VETH), Some(model::At::Veth { ifindex: 5, from: OUTSIDE_IFINDEX }));
+    }
+
+    #[test]
     fn bad_input_is_a_usage_error() {
         for (proto, src, dst, why) in [
             ("icmp", "203.0.113.7", "198.51.100.1:1", "expected tcp or udp"),
