@@ -1,7 +1,8 @@
 //! Rules + the engine's state -> what the kernel needs, as pure functions
 //! (spec/daemon.md section 5): the rules of containers' own labels, dialed
 //! rules derived on the host ports that lead to covered containers (so
-//! floods die in XDP), and per-veth plans (`VETHS` state, `VETH_RULES`).
+//! floods die in XDP), and per-veth plans (`VETHS` state, `VETH_RULES`,
+//! and `VETH_SCOPED_RULES` for Docker rules with `--on`).
 //!
 //! Who claims a container port, or a host port's dialed slot, when several
 //! rules could: a Block rule naming the container (lowest id), then a plain
@@ -10,7 +11,9 @@
 //! policy, then an Allow rule with an allow-list. So explicit blocks beat
 //! Allow rules, and the policy beats an Allow rule when two host ports map
 //! to one container port (after DNAT the veth cannot tell them apart: fail
-//! closed).
+//! closed). At the veth, `--on` claims outrank these for packets from their
+//! interfaces, and a rule with `--to` ranks after all of them (see
+//! `claims`).
 
 use std::{
     collections::{BTreeMap, HashMap},
