@@ -48,7 +48,7 @@ pub const DEFAULT_SPORT: u16 = 40000;
 /// judge (and the catalog, which no program touches). The judging programs
 /// never write them (FLOWS is written by the tracking programs only, which
 /// the probe does not run).
-const REUSED: [&str; 11] = [
+const REUSED: [&str; 12] = [
     map_names::PORT_RULES,
     map_names::RULES,
     map_names::RULE_ALLOW,
@@ -60,6 +60,7 @@ const REUSED: [&str; 11] = [
     map_names::RULE_TARGETS,
     map_names::SCOPED_RULES,
     map_names::RULE_SCOPES,
+    map_names::VETH_SCOPED_RULES,
 ];
 
 /// Maps the probe gets its own copy of: everything a judging program may
@@ -221,15 +222,19 @@ impl Query {
     }
 
     /// The query at the veth hook of `ifindex`, the packet coming in on
-    /// `from` (`None`: 0 if the host sends it, else [`OUTSIDE_IFINDEX`]).
+    /// `from` (`None`: 0 if the host sends it, else the `--on` interface,
+    /// else [`OUTSIDE_IFINDEX`]); the veth judges `--on` rules by it.
     pub fn at_veth(self, ifindex: u32, from: Option<u32>) -> Result<Self> {
-        let from = match (from, self.from_host) {
-            (Some(n), true) if n != 0 => {
+        let from = match (from, self.from_host, self.ingress) {
+            (Some(n), true, _) if n != 0 => {
                 return Err(bad("--from-ifindex", &n.to_string(), "contradicts --from-host (0 is the host)"));
             }
-            (Some(n), _) => n,
-            (None, true) => 0,
-            (None, false) => OUTSIDE_IFINDEX,
+            (Some(n), _, Some(on)) if n != on => {
+                return Err(bad("--from-ifindex", &n.to_string(), "contradicts --on (another interface)"));
+            }
+            (Some(n), _, _) => n,
+            (None, true, _) => 0,
+            (None, false, on) => on.unwrap_or(OUTSIDE_IFINDEX),
         };
         if ifindex == 0 {
             return Err(bad("--veth", "0", "is an interface index (ip -o link: the number before the name)"));
@@ -786,6 +791,19 @@ mod tests {
         for src in ["2001:db8::7", "[2001:db8::7]"] {
             assert_eq!(query("tcp", src, "[2001:db8::1]:443").unwrap().sport, None, "{src}");
         }
+    }
+
+    #[test]
+    fn at_the_veth_the_packet_comes_in_on_the_on_interface() {
+        let lo = crate::scoping::ifindex("lo").unwrap();
+        let q = query("tcp", "203.0.113.7", "172.17.0.2:80").unwrap().on("lo").unwrap();
+        let at = q.clone().at_veth(5, None).unwrap().at(hook::VETH);
+        assert_eq!(at, Some(model::At::Veth { ifindex: 5, from: lo }), "--on is the veth's ingress");
+        assert!(q.clone().at_veth(5, Some(lo)).is_ok());
+        let err = q.at_veth(5, Some(lo + 1000)).unwrap_err();
+        assert!(err.to_string().contains("contradicts --on"), "{err}");
+        let q = query("tcp", "203.0.113.7", "172.17.0.2:80").unwrap().at_veth(5, None).unwrap();
+        assert_eq!(q.at(hook::VETH), Some(model::At::Veth { ifindex: 5, from: OUTSIDE_IFINDEX }));
     }
 
     #[test]

@@ -234,7 +234,7 @@ fn map_sizes(caps: &Capacities) -> Vec<(&'static str, u32)> {
         sizes.push((map_names::VETHS, n));
     }
     if let Some(n) = caps.max_veth_rules {
-        sizes.push((map_names::VETH_RULES, n));
+        sizes.extend([(map_names::VETH_RULES, n), (map_names::VETH_SCOPED_RULES, n)]);
     }
     sizes
 }

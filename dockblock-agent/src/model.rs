@@ -36,7 +36,11 @@
 //!    the ports is evasive; a first fragment with the ports but not the
 //!    whole header is judged as a new connection, and dropped as evasive.
 //! 8. No rule for the destination port in the hook's scope: passes
-//!    (`passed_no_rule`). Veth: the rule is `VETH_RULES` {veth, protocol,
+//!    (`passed_no_rule`). Veth: for a packet that came in on an interface
+//!    (ingress ifindex not 0) at a veth whose state has `HAS_SCOPED`, the
+//!    `VETH_SCOPED_RULES` entry {veth, protocol, port, ingress}, else
+//!    {veth, protocol, any port, ingress}, decides if present (rule id 0:
+//!    no rule); else the rule is `VETH_RULES` {veth, protocol,
 //!    port} if the veth's state has `HAS_PORTS`, else (or if absent)
 //!    {veth, protocol, any port} if it has `HAS_WILDCARD`. A veth with no
 //!    `VETHS` entry (or one without `REVIEWED`) is unreviewed: it is judged
@@ -64,8 +68,9 @@
 //!
 //! Flow tracking at a veth's ingress ([`Model::track_veth`]): a UDP packet
 //! the container sends (whole, or a first fragment with its ports) is
-//! recorded as a container-scope flow when the veth is unreviewed or has
-//! a rule on its source port (exact or wildcard, as above).
+//! recorded as a container-scope flow when the veth is unreviewed, has
+//! scoped entries (`HAS_SCOPED`), or has a rule on its source port (exact
+//! or wildcard, as above).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -78,7 +83,7 @@ use dockblock_common::{
         IP_MF, IP_OFFSET_MASK, TCP_ACK, TCP_HLEN, TCP_SYN, UDP_HLEN, VLAN_TAGS_MAX, VLAN_TAG_LEN,
     },
     outcome, port_index, proto, rule_flag, scope, seen, veth_flag, Config, Counter, FlowKey, FragKey,
-    FragSlot, PortRule, RuleStats, VethRuleKey, VethState, VETH_ANY_PORT,
+    FragSlot, PortRule, RuleStats, VethRuleKey, VethScopedKey, VethState, VETH_ANY_PORT,
 };
 
 use crate::{
@@ -183,6 +188,8 @@ pub struct Model {
     /// `VETHS` and `VETH_RULES`.
     veths: HashMap<u32, VethState>,
     veth_rules: HashMap<VethRuleKey, PortRule>,
+    /// `VETH_SCOPED_RULES`.
+    veth_scoped: HashMap<VethScopedKey, PortRule>,
     config: Config,
     flows: HashSet<FlowId>,
     /// Occupied `FRAGS` slots by index (an empty slot is absent).
@@ -221,6 +228,7 @@ impl Model {
             ifindexes,
             veths: HashMap::new(),
             veth_rules: HashMap::new(),
+            veth_scoped: HashMap::new(),
             config: *config,
             flows: HashSet::new(),
             frags: HashMap::new(),
@@ -245,6 +253,15 @@ impl Model {
         for entry in veth_rules.iter() {
             let (key, rule) = entry.map_err(|e| Error::bpf("read VETH_RULES", e))?;
             model.set_veth_rule(key, rule);
+        }
+        // Absent in a pin folder of an earlier release until `attach`.
+        if pins.map(map_names::VETH_SCOPED_RULES).exists() {
+            let scoped: BpfHashMap<MapData, VethScopedKey, PortRule> =
+                store::open_pinned(pins, map_names::VETH_SCOPED_RULES)?;
+            for entry in scoped.iter() {
+                let (key, rule) = entry.map_err(|e| Error::bpf("read VETH_SCOPED_RULES", e))?;
+                model.set_veth_scoped_rule(key, rule);
+            }
         }
         let seen_map: Array<MapData, u32> = store::open_pinned(pins, map_names::SEEN)?;
         let is_seen = |slot| seen_map.get(&slot, 0).map(|f| f != 0).unwrap_or(false);
@@ -287,6 +304,16 @@ impl Model {
         self.veth_rules.insert(key, rule);
     }
 
+    /// A `VETH_SCOPED_RULES` entry.
+    pub fn set_veth_scoped_rule(&mut self, key: VethScopedKey, rule: PortRule) {
+        self.veth_scoped.insert(key, rule);
+    }
+
+    /// `VETH_SCOPED_RULES`, as written.
+    pub fn veth_scoped(&self) -> &HashMap<VethScopedKey, PortRule> {
+        &self.veth_scoped
+    }
+
     /// The veth table, as `VETHS` and `VETH_RULES` hold it.
     pub fn veths(&self) -> (&HashMap<u32, VethState>, &HashMap<VethRuleKey, PortRule>) {
         (&self.veths, &self.veth_rules)
@@ -302,7 +329,10 @@ impl Model {
         }
         let judged = match self.reviewed(ifindex) {
             None => true,
-            Some(flags) => self.veth_rule(ifindex, flags, t.proto, t.sport).is_some(),
+            Some(flags) => {
+                flags & veth_flag::HAS_SCOPED != 0
+                    || self.veth_rule(ifindex, flags, t.proto, t.sport).is_some()
+            }
         };
         if judged {
             self.flows.insert((ip.dst, t.dport, t.sport, scope::CONTAINER));
@@ -405,7 +435,7 @@ impl Model {
         let rule = match at {
             At::Veth { ifindex, from } => match self.reviewed(ifindex) {
                 None => PortRule::default(),
-                Some(flags) => match self.veth_rule(ifindex, flags, l4, dport) {
+                Some(flags) => match self.veth_decider(ifindex, from, flags, l4, dport) {
                     None => return (outcome::PASSED_NO_RULE, None),
                     Some(rule) if rule.flags & rule_flag::FROM_CONTAINERS == 0 && self.is_container(from) => {
                         return (outcome::PASSED_FROM_CONTAINER, None);
@@ -509,6 +539,19 @@ impl Model {
         };
         let exact = (flags & veth_flag::HAS_PORTS != 0).then(|| get(u32::from(port))).flatten();
         exact.or_else(|| (flags & veth_flag::HAS_WILDCARD != 0).then(|| get(VETH_ANY_PORT)).flatten())
+    }
+
+    /// What decides at veth `ifindex` for a packet from `from` (see rule
+    /// 8): its scoped entry, else its `VETH_RULES` rule; `None`: no rule.
+    fn veth_decider(&self, ifindex: u32, from: u32, flags: u32, proto: u32, port: u16) -> Option<PortRule> {
+        if flags & veth_flag::HAS_SCOPED != 0 && from != 0 {
+            let get =
+                |port: u32| self.veth_scoped.get(&VethScopedKey { ifindex, proto, port, from }).copied();
+            if let Some(rule) = get(u32::from(port)).or_else(|| get(VETH_ANY_PORT)) {
+                return (rule.rule_id != 0).then_some(rule);
+            }
+        }
+        self.veth_rule(ifindex, flags, proto, port)
     }
 
     fn is_allowed(&self, rule_id: u32, src: &[u8; 16]) -> bool {

@@ -4,10 +4,14 @@
 //! routing to the container's address): the Docker bridge's container-port
 //! slot and the container's veth entry, both must let the packet through.
 //! It follows from the rules and the engine's state as `translate` does:
-//! exact while the daemon keeps the kernel equal to them. Scoped rules
-//! (`--on`, `--to`) are judged at XDP only, so they never open that path;
-//! each port lists them apart (`scoped`): what XDP does on those
-//! interfaces and addresses.
+//! exact while the daemon keeps the kernel equal to them. The verdict is
+//! that of a packet from an interface no `--on` rule names: scoped dialed
+//! rules are judged at XDP, which that path skips, and a Docker rule with
+//! `--on` decides at the veth only for packets from its interfaces. Each
+//! port lists both apart (`scoped`): what XDP does on those interfaces and
+//! addresses, and what the veth does (with the bridge) for packets from
+//! those interfaces. A Docker rule with `--to` closes at the veth for every
+//! interface (it cannot be judged after DNAT), so it is in the verdict.
 
 use std::net::IpAddr;
 
@@ -92,12 +96,15 @@ pub struct PublishedPort {
     pub scoped: Vec<ScopedVerdict>,
 }
 
-/// What a scoped rule does to a published port at XDP.
+/// What a scoped rule does to a published port at one hook.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScopedVerdict {
     pub rule: u32,
     pub scoping: Scoping,
     pub verdict: Verdict,
+    /// `xdp` (a scoped dialed rule, the verdict at XDP) or `veth` (an
+    /// `--on` Docker rule: the path's verdict for packets from `on`).
+    pub hook: &'static str,
 }
 
 /// Every binding with a host port of every running container, ordered by
@@ -107,6 +114,7 @@ pub fn published(rules: &[Rule], s: &Snapshot) -> Vec<PublishedPort> {
     let mut out = Vec::new();
     for c in s.containers.iter().filter(|c| c.running) {
         let keys = roles.container_claims(c);
+        let on = roles.on_claims(c);
         for b in c.ports.iter().filter(|b| b.host_port != 0 && b.proto < dockblock_common::proto::COUNT) {
             let bridge = roles.container_owner(b.container_port, b.proto);
             let veth = Roles::veth_claim(&keys, b.container_port, b.proto).map(|claim| claim.rule);
@@ -124,7 +132,7 @@ pub fn published(rules: &[Rule], s: &Snapshot) -> Vec<PublishedPort> {
             }
             ids.sort_unstable();
             ids.dedup();
-            let scoped = rules
+            let mut scoped: Vec<ScopedVerdict> = rules
                 .iter()
                 .filter(|r| rules::in_port_table(r) && r.scope == Scope::Dialed)
                 .filter(|r| r.options.scoping.is_scoped_at(Scope::Dialed))
@@ -134,8 +142,32 @@ pub fn published(rules: &[Rule], s: &Snapshot) -> Vec<PublishedPort> {
                     rule: r.id,
                     scoping: r.options.scoping.clone(),
                     verdict: Verdict::of(r),
+                    hook: "xdp",
                 })
                 .collect();
+            // Per `--on` interface, where the veth decides otherwise.
+            for (name, on_keys) in &on {
+                let Some(claim) = Roles::veth_claim_on(&keys, on_keys, b.container_port, b.proto) else {
+                    continue;
+                };
+                if veth.is_some_and(|v| v.id == claim.rule.id) {
+                    continue;
+                }
+                let verdict = bridge.map_or(Verdict::Open, Verdict::of).and(Verdict::of(claim.rule));
+                match scoped.last_mut() {
+                    Some(last)
+                        if last.hook == "veth" && last.rule == claim.rule.id && last.verdict == verdict =>
+                    {
+                        last.scoping.on.push(name.to_string())
+                    }
+                    _ => scoped.push(ScopedVerdict {
+                        rule: claim.rule.id,
+                        scoping: Scoping { on: vec![name.to_string()], to: vec![] },
+                        verdict,
+                        hook: "veth",
+                    }),
+                }
+            }
             out.push(PublishedPort {
                 container: c.name.clone(),
                 compose_project: c.compose_project().map(Into::into),
@@ -163,7 +195,7 @@ pub fn published(rules: &[Rule], s: &Snapshot) -> Vec<PublishedPort> {
 /// "proto": "tcp", "networks", "verdict": "open"|"open_to"|"blocked",
 /// "open_to": [CIDR...], "rules": [id...]}`, and with scoped rules on the
 /// host port `"scoped": [{"rule", "on": [IFACE...], "to": [ADDR...],
-/// "verdict", "open_to"}]` (absent without).
+/// "verdict", "open_to", "hook": "xdp"|"veth"}]` (absent without).
 impl Serialize for PublishedPort {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
@@ -189,7 +221,7 @@ impl Serialize for PublishedPort {
             .map(|s| {
                 let (verdict, open_to) = s.verdict.json();
                 serde_json::json!({"rule": s.rule, "on": s.scoping.on, "to": s.scoping.to,
-                                   "verdict": verdict, "open_to": open_to})
+                                   "verdict": verdict, "open_to": open_to, "hook": s.hook})
             })
             .collect();
         Out {
@@ -259,9 +291,10 @@ pub fn table(ports: &[PublishedPort]) -> String {
             format!("{}/{}", p.container_port, proto_name(p.proto)),
             service,
             if p.networks.is_empty() { "-".into() } else { p.networks.join(",") },
-            // "open; blocked at xdp on eth1": what scoped rules do there.
+            // "open; blocked at xdp on eth1": what scoped rules do there
+            // ("blocked at veth on eth1": a Docker rule with --on).
             std::iter::once(p.verdict.to_string())
-                .chain(p.scoped.iter().map(|s| format!("{} at xdp{}", s.verdict, s.scoping)))
+                .chain(p.scoped.iter().map(|s| format!("{} at {}{}", s.verdict, s.hook, s.scoping)))
                 .collect::<Vec<_>>()
                 .join("; "),
             if rules.is_empty() { "-".into() } else { rules.join(",") },
@@ -378,7 +411,7 @@ mod tests {
         let json = serde_json::to_value(&ports).unwrap();
         assert_eq!(
             json[0]["scoped"],
-            serde_json::json!([{"rule": 5, "on": ["eth1"], "to": ["198.18.160.1"], "verdict": "blocked", "open_to": []}])
+            serde_json::json!([{"rule": 5, "on": ["eth1"], "to": ["198.18.160.1"], "verdict": "blocked", "open_to": [], "hook": "xdp"}])
         );
         assert!(json[1].get("scoped").is_none(), "absent without scoped rules");
         assert!(table(&ports).contains("open; blocked at xdp on eth1 to 198.18.160.1"), "{}", table(&ports));
@@ -416,5 +449,23 @@ mod tests {
         assert_eq!(lines[0], "HOST           CONTAINER   PORT      SERVICE   NETWORKS  VERDICT  RULES");
         assert_eq!(lines[1], "0.0.0.0:13306  db          3306/tcp  -         bridge    blocked  1");
         assert_eq!(lines[2], "0.0.0.0:18080  shop-web-1  80/tcp    shop/web  bridge    open     1,2");
+    }
+
+    #[test]
+    fn an_on_docker_rule_is_listed_at_the_veth_for_its_interfaces() {
+        let s = shop();
+        let mut on = block(5, name("db"), "3306/tcp");
+        on.options.scoping = Scoping::parse(&["eth1".into(), "eth2".into()], &[]).unwrap();
+        let ports = published(&[on.clone()], &s);
+        let db = ports.iter().find(|p| p.container == "db").unwrap();
+        assert_eq!(db.verdict, Verdict::Open, "from other interfaces");
+        assert_eq!(db.scoped.len(), 1, "one line for both interfaces: {:?}", db.scoped);
+        assert_eq!((db.scoped[0].hook, db.scoped[0].verdict.clone()), ("veth", Verdict::Blocked));
+        assert!(table(&ports).contains("open; blocked at veth on eth1,eth2"), "{}", table(&ports));
+        // With --to it closes on every interface: in the verdict.
+        on.options.scoping = Scoping::parse(&[], &["198.18.160.1".into()]).unwrap();
+        let ports = published(&[on], &s);
+        let db = ports.iter().find(|p| p.container == "db").unwrap();
+        assert_eq!((db.verdict.clone(), db.scoped.len()), (Verdict::Blocked, 0));
     }
 }

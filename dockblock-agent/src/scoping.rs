@@ -8,10 +8,14 @@
 //! hook can judge what:
 //! - XDP (dialed ports): both, it sees the ingress interface and the
 //!   dialed (pre-DNAT) address.
-//! - Bridge TC (container ports) and the veth hook: none (the bridge sees
-//!   the container's address after DNAT; a lookup by ingress interface
-//!   there took the program over the verifier's budget): a scoped rule
-//!   applies to every interface and address there (fail closed).
+//! - The veth hook (Docker rules): `--on`, by `skb->ingress_ifindex`
+//!   (`VETH_SCOPED_RULES`, made by `translate`); `--to` cannot be judged
+//!   after DNAT, so a rule with `--to` closes there for every interface
+//!   and address (fail closed) and outranks no other rule.
+//! - Bridge TC (plain container-port rules): none (it sees the
+//!   container's address after DNAT; a lookup by ingress interface there
+//!   took the program over the verifier's budget): a scoped rule applies
+//!   to every interface and address there (fail closed).
 
 use std::{fmt, net::IpAddr};
 
@@ -67,8 +71,9 @@ impl Scoping {
         self.on.is_empty() && self.to.is_empty()
     }
 
-    /// Whether the hook of `scope` judges this scoping (else the rule is
-    /// unscoped there: only XDP, dialed ports, judges scopes).
+    /// Whether the port tables of `scope` judge this scoping (else the rule
+    /// is unscoped there: only XDP, dialed ports, judges scopes in
+    /// `PORT_RULES`; the veth hook's `--on` is `translate`'s).
     pub fn is_scoped_at(&self, scope: Scope) -> bool {
         scope == Scope::Dialed && !self.is_empty()
     }

@@ -1,7 +1,8 @@
 //! Rules + the engine's state -> what the kernel needs, as pure functions
 //! (spec/daemon.md section 5): the rules of containers' own labels, dialed
 //! rules derived on the host ports that lead to covered containers (so
-//! floods die in XDP), and per-veth plans (`VETHS` state, `VETH_RULES`).
+//! floods die in XDP), and per-veth plans (`VETHS` state, `VETH_RULES`,
+//! and `VETH_SCOPED_RULES` for Docker rules with `--on`).
 //!
 //! Who claims a container port, or a host port's dialed slot, when several
 //! rules could: a Block rule naming the container (lowest id), then a plain
@@ -10,14 +11,16 @@
 //! policy, then an Allow rule with an allow-list. So explicit blocks beat
 //! Allow rules, and the policy beats an Allow rule when two host ports map
 //! to one container port (after DNAT the veth cannot tell them apart: fail
-//! closed).
+//! closed). At the veth, `--on` claims outrank these for packets from their
+//! interfaces, and a rule with `--to` ranks after all of them (see
+//! `claims`).
 
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
 };
 
-use dockblock_common::{proto, veth_flag, PortRule, VethRuleKey, VethState, VETH_ANY_PORT};
+use dockblock_common::{proto, veth_flag, PortRule, VethRuleKey, VethScopedKey, VethState, VETH_ANY_PORT};
 use serde::Serialize;
 
 use crate::{
@@ -158,28 +161,47 @@ pub fn veth_plans(rules: &[Rule], s: &Snapshot, veths: &[VethOwner]) -> Vec<Veth
 }
 
 /// [`veth_plans`], the policy leaving the container ports behind
-/// `failsafe` host ports open.
+/// `failsafe` host ports open; `--on` interfaces resolved now.
 pub fn veth_plans_except(
     rules: &[Rule],
     s: &Snapshot,
     veths: &[VethOwner],
     failsafe: &[PortSpec],
 ) -> Vec<VethPlan> {
+    veth_plans_with(rules, s, veths, failsafe, &crate::scoping::ifindex)
+}
+
+/// [`veth_plans_except`] with `--on` interfaces resolved by `resolve` (a
+/// name no interface has gets no entry: no packet comes in on it).
+pub fn veth_plans_with(
+    rules: &[Rule],
+    s: &Snapshot,
+    veths: &[VethOwner],
+    failsafe: &[PortSpec],
+    resolve: &dyn Fn(&str) -> Option<u32>,
+) -> Vec<VethPlan> {
     let roles = Roles::new(rules).with_failsafe(failsafe);
     let running: HashMap<&str, &Container> =
         s.containers.iter().filter(|c| c.running).map(|c| (c.id.as_str(), c)).collect();
-    let mut claims: HashMap<&str, BTreeMap<(u32, u32), Claim>> = HashMap::new();
+    type Keys<'r> = BTreeMap<(u32, u32), Claim<'r>>;
+    /// A container's claims: for every interface, then per `--on` ifindex.
+    type Claims<'r> = (Keys<'r>, Vec<(u32, Keys<'r>)>);
+    let mut claims: HashMap<&str, Claims> = HashMap::new();
     let mut plans: Vec<VethPlan> = Vec::new();
     for veth in veths {
         let Some(c) = running.get(veth.container.as_str()) else { continue };
-        let keys = claims.entry(c.id.as_str()).or_insert_with(|| roles.container_claims(c));
+        let (keys, on) = claims.entry(c.id.as_str()).or_insert_with(|| {
+            let on = roles.on_claims(c).into_iter().filter_map(|(name, keys)| Some((resolve(name)?, keys)));
+            (roles.container_claims(c), on.collect())
+        });
         let entries: Vec<(VethRuleKey, PortRule)> = keys
             .iter()
             .map(|(&(proto, port), claim)| {
-                let key = VethRuleKey { ifindex: veth.ifindex, proto, port };
-                (key, PortRule { rule_id: claim.rule.id, flags: claim.rule.options.flags() })
+                (VethRuleKey { ifindex: veth.ifindex, proto, port }, claim.port_rule())
             })
             .collect();
+        let scoped: Vec<(VethScopedKey, PortRule)> =
+            on.iter().flat_map(|(from, on)| scoped_entries(veth.ifindex, *from, keys, on)).collect();
         let mut flags = veth_flag::REVIEWED;
         if entries.iter().any(|(k, _)| k.port != VETH_ANY_PORT) {
             flags |= veth_flag::HAS_PORTS;
@@ -187,12 +209,59 @@ pub fn veth_plans_except(
         if entries.iter().any(|(k, _)| k.port == VETH_ANY_PORT) {
             flags |= veth_flag::HAS_WILDCARD;
         }
+        if !scoped.is_empty() {
+            flags |= veth_flag::HAS_SCOPED;
+        }
         let state = VethState { flags, _pad: 0, container: id_bytes(&c.id) };
-        plans.push(VethPlan { ifindex: veth.ifindex, state, entries });
+        plans.push(VethPlan { ifindex: veth.ifindex, state, entries, scoped });
     }
     plans.sort_by_key(|p| p.ifindex);
     plans.dedup_by_key(|p| p.ifindex);
     plans
+}
+
+/// The `VETH_SCOPED_RULES` entries of veth `ifindex` for packets from
+/// interface `from`, whose `--on` claims are `on` over the veth's `base`
+/// keys: what decides there ([`Roles::veth_claim_on`]) wherever the
+/// kernel's lookup (exact scoped port, scoped wildcard, then `VETH_RULES`)
+/// would otherwise find something else.
+fn scoped_entries(
+    ifindex: u32,
+    from: u32,
+    base: &BTreeMap<(u32, u32), Claim>,
+    on: &BTreeMap<(u32, u32), Claim>,
+) -> Vec<(VethScopedKey, PortRule)> {
+    let value = |claim: Option<Claim>| claim.map_or(PortRule::default(), |c| c.port_rule());
+    let key = |proto, port| VethScopedKey { ifindex, proto, port, from };
+    let mut out = Vec::new();
+    for proto in [proto::TCP, proto::UDP] {
+        // Every port without an exact key of its own: the wildcards.
+        let base_any = value(base.get(&(proto, VETH_ANY_PORT)).copied());
+        let wild = on
+            .get(&(proto, VETH_ANY_PORT))
+            .map(|o| value(claims::decide(Some(*o), base.get(&(proto, VETH_ANY_PORT)).copied())))
+            .filter(|w| *w != base_any);
+        if let Some(w) = wild {
+            out.push((key(proto, VETH_ANY_PORT), w));
+        }
+        let mut ports: Vec<u32> = base
+            .keys()
+            .chain(on.keys())
+            .filter(|k| k.0 == proto && k.1 != VETH_ANY_PORT)
+            .map(|k| k.1)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        for port in ports {
+            let port16 = port as u16;
+            let want = value(Roles::veth_claim_on(base, on, port16, proto));
+            let found = wild.unwrap_or_else(|| value(Roles::veth_claim(base, port16, proto)));
+            if want != found {
+                out.push((key(proto, port), want));
+            }
+        }
+    }
+    out
 }
 
 /// The 64 hex digits of a container id as 32 bytes (zeros if it is not).
@@ -746,5 +815,199 @@ mod tests {
         assert_eq!(c.veths, Vec::<String>::new(), "an allow without a list has no veth entry");
         let c = covers(&from(allow(2, name("web"), "every"), &["10.0.0.0/8"]), &s, &veths);
         assert_eq!(c.veths, ["veth41"]);
+    }
+
+    /// `rule` scoped with `--on` `on` and `--to` `to`.
+    fn scoped(mut rule: Rule, on: &[&str], to: &[&str]) -> Rule {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        rule.options.scoping = crate::scoping::Scoping::parse(&strings(on), &strings(to)).unwrap();
+        rule
+    }
+
+    fn resolve(name: &str) -> Option<u32> {
+        match name {
+            "eth1" => Some(7),
+            "eth2" => Some(9),
+            _ => None,
+        }
+    }
+
+    /// Scoped entries as `(ifindex, "port/proto" or "*/proto", from, rule id)`.
+    fn scoped_of(plans: &[VethPlan]) -> Vec<(u32, String, u32, u32)> {
+        let mut out: Vec<(u32, String, u32, u32)> = plans
+            .iter()
+            .flat_map(|p| &p.scoped)
+            .map(|(k, r)| {
+                let port = if k.port == VETH_ANY_PORT { "*".to_string() } else { k.port.to_string() };
+                (k.ifindex, format!("{port}/{}", proto_name(k.proto)), k.from, r.rule_id)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn sc(ifindex: u32, key: &str, from: u32, rule: u32) -> (u32, String, u32, u32) {
+        (ifindex, key.to_string(), from, rule)
+    }
+
+    #[test]
+    fn an_on_rule_closes_at_the_veth_for_its_interfaces_only() {
+        let s = snapshot([running(2, "web").publish("18080:80")]);
+        let rules = [scoped(block(1, name("web"), "80/tcp"), &["eth1", "eth2", "gone"], &[])];
+        let plans = veth_plans_with(&rules, &s, &[veth(40, 2)], &[], &resolve);
+        assert_eq!(entries(&plans), [], "no entry for other interfaces");
+        assert_eq!(
+            scoped_of(&plans),
+            [sc(40, "80/tcp", 7, 1), sc(40, "80/tcp", 9, 1)],
+            "none for a missing name"
+        );
+        assert_eq!(plans[0].state.flags, veth_flag::REVIEWED | veth_flag::HAS_SCOPED);
+        // Unscoped beside it: the unscoped rule is the base, the --on rule
+        // (with an allow-list) decides on eth1.
+        let rules = [
+            block(1, name("web"), "80/tcp"),
+            scoped(from(block(2, name("web"), "80/tcp"), &["203.0.113.0/24"]), &["eth1"], &[]),
+        ];
+        let plans = veth_plans_with(&rules, &s, &[veth(40, 2)], &[], &resolve);
+        assert_eq!(entries(&plans), [e(40, "80/tcp", 1)]);
+        assert_eq!(scoped_of(&plans), [sc(40, "80/tcp", 7, 2)]);
+        assert_eq!(plans[0].scoped[0].1.flags, rule_flag::ALLOW_LIST);
+        // Without --on rules: no scoped entry, no flag.
+        let plans = veth_plans_with(&rules[..1], &s, &[veth(40, 2)], &[], &resolve);
+        assert!(plans[0].scoped.is_empty());
+        assert_eq!(plans[0].state.flags & veth_flag::HAS_SCOPED, 0);
+    }
+
+    #[test]
+    fn a_to_rule_closes_at_the_veth_everywhere_and_outranks_nothing() {
+        let s = snapshot([running(2, "web").publish("18080:80")]);
+        let to = scoped(block(1, name("web"), "80/tcp"), &[], &["198.18.160.1"]);
+        let both = scoped(block(2, name("web"), "80/tcp"), &["eth1"], &["198.18.160.1"]);
+        let plans = veth_plans_with(&[to.clone(), both.clone()], &s, &[veth(40, 2)], &[], &resolve);
+        assert_eq!(entries(&plans), [e(40, "80/tcp", 1)], "judged as closing on every interface");
+        assert_eq!(scoped_of(&plans), [], "--on with --to is not judged by the interface either");
+        // An unscoped rule and an --on rule both outrank it, whatever the ids.
+        let rules = [to, from(block(5, name("web"), "80/tcp"), &["203.0.113.0/24"])];
+        assert_eq!(
+            entries(&veth_plans_with(&rules, &s, &[veth(40, 2)], &[], &resolve)),
+            [e(40, "80/tcp", 5)]
+        );
+        let rules = [rules[0].clone(), scoped(block(6, name("web"), "80/tcp"), &["eth1"], &[])];
+        let plans = veth_plans_with(&rules, &s, &[veth(40, 2)], &[], &resolve);
+        assert_eq!(
+            (entries(&plans), scoped_of(&plans)),
+            (vec![e(40, "80/tcp", 1)], vec![sc(40, "80/tcp", 7, 6)])
+        );
+        // A plain dialed rule on the host port outranks it too.
+        let rules = [rules[0].clone(), dialed(7, "18080/tcp")];
+        assert_eq!(
+            entries(&veth_plans_with(&rules, &s, &[veth(40, 2)], &[], &resolve)),
+            [e(40, "80/tcp", 7)]
+        );
+    }
+
+    #[test]
+    fn a_dry_run_on_rule_opens_nothing_another_rule_closes() {
+        let s = snapshot([running(2, "web").publish("18080:80")]);
+        let mut dry = scoped(block(2, name("web"), "80/tcp"), &["eth1"], &[]);
+        dry.options.dry_run = true;
+        let plans = veth_plans_with(
+            &[block(1, name("web"), "80/tcp"), dry.clone()],
+            &s,
+            &[veth(40, 2)],
+            &[],
+            &resolve,
+        );
+        assert_eq!((entries(&plans), scoped_of(&plans)), (vec![e(40, "80/tcp", 1)], vec![]));
+        // Alone, it decides on eth1 (counts what it would drop).
+        let plans = veth_plans_with(&[dry], &s, &[veth(40, 2)], &[], &resolve);
+        assert_eq!(scoped_of(&plans), [sc(40, "80/tcp", 7, 2)]);
+        assert_eq!(plans[0].scoped[0].1.flags, rule_flag::DRY_RUN);
+    }
+
+    #[test]
+    fn scoped_wildcards_and_ports_give_what_the_interface_decides() {
+        let s = snapshot([running(2, "web").publish("18080:80").publish("18443:443")]);
+        // Every port closed on eth1: the --on rule outranks the unscoped
+        // 443 there; the wildcard covers it, so only wildcards are written.
+        let rules =
+            [block(1, name("web"), "443/tcp"), scoped(block(2, name("web"), "every"), &["eth1"], &[])];
+        let plans = veth_plans_with(&rules, &s, &[veth(40, 2)], &[], &resolve);
+        assert_eq!(entries(&plans), [e(40, "443/tcp", 1)]);
+        assert_eq!(scoped_of(&plans), [sc(40, "*/tcp", 7, 2), sc(40, "*/udp", 7, 2)]);
+        // A dry-run wildcard on eth1 over an unscoped port: that port keeps
+        // its rule on eth1 (an exact scoped entry over the wildcard).
+        let mut dry = scoped(block(2, name("web"), "every"), &["eth1"], &[]);
+        dry.options.dry_run = true;
+        let plans = veth_plans_with(&[rules[0].clone(), dry], &s, &[veth(40, 2)], &[], &resolve);
+        assert_eq!(
+            scoped_of(&plans),
+            [sc(40, "*/tcp", 7, 2), sc(40, "*/udp", 7, 2), sc(40, "443/tcp", 7, 1)]
+        );
+        // An unscoped wildcard and an --on port: one exact scoped entry.
+        let rules = [
+            block(1, name("web"), "every"),
+            scoped(from(block(2, name("web"), "80/tcp"), &["203.0.113.0/24"]), &["eth2"], &[]),
+        ];
+        let plans = veth_plans_with(&rules, &s, &[veth(40, 2)], &[], &resolve);
+        assert_eq!(scoped_of(&plans), [sc(40, "80/tcp", 9, 2)]);
+    }
+
+    #[test]
+    fn every_packet_gets_what_the_claims_decide() {
+        // The kernel's lookup on the written entries (scoped exact, scoped
+        // wildcard, then VETH_RULES) gives the decision of the claims.
+        let s =
+            snapshot([running(2, "web").publish("18080:80").publish("18443:443").publish("15353:53/udp")]);
+        let mut dry = scoped(block(7, name("web"), "every"), &["eth2"], &[]);
+        dry.options.dry_run = true;
+        let rules = [
+            block(1, name("web"), "443/tcp"),
+            scoped(block(2, name("web"), "80/tcp"), &["eth1"], &[]),
+            scoped(block(3, name("web"), "every"), &["eth1"], &["198.18.160.1"]),
+            dry,
+            scoped(from(block(5, name("web"), "53/udp"), &["203.0.113.0/24"]), &["eth2"], &[]),
+            policy(6),
+        ];
+        let plans = veth_plans_with(&rules, &s, &[veth(40, 2)], &[], &resolve);
+        let plan = &plans[0];
+        let kernel = |from: u32, proto: u32, port: u32| -> u32 {
+            let get_s = |port| {
+                plan.scoped.iter().find(|(k, _)| *k == VethScopedKey { ifindex: 40, proto, port, from })
+            };
+            if let Some((_, r)) = get_s(port).or_else(|| get_s(VETH_ANY_PORT)) {
+                return r.rule_id;
+            }
+            let get =
+                |port| plan.entries.iter().find(|(k, _)| *k == VethRuleKey { ifindex: 40, proto, port });
+            get(port).or_else(|| get(VETH_ANY_PORT)).map_or(0, |(_, r)| r.rule_id)
+        };
+        let roles = Roles::new(&rules);
+        let c = &s.containers[0];
+        let base = roles.container_claims(c);
+        let on = roles.on_claims(c);
+        for (from, name) in [(7, Some("eth1")), (9, Some("eth2")), (3, None)] {
+            for (proto, port) in
+                [(proto::TCP, 80), (proto::TCP, 443), (proto::TCP, 22), (proto::UDP, 53), (proto::UDP, 80)]
+            {
+                let want = match name.and_then(|n| on.get(n)) {
+                    Some(on) => Roles::veth_claim_on(&base, on, port as u16, proto),
+                    None => Roles::veth_claim(&base, port as u16, proto),
+                };
+                assert_eq!(
+                    kernel(from, proto, port),
+                    want.map_or(0, |c| c.rule.id),
+                    "from {from} {proto}/{port}"
+                );
+            }
+        }
+        // The spot checks: 80 on eth1 is rule 2, elsewhere the policy; the
+        // dry run on eth2 opens nothing the policy closes; 53/udp on eth2 is 5.
+        assert_eq!(
+            (kernel(7, proto::TCP, 80), kernel(3, proto::TCP, 80), kernel(9, proto::TCP, 80)),
+            (2, 6, 6)
+        );
+        assert_eq!((kernel(9, proto::UDP, 53), kernel(9, proto::TCP, 22)), (5, 3), "the dry run is left out");
+        assert_eq!(kernel(3, proto::TCP, 22), 3, "the --to rule closes every port everywhere");
     }
 }

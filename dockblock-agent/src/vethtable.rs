@@ -1,5 +1,6 @@
 //! The veth table: what the veth hooks judge (`VETHS`: which veths are
-//! reviewed, and with which kinds of entries; `VETH_RULES`: their ports),
+//! reviewed, and with which kinds of entries; `VETH_RULES`: their ports;
+//! `VETH_SCOPED_RULES`: their ports for packets from `--on` interfaces),
 //! written from the translation's plans.
 //!
 //! Not generational: each key changes atomically, and the write order keeps
@@ -12,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 
 use aya::maps::{HashMap, MapData};
-use dockblock_common::{map_names, PortRule, VethRuleKey, VethState};
+use dockblock_common::{map_names, PortRule, VethRuleKey, VethScopedKey, VethState};
 use serde::Serialize;
 
 use crate::{
@@ -29,6 +30,8 @@ pub struct VethPlan {
     pub state: VethState,
     /// Keys with this plan's `ifindex`; the first of a key twice counts.
     pub entries: Vec<(VethRuleKey, PortRule)>,
+    /// `VETH_SCOPED_RULES` entries (`--on`), keyed likewise.
+    pub scoped: Vec<(VethScopedKey, PortRule)>,
 }
 
 /// What [`sync`] changed, for the log line.
@@ -48,16 +51,52 @@ impl VethSync {
 
 type States = HashMap<MapData, u32, VethState>;
 type Rules = HashMap<MapData, VethRuleKey, PortRule>;
+type Scoped = HashMap<MapData, VethScopedKey, PortRule>;
 
-/// Takes `VETHS` and `VETH_RULES` to exactly `plans` (see the module doc
-/// for the order). Run under the pin folder lock (reconcile holds it).
+/// A key of one veth's entries, in `VETH_RULES` or `VETH_SCOPED_RULES`.
+trait VethKey: aya::Pod + Eq + std::hash::Hash + Default {
+    fn veth(&self) -> u32;
+}
+
+impl VethKey for VethRuleKey {
+    fn veth(&self) -> u32 {
+        self.ifindex
+    }
+}
+
+impl VethKey for VethScopedKey {
+    fn veth(&self) -> u32 {
+        self.ifindex
+    }
+}
+
+/// Takes `VETHS`, `VETH_RULES` and `VETH_SCOPED_RULES` to exactly `plans`
+/// (see the module doc for the order; scoped entries go in and out with
+/// the others). Run under the pin folder lock (reconcile holds it).
 pub fn sync(pins: &PinDir, plans: &[VethPlan]) -> Result<VethSync> {
     let mut states: States = store::open_pinned(pins, map_names::VETHS)?;
     let mut rules: Rules = store::open_pinned(pins, map_names::VETH_RULES)?;
     let have_states: StdHashMap<u32, VethState> = read_map(pins, map_names::VETHS)?;
     let have_rules: StdHashMap<VethRuleKey, PortRule> = read_map(pins, map_names::VETH_RULES)?;
+    // Absent in a pin folder of a release before it, until `attach`.
+    let mut scoped: Option<Scoped> = match pins.map(map_names::VETH_SCOPED_RULES).exists() {
+        true => Some(store::open_pinned(pins, map_names::VETH_SCOPED_RULES)?),
+        false => None,
+    };
+    let have_scoped: StdHashMap<VethScopedKey, PortRule> = match scoped {
+        Some(_) => read_map(pins, map_names::VETH_SCOPED_RULES)?,
+        None => StdHashMap::new(),
+    };
     let plans = dedup(plans);
-    check_capacity(pins, &plans, &have_rules)?;
+    if scoped.is_none() && plans.iter().any(|p| !p.scoped.is_empty()) {
+        return Err(Error::BadArgument {
+            what: "--on",
+            value: map_names::VETH_SCOPED_RULES.into(),
+            why: "the pinned maps predate --on at the veth: run `dockblock-agent attach` again to add them"
+                .into(),
+        });
+    }
+    check_capacity(pins, &plans, &have_rules, &have_scoped)?;
 
     let mut done = VethSync::default();
     let planned: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
@@ -65,32 +104,94 @@ pub fn sync(pins: &PinDir, plans: &[VethPlan]) -> Result<VethSync> {
         remove(&mut states, ifindex, map_names::VETHS)?;
         done.removed += 1;
     }
-    for key in have_rules.keys().filter(|k| !planned.contains(&k.ifindex)) {
-        remove(&mut rules, key, map_names::VETH_RULES)?;
-        done.removed += 1;
+    done.removed += remove_unplanned(&mut rules, &have_rules, &planned, map_names::VETH_RULES)?;
+    if let Some(scoped) = scoped.as_mut() {
+        done.removed += remove_unplanned(scoped, &have_scoped, &planned, map_names::VETH_SCOPED_RULES)?;
     }
-    let mut by_veth: StdHashMap<u32, Vec<VethRuleKey>> = StdHashMap::new();
-    for key in have_rules.keys().filter(|k| planned.contains(&k.ifindex)) {
-        by_veth.entry(key.ifindex).or_default().push(*key);
-    }
+    let rules_by_veth = by_veth(&have_rules, &planned);
+    let scoped_by_veth = by_veth(&have_scoped, &planned);
     for plan in &plans {
-        for (key, rule) in &plan.entries {
-            if have_rules.get(key) != Some(rule) {
-                insert(&mut rules, key, rule, map_names::VETH_RULES)?;
-                done.written += 1;
-            }
+        if let Some(scoped) = scoped.as_mut() {
+            done.written += write_new(scoped, &have_scoped, &plan.scoped, map_names::VETH_SCOPED_RULES)?;
         }
+        done.written += write_new(&mut rules, &have_rules, &plan.entries, map_names::VETH_RULES)?;
         if have_states.get(&plan.ifindex) != Some(&plan.state) {
             insert(&mut states, &plan.ifindex, &plan.state, map_names::VETHS)?;
             done.written += 1;
         }
-        let wanted: HashSet<&VethRuleKey> = plan.entries.iter().map(|(k, _)| k).collect();
-        for key in by_veth.get(&plan.ifindex).into_iter().flatten().filter(|k| !wanted.contains(k)) {
-            remove(&mut rules, key, map_names::VETH_RULES)?;
-            done.removed += 1;
+        done.removed +=
+            remove_stale(&mut rules, &rules_by_veth, plan.ifindex, &plan.entries, map_names::VETH_RULES)?;
+        if let Some(scoped) = scoped.as_mut() {
+            done.removed += remove_stale(
+                scoped,
+                &scoped_by_veth,
+                plan.ifindex,
+                &plan.scoped,
+                map_names::VETH_SCOPED_RULES,
+            )?;
         }
     }
     Ok(done)
+}
+
+/// Removes the entries of veths not planned any more.
+fn remove_unplanned<K: VethKey>(
+    map: &mut HashMap<MapData, K, PortRule>,
+    have: &StdHashMap<K, PortRule>,
+    planned: &HashSet<u32>,
+    name: &str,
+) -> Result<usize> {
+    let gone: Vec<&K> = have.keys().filter(|k| !planned.contains(&k.veth())).collect();
+    for key in &gone {
+        remove(map, *key, name)?;
+    }
+    Ok(gone.len())
+}
+
+/// The present keys of planned veths, by veth.
+fn by_veth<K: VethKey + Copy>(
+    have: &StdHashMap<K, PortRule>,
+    planned: &HashSet<u32>,
+) -> StdHashMap<u32, Vec<K>> {
+    let mut out: StdHashMap<u32, Vec<K>> = StdHashMap::new();
+    for key in have.keys().filter(|k| planned.contains(&k.veth())) {
+        out.entry(key.veth()).or_default().push(*key);
+    }
+    out
+}
+
+/// Writes the planned entries that are new or changed.
+fn write_new<K: VethKey>(
+    map: &mut HashMap<MapData, K, PortRule>,
+    have: &StdHashMap<K, PortRule>,
+    entries: &[(K, PortRule)],
+    name: &str,
+) -> Result<usize> {
+    let mut written = 0;
+    for (key, rule) in entries {
+        if have.get(key) != Some(rule) {
+            insert(map, key, rule, name)?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// Removes veth `ifindex`'s present entries that are not planned.
+fn remove_stale<K: VethKey + Copy>(
+    map: &mut HashMap<MapData, K, PortRule>,
+    by_veth: &StdHashMap<u32, Vec<K>>,
+    ifindex: u32,
+    entries: &[(K, PortRule)],
+    name: &str,
+) -> Result<usize> {
+    let wanted: HashSet<&K> = entries.iter().map(|(k, _)| k).collect();
+    let stale: Vec<&K> =
+        by_veth.get(&ifindex).into_iter().flatten().filter(|k| !wanted.contains(k)).collect();
+    for key in &stale {
+        remove(map, *key, name)?;
+    }
+    Ok(stale.len())
 }
 
 /// Every reviewed veth and every veth rule, sorted; maps opened read-only
@@ -123,7 +224,14 @@ fn dedup(plans: &[VethPlan]) -> Vec<VethPlan> {
             })
             .copied()
             .collect();
-        out.push(VethPlan { entries, ..plan.clone() });
+        let mut keys = HashSet::new();
+        let scoped = plan
+            .scoped
+            .iter()
+            .filter(|(k, _)| k.ifindex == plan.ifindex && keys.insert(*k))
+            .copied()
+            .collect();
+        out.push(VethPlan { entries, scoped, ..plan.clone() });
     }
     out
 }
@@ -133,34 +241,49 @@ fn check_capacity(
     pins: &PinDir,
     plans: &[VethPlan],
     rules: &StdHashMap<VethRuleKey, PortRule>,
+    scoped: &StdHashMap<VethScopedKey, PortRule>,
 ) -> Result<()> {
     let capacity = store::max_entries(pins, map_names::VETHS)?;
     if plans.len() > capacity as usize {
         return Err(full(map_names::VETHS, plans.len(), capacity, "--max-veths"));
     }
-    let peak = peak_entries(plans, rules);
+    let peak = peak_entries(plans, rules, |p| &p.entries);
     let capacity = store::max_entries(pins, map_names::VETH_RULES)?;
     if peak > capacity as usize {
         return Err(full(map_names::VETH_RULES, peak, capacity, "--max-veth-rules"));
     }
+    let peak = peak_entries(plans, scoped, |p| &p.scoped);
+    if peak > 0 {
+        let capacity = store::max_entries(pins, map_names::VETH_SCOPED_RULES)?;
+        if peak > capacity as usize {
+            return Err(full(map_names::VETH_SCOPED_RULES, peak, capacity, "--max-veth-rules"));
+        }
+    }
     Ok(())
 }
 
-/// The most `VETH_RULES` entries present at once in the write order of
-/// [`sync`] from `rules` to `plans`: unplanned veths' entries out first,
-/// then each veth's new entries in before its stale ones go out.
-fn peak_entries(plans: &[VethPlan], rules: &StdHashMap<VethRuleKey, PortRule>) -> usize {
+/// The most entries of one table (`VETH_RULES`, or `VETH_SCOPED_RULES`)
+/// present at once in the write order of [`sync`] from `rules` to
+/// `plans` (`entries` picks the table's part of a plan): unplanned veths'
+/// entries out first, then each veth's new entries in before its stale
+/// ones go out.
+fn peak_entries<K: VethKey>(
+    plans: &[VethPlan],
+    rules: &StdHashMap<K, PortRule>,
+    entries: impl Fn(&VethPlan) -> &Vec<(K, PortRule)>,
+) -> usize {
     let planned: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
     let mut per_veth: StdHashMap<u32, usize> = StdHashMap::new();
-    for key in rules.keys().filter(|k| planned.contains(&k.ifindex)) {
-        *per_veth.entry(key.ifindex).or_default() += 1;
+    for key in rules.keys().filter(|k| planned.contains(&k.veth())) {
+        *per_veth.entry(key.veth()).or_default() += 1;
     }
     let mut count: usize = per_veth.values().sum();
     let mut peak = count;
     for plan in plans {
-        let added = plan.entries.iter().filter(|(k, _)| !rules.contains_key(k)).count();
+        let planned_entries = entries(plan);
+        let added = planned_entries.iter().filter(|(k, _)| !rules.contains_key(k)).count();
         peak = peak.max(count + added);
-        let stale = per_veth.get(&plan.ifindex).copied().unwrap_or(0) - (plan.entries.len() - added);
+        let stale = per_veth.get(&plan.ifindex).copied().unwrap_or(0) - (planned_entries.len() - added);
         count = count + added - stale;
     }
     peak
@@ -218,6 +341,7 @@ mod tests {
             ifindex,
             state: VethState { flags: 1, ..Default::default() },
             entries: ports.iter().map(|&p| (key(ifindex, p), PortRule { rule_id: p, flags: 0 })).collect(),
+            scoped: vec![],
         }
     }
 
@@ -238,11 +362,11 @@ mod tests {
         };
         let now = table(&[plan(1, &[80, 443]), plan(2, &[22])]);
         // Unplanned veth 2 goes first: 2 left, then veth 1's 3 new ones.
-        assert_eq!(peak_entries(&[plan(1, &[1, 2, 3])], &now), 5);
+        assert_eq!(peak_entries(&[plan(1, &[1, 2, 3])], &now, |p| &p.entries), 5);
         // Veth 1 shrinks first, then veth 3 grows into the room.
-        assert_eq!(peak_entries(&[plan(1, &[80]), plan(3, &[1, 2])], &now), 3);
+        assert_eq!(peak_entries(&[plan(1, &[80]), plan(3, &[1, 2])], &now, |p| &p.entries), 3);
         // Unchanged: what is there.
-        assert_eq!(peak_entries(&[plan(1, &[80, 443]), plan(2, &[22])], &now), 3);
-        assert_eq!(peak_entries(&[], &now), 0);
+        assert_eq!(peak_entries(&[plan(1, &[80, 443]), plan(2, &[22])], &now, |p| &p.entries), 3);
+        assert_eq!(peak_entries(&[], &now, |p| &p.entries), 0);
     }
 }

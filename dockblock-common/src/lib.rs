@@ -71,9 +71,16 @@ pub mod map_names {
     /// rule as the user gave them (interface names, addresses), the catalog
     /// `SCOPED_RULES` is compiled from. Read only by the agent.
     pub const RULE_SCOPES: &str = "RULE_SCOPES";
+    /// `HASH` [`crate::VethScopedKey`] -> [`crate::PortRule`]: what the veth
+    /// hook decides for packets that came in on one interface (`--on`),
+    /// where that differs from `VETH_RULES`; looked up only on veths whose
+    /// `VETHS` state has [`crate::veth_flag::HAS_SCOPED`]. A map of its own,
+    /// so the pinned maps of earlier releases keep their layouts; created
+    /// when an old pin folder lacks it.
+    pub const VETH_SCOPED_RULES: &str = "VETH_SCOPED_RULES";
 
     /// Every map the agent pins, in a fixed order.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         PORT_RULES,
         RULES,
         RULE_ALLOW,
@@ -91,6 +98,7 @@ pub mod map_names {
         RULE_TARGETS,
         SCOPED_RULES,
         RULE_SCOPES,
+        VETH_SCOPED_RULES,
     ];
 }
 
@@ -643,6 +651,10 @@ pub mod veth_flag {
     pub const HAS_PORTS: u32 = 2;
     /// A `VETH_RULES` entry with port [`crate::VETH_ANY_PORT`] exists.
     pub const HAS_WILDCARD: u32 = 4;
+    /// `VETH_SCOPED_RULES` has entries for this veth: look them up (by the
+    /// packet's ingress interface) before `VETH_RULES`. A veth without
+    /// them pays this one bit test.
+    pub const HAS_SCOPED: u32 = 8;
 }
 
 /// Key of `VETH_RULES`: a container port behind one host-side veth.
@@ -659,6 +671,24 @@ pub struct VethRuleKey {
 
 /// `VethRuleKey::port` of an entry that covers every port of its protocol.
 pub const VETH_ANY_PORT: u32 = 0;
+
+/// Key of `VETH_SCOPED_RULES`: a container port behind one host-side veth,
+/// for packets that came in on one interface. The value decides such a
+/// packet (a `rule_id` of 0: no rule, it passes); the exact port is looked
+/// up first, then [`VETH_ANY_PORT`], then `VETH_RULES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VethScopedKey {
+    /// The host-side veth (the packet's `skb->ifindex` at its egress).
+    pub ifindex: u32,
+    /// One of [`proto`].
+    pub proto: u32,
+    /// The container port, or [`VETH_ANY_PORT`] for every port.
+    pub port: u32,
+    /// The interface the packet came in on (`skb->ingress_ifindex`); never
+    /// 0 (the host itself is no `--on` interface).
+    pub from: u32,
+}
 
 /// Bytes of [`RuleTarget::text`].
 pub const RULE_TARGET_TEXT: usize = 240;
@@ -725,7 +755,8 @@ pub const DEFAULT_MAX_RULES: u32 = 4096;
 
 /// Default capacity of `VETHS` (container veths, one per container and network).
 pub const DEFAULT_MAX_VETHS: u32 = 4096;
-/// Default capacity of `VETH_RULES` (container ports judged, over all veths).
+/// Default capacity of `VETH_RULES` (container ports judged, over all veths);
+/// `VETH_SCOPED_RULES` has the same capacity (`--max-veth-rules` sets both).
 pub const DEFAULT_MAX_VETH_RULES: u32 = 65536;
 
 // The layouts are part of the kernel/user contract: no implicit padding.
@@ -744,6 +775,7 @@ const _: () = assert!(size_of::<Event>() == 72);
 const _: () = assert!(size_of::<LogBudget>() == 24);
 const _: () = assert!(size_of::<VethState>() == 40);
 const _: () = assert!(size_of::<VethRuleKey>() == 12);
+const _: () = assert!(size_of::<VethScopedKey>() == 16);
 const _: () = assert!(size_of::<RuleTarget>() == 16 + RULE_TARGET_TEXT);
 const _: () = assert!(size_of::<ScopedKey>() == 36);
 const _: () = assert!(size_of::<ScopeEntry>() == 24);
@@ -768,6 +800,7 @@ mod pod {
     unsafe impl aya::Pod for super::LogBudget {}
     unsafe impl aya::Pod for super::VethState {}
     unsafe impl aya::Pod for super::VethRuleKey {}
+    unsafe impl aya::Pod for super::VethScopedKey {}
     unsafe impl aya::Pod for super::RuleTarget {}
     unsafe impl aya::Pod for super::ScopedKey {}
     unsafe impl aya::Pod for super::ScopeEntry {}

@@ -7,7 +7,8 @@
 //! - `dockblock_track_up` (uplink egress) and `dockblock_track_br` (bridge
 //!   ingress) record UDP flows opened from blocked ports, so replies pass.
 //! - `dockblock_veth` runs at TCX egress of each container's host-side veth
-//!   and judges that container's own rules (`VETH_RULES`);
+//!   and judges that container's own rules (`VETH_RULES`, and
+//!   `VETH_SCOPED_RULES` by ingress interface for `--on`);
 //!   `dockblock_track_veth` (its ingress) records the container's UDP flows.
 #![no_std]
 #![no_main]

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use dockblock_common::{
     seen, AllowEntry, AllowKey, Config, Counter, FlowKey, FragSlot, LogBudget, PortRule, RuleDef, RuleStats,
-    RuleTarget, ScopeEntry, ScopedKey, VethRuleKey, VethState, DEFAULT_EVENTS_BYTES, DEFAULT_MAX_ALLOW,
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_FRAGS, DEFAULT_MAX_RULES, DEFAULT_MAX_RULE_SCOPES, DEFAULT_MAX_SCOPED,
-    DEFAULT_MAX_VETHS, DEFAULT_MAX_VETH_RULES, HOOK_STATS_LEN, PORT_RULES_LEN,
+    RuleTarget, ScopeEntry, ScopedKey, VethRuleKey, VethScopedKey, VethState, DEFAULT_EVENTS_BYTES,
+    DEFAULT_MAX_ALLOW, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FRAGS, DEFAULT_MAX_RULES, DEFAULT_MAX_RULE_SCOPES,
+    DEFAULT_MAX_SCOPED, DEFAULT_MAX_VETHS, DEFAULT_MAX_VETH_RULES, HOOK_STATS_LEN, PORT_RULES_LEN,
 };
 
 #[map]
@@ -73,6 +73,11 @@ pub static SCOPED_RULES: HashMap<ScopedKey, PortRule> = HashMap::with_max_entrie
 /// Read only by the agent, like RULES.
 #[map]
 pub static RULE_SCOPES: HashMap<ScopeEntry, u32> = HashMap::with_max_entries(DEFAULT_MAX_RULE_SCOPES, 0);
+
+/// Looked up only on veths whose `VETHS` state has `veth_flag::HAS_SCOPED`.
+#[map]
+pub static VETH_SCOPED_RULES: HashMap<VethScopedKey, PortRule> =
+    HashMap::with_max_entries(DEFAULT_MAX_VETH_RULES, 0);
 
 /// Whether the table behind `slot` of `SEEN` ever got an entry.
 #[inline(always)]

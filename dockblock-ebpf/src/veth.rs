@@ -4,13 +4,20 @@
 //! Origin of a packet, from `skb->ingress_ifindex`: 0 is the host itself, a
 //! veth with a `VETHS` entry is another container, anything else is outside
 //! the host.
+//!
+//! `--on` is judged here by that ingress interface: a veth whose state has
+//! `HAS_SCOPED` looks up `VETH_SCOPED_RULES` {veth, protocol, port, ingress}
+//! (the exact port, then every port) before `VETH_RULES`; the agent writes
+//! there, per interface, the verdict that differs from `VETH_RULES`.
 
-use dockblock_common::{outcome, proto, rule_flag, veth_flag, PortRule, VethRuleKey, VETH_ANY_PORT};
+use dockblock_common::{
+    outcome, proto, rule_flag, veth_flag, PortRule, VethRuleKey, VethScopedKey, VETH_ANY_PORT,
+};
 
 use aya_ebpf::bindings::__sk_buff;
 
 use crate::{
-    maps::{VETHS, VETH_RULES},
+    maps::{VETHS, VETH_RULES, VETH_SCOPED_RULES},
     parse::{Facts, L4},
     verdict::{LiveConfig, Lookup, Match},
 };
@@ -40,14 +47,38 @@ fn rule(ifindex: u32, flags: u32, proto: u32, port: u16) -> Option<PortRule> {
     }
 }
 
+/// The `VETH_SCOPED_RULES` entry of veth `ifindex` for packets to
+/// `proto`/`port` that came in on `from`: the exact port, then every port.
+/// Found with rule id 0: decided, no rule.
+#[inline(always)]
+fn scoped(ifindex: u32, from: u32, proto: u32, port: u16) -> Option<PortRule> {
+    let get = |port: u32| {
+        // SAFETY: the value is copied out at once.
+        unsafe { VETH_SCOPED_RULES.get(VethScopedKey { ifindex, proto, port, from }) }.copied()
+    };
+    match get(u32::from(port)) {
+        Some(rule) => Some(rule),
+        None => get(VETH_ANY_PORT),
+    }
+}
+
 /// The verdict's lookup for a packet entering the container behind veth
 /// `ifindex` that came in on `from` (its `ingress_ifindex`).
 #[inline(always)]
 fn lookup(ifindex: u32, from: u32, l4: &L4) -> Match {
     let Some(flags) = reviewed(ifindex) else { return Match::Unreviewed };
-    let Some(rule) = rule(ifindex, flags, l4.proto, l4.dport) else {
-        return Match::Pass(outcome::PASSED_NO_RULE);
+    // The host (0) is no `--on` interface: no scoped entry names it.
+    let found = match flags & veth_flag::HAS_SCOPED != 0 && from != 0 {
+        true => scoped(ifindex, from, l4.proto, l4.dport),
+        false => None,
     };
+    let rule = match found {
+        Some(rule) => rule,
+        None => rule(ifindex, flags, l4.proto, l4.dport).unwrap_or_default(),
+    };
+    if rule.rule_id == 0 {
+        return Match::Pass(outcome::PASSED_NO_RULE);
+    }
     // Read only when it decides: a rule matched that leaves containers'
     // traffic alone, and the packet was not sent by the host.
     // SAFETY: only the presence is read.
@@ -72,11 +103,12 @@ impl Lookup for VethTable {
 }
 
 /// Whether replies to UDP source `port` of the container behind `ifindex`
-/// would be judged there, so the flow must be recorded.
+/// would be judged there, so the flow must be recorded (on a veth with
+/// scoped entries, always: a reply may come in on a scoped interface).
 #[inline(always)]
 pub fn blocks(ifindex: u32) -> impl FnOnce(u16) -> bool {
     move |port| match reviewed(ifindex) {
         None => true,
-        Some(flags) => rule(ifindex, flags, proto::UDP, port).is_some(),
+        Some(flags) => flags & veth_flag::HAS_SCOPED != 0 || rule(ifindex, flags, proto::UDP, port).is_some(),
     }
 }

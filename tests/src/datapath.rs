@@ -16,7 +16,7 @@ use dockblock_agent::{
 };
 use dockblock_common::{
     hook, hook_stats_index, map_names, program_names, Config, Counter, Event, FragKey, FragSlot, PortRule,
-    VethRuleKey, VethState,
+    VethRuleKey, VethScopedKey, VethState,
 };
 
 pub use dockblock_common::retval::{TC_ACT_SHOT as TC_SHOT, TC_ACT_UNSPEC as TC_NEXT, XDP_DROP, XDP_PASS};
@@ -239,6 +239,16 @@ impl Datapath {
         self.raw_map(map_names::VETH_RULES)
     }
 
+    /// The pinned VETH_SCOPED_RULES map.
+    pub fn veth_scoped_rules(&self) -> BpfHashMap<MapData, VethScopedKey, PortRule> {
+        self.raw_map(map_names::VETH_SCOPED_RULES)
+    }
+
+    /// Writes one `VETH_SCOPED_RULES` entry.
+    pub fn set_veth_scoped_rule(&self, key: VethScopedKey, rule: PortRule) {
+        self.veth_scoped_rules().insert(key, rule, 0).expect("write VETH_SCOPED_RULES");
+    }
+
     /// Writes `VETHS[ifindex]` (as the daemon's veth table does).
     pub fn set_veth(&self, ifindex: u32, state: VethState) {
         self.veths().insert(ifindex, state, 0).expect("write VETHS");
@@ -254,8 +264,12 @@ impl Datapath {
         self.veth_rules().insert(key, rule, 0).expect("write VETH_RULES");
     }
 
-    /// Empties `VETHS` and `VETH_RULES`.
+    /// Empties `VETHS`, `VETH_RULES` and `VETH_SCOPED_RULES`.
     pub fn clear_veths(&self) {
+        let mut scoped = self.veth_scoped_rules();
+        for key in scoped.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
+            let _ = scoped.remove(&key);
+        }
         let mut veths = self.veths();
         for key in veths.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
             let _ = veths.remove(&key);

@@ -105,30 +105,76 @@ fn on_and_to_close_one_interface_or_one_address() {
     t.assert_opens(&web, 80, "unblock --to");
 }
 
-/// A Docker rule with `--on`: the dialed host port (XDP) is judged on the
-/// interface, but the container's veth hook does not judge scopes yet, so
-/// there it closes the port for every interface (fail closed): every path
-/// is closed, the control port stays open, and unblock with the same
-/// scoping opens it again.
+/// A Docker rule with `--on`: the container's veth hook judges the
+/// interface the packet came in on (`skb->ingress_ifindex`), so
+/// `block --container X --on <uplink>` closes the container from that
+/// uplink's namespace, on the published port and by direct routing to the
+/// container's address, and leaves it open from the other namespace; on
+/// the interface without XDP only the veth hook can do it. `ports` and
+/// `explain --hook veth --on` say so. A rule with `--to` cannot be judged
+/// after DNAT: it still closes every path. unblock with the same scoping
+/// opens it again.
 #[test]
-fn a_scoped_docker_rule_fails_closed_at_the_veth() {
+fn a_docker_rule_on_one_uplink_is_judged_at_the_veth() {
     let t = Topology::with_daemon("sd", 162);
     let web = Web::run("dbt-sc2", 21010, &[]);
     t.wait_reviewed(&web);
     t.assert_opens(&web, 80, "no rule yet");
-    let uplink = t.xdp.host_if().to_string();
-    t.agent.ok(&["block", "--container", "dbt-sc2", "80/tcp", "--on", &uplink]);
-    t.assert_paths(&web, 80, false, "--container --on: closed everywhere (veth hook)");
-    t.assert_paths(&web, CONTROL_PORT, true, "--container 80/tcp leaves 81");
+    let ip = web.ip();
+    // [published port, direct to the container's address] from each side.
+    let from = |out: &dockblock_tests::netns::Outside| {
+        let (published, direct) = std::thread::scope(|s| {
+            let p = s.spawn(|| http(out, None, out.host_ip(), 21010));
+            let d = s.spawn(|| http(out, None, &ip, 80));
+            (p.join().unwrap(), d.join().unwrap())
+        });
+        [published, direct]
+    };
+    let (a, b) = (t.xdp.host_if().to_string(), t.plain.host_if().to_string());
+    for (on, closed, open) in [(&b, &t.plain, &t.xdp), (&a, &t.xdp, &t.plain)] {
+        t.agent.ok(&["block", "--container", "dbt-sc2", "80/tcp", "--on", on]);
+        assert_eq!(from(closed), [false, false], "--on {on}: closed from its side\n{}", t.context());
+        assert_eq!(from(open), [true, true], "--on {on}: open from the other side\n{}", t.context());
+        t.assert_paths(&web, CONTROL_PORT, true, "--container 80/tcp leaves 81");
+        let ports = t.agent.json(&["ports"]);
+        let row = ports["ports"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["host_port"] == 21010 && p["host_ip"] == "0.0.0.0").cloned())
+            .unwrap_or_else(|| panic!("no 21010 in ports --json: {ports}"));
+        assert_eq!(row["verdict"], "open", "from interfaces the rule does not name: {row}");
+        let veth = row["scoped"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["hook"] == "veth").cloned())
+            .unwrap_or_else(|| panic!("no veth scoped verdict: {row}"));
+        assert_eq!(
+            (veth["on"].clone(), veth["verdict"].clone()),
+            (serde_json::json!([on]), "blocked".into())
+        );
+        let ifindex = web.veths()[0].to_string();
+        let explain = |iface: &str| {
+            let dst = format!("{ip}:80");
+            let args =
+                ["explain", "tcp", "203.0.113.5", &dst, "--hook", "veth", "--veth", &ifindex, "--on", iface];
+            t.agent.json(&args).to_string()
+        };
+        let (here, there) = (explain(on), explain(if on == &a { &b } else { &a }));
+        assert!(here.contains("\"outcome\":\"dropped\""), "explain --on {on}: {here}");
+        assert!(there.contains("\"outcome\":\"passed_no_rule\""), "explain on the other: {there}");
+        t.agent.ok(&["unblock", "--container", "dbt-sc2", "80/tcp", "--on", on]);
+        t.assert_opens(&web, 80, "unblock --container --on");
+    }
     let list = t.agent.json(&["list"]);
-    let derived = list["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["target"]["kind"] == "derived" && r["spec"] == "21010/tcp")
-        .cloned()
-        .unwrap_or_else(|| panic!("no derived rule on 21010/tcp: {list}"));
-    assert_eq!(derived["on"], serde_json::json!([uplink]), "the derived host-port rule is scoped: {derived}");
-    t.agent.ok(&["unblock", "--container", "dbt-sc2", "80/tcp", "--on", &uplink]);
-    t.assert_opens(&web, 80, "unblock --container --on");
+    assert!(
+        !list["rules"].as_array().unwrap().iter().any(|r| r["target"]["kind"] == "derived"),
+        "unblock removed the derived rule too: {list}"
+    );
+
+    // --to: not judged at the veth, so every path closes (fail closed).
+    let addr = t.xdp.host_ip().to_string();
+    t.agent.ok(&["block", "--container", "dbt-sc2", "80/tcp", "--to", &addr]);
+    t.assert_paths(&web, 80, false, "--container --to: closed everywhere (veth hook)");
+    assert_eq!(from(&t.plain), [false, false], "--to: closed from the other side too");
+    t.assert_paths(&web, CONTROL_PORT, true, "--to leaves 81");
+    t.agent.ok(&["unblock", "--container", "dbt-sc2", "80/tcp", "--to", &addr]);
+    t.assert_opens(&web, 80, "unblock --container --to");
 }

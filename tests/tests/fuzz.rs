@@ -7,8 +7,10 @@
 //! length fields, padding, byte flips, random bytes). Every frame runs
 //! through the three loaded judging programs (BPF_PROG_TEST_RUN: XDP,
 //! bridge TC, and the veth hook under a drawn veth table: unreviewed or
-//! reviewed with exact and wildcard entries naming the case's rules, the
-//! frame from the host, another container or outside) and the model; the
+//! reviewed with exact and wildcard entries naming the case's rules, and
+//! scoped (`--on`) entries for packets from one uplink or another
+//! container, the frame from the host, another container or one of two
+//! uplinks) and the model; the
 //! fragment table carries across the frames of a case in both.
 //!
 //! Checked per frame: the verdict. Per case (1,000 frames): the per-hook
@@ -32,7 +34,7 @@ use dockblock_agent::{
 };
 use dockblock_common::{
     config_flag, hook, hook_stats_index, map_names, outcome, proto, rule_flag, seen, veth_flag, Counter,
-    FlowKey, FragSlot, PortRule, RuleStats, VethRuleKey, VethState, VETH_ANY_PORT,
+    FlowKey, FragSlot, PortRule, RuleStats, VethRuleKey, VethScopedKey, VethState, VETH_ANY_PORT,
 };
 use dockblock_tests::{
     datapath::{Datapath, TC_NEXT, TC_SHOT, VETH, XDP_DROP, XDP_PASS},
@@ -65,6 +67,8 @@ const HOOKS: [u32; 3] = [hook::XDP, hook::TC, hook::VETH];
 /// uplink.
 const PEER: u32 = 7;
 const OUTSIDE: u32 = 99;
+/// A second uplink: the case's scoped entries name it (or `PEER`).
+const UPLINK_B: u32 = 98;
 
 /// One proptest case: a rule set, the config flag, the UDP flows, the veth
 /// table, and the seed of its frames.
@@ -87,10 +91,13 @@ struct VethCase {
     entries: Vec<(usize, u32, u32, bool)>,
     /// Whether `PEER` has a `VETHS` entry (is a container).
     peer: bool,
+    /// `VETH_SCOPED_RULES` entries: the index of the case's rule they name
+    /// (`None`: rule id 0, no rule), protocol, port, ingress ifindex.
+    scoped: Vec<(Option<usize>, u32, u32, u32)>,
 }
 
 fn veth_case() -> impl Strategy<Value = VethCase> {
-    use veth_flag::{HAS_PORTS, HAS_WILDCARD, REVIEWED};
+    use veth_flag::{HAS_PORTS, HAS_SCOPED, HAS_WILDCARD, REVIEWED};
     let flags = prop::sample::select(vec![
         None,
         None,
@@ -100,12 +107,24 @@ fn veth_case() -> impl Strategy<Value = VethCase> {
         Some(REVIEWED | HAS_PORTS | HAS_WILDCARD),
         Some(REVIEWED | HAS_PORTS | HAS_WILDCARD),
         Some(HAS_PORTS | HAS_WILDCARD),
+        Some(REVIEWED | HAS_SCOPED),
+        Some(REVIEWED | HAS_PORTS | HAS_SCOPED),
+        Some(REVIEWED | HAS_PORTS | HAS_WILDCARD | HAS_SCOPED),
+        Some(REVIEWED | HAS_PORTS | HAS_WILDCARD | HAS_SCOPED),
+        Some(HAS_SCOPED),
     ]);
     let port =
         prop_oneof![3 => prop::sample::select(PORTS.to_vec()).prop_map(u32::from), 1 => Just(VETH_ANY_PORT)];
-    let entry = (0usize..8, 0u32..2, port, prop::bool::weighted(0.3));
-    (flags, prop::collection::vec(entry, 0..6), prop::bool::weighted(0.7))
-        .prop_map(|(flags, entries, peer)| VethCase { flags, entries, peer })
+    let entry = (0usize..8, 0u32..2, port.clone(), prop::bool::weighted(0.3));
+    let from = prop::sample::select(vec![UPLINK_B, UPLINK_B, UPLINK_B, PEER, 0]);
+    let scoped = (prop::option::weighted(0.85, 0usize..8), 0u32..2, port, from);
+    (
+        flags,
+        prop::collection::vec(entry, 0..6),
+        prop::bool::weighted(0.7),
+        prop::collection::vec(scoped, 0..5),
+    )
+        .prop_map(|(flags, entries, peer, scoped)| VethCase { flags, entries, peer, scoped })
 }
 
 fn net() -> impl Strategy<Value = String> {
@@ -178,12 +197,11 @@ fn at(hook: u32, from_host: bool, index: usize) -> At {
         hook::XDP => At::Xdp { ingress: 1 },
         hook::TC => At::Bridge { from_host, ingress: u32::from(!from_host) },
         _ => {
-            let from = if from_host {
-                0
-            } else if index.is_multiple_of(3) {
-                PEER
-            } else {
-                OUTSIDE
+            let from = match (from_host, index % 4) {
+                (true, _) => 0,
+                (false, 0) => PEER,
+                (false, 1) => UPLINK_B,
+                _ => OUTSIDE,
             };
             At::Veth { ifindex: VETH, from }
         }
@@ -242,6 +260,7 @@ impl FrameGen {
         rule_ports.extend(case.rules.iter().map(|r| r.ports.lo + (r.ports.hi - r.ports.lo) / 2));
         rule_ports.extend(case.flows.iter().map(|f| f.local_port));
         rule_ports.extend(case.veth.entries.iter().filter(|e| e.2 != VETH_ANY_PORT).map(|e| e.2 as u16));
+        rule_ports.extend(case.veth.scoped.iter().filter(|e| e.2 != VETH_ANY_PORT).map(|e| e.2 as u16));
         Self { rng: Rng(case.seed), rule_ports, datagrams: Vec::new() }
     }
 
@@ -539,6 +558,18 @@ impl Harness {
             dp.set_veth_rule(key, value);
             model.set_veth_rule(key, value);
         }
+        for &(i, proto, port, from) in &case.veth.scoped {
+            let value = match i {
+                Some(i) if !rules.is_empty() => {
+                    let rule = &rules[i % rules.len()];
+                    PortRule { rule_id: rule.id, flags: rule.options.flags() }
+                }
+                _ => PortRule::default(),
+            };
+            let key = VethScopedKey { ifindex: VETH, proto, port, from };
+            dp.set_veth_scoped_rule(key, value);
+            model.set_veth_scoped_rule(key, value);
+        }
         model
     }
 
@@ -738,6 +769,9 @@ fn report(
         let _ = writeln!(s, "  flow {remote}:{} -> local {} scope {}", f.remote_port, f.local_port, f.scope);
     }
     let _ = writeln!(s, "  veth {VETH}: {:?} (peer {PEER} a container: {})", case.veth.flags, case.veth.peer);
+    for (i, proto, port, from) in &case.veth.scoped {
+        let _ = writeln!(s, "  veth scoped entry: rule #{i:?} proto {proto} port {port} from {from}");
+    }
     for (i, proto, port, fc) in &case.veth.entries {
         let _ = writeln!(s, "  veth entry: rule #{i} proto {proto} port {port} from_containers {fc}");
     }
@@ -898,6 +932,7 @@ fn regressions_agree_with_the_spec() {
         flags: Some(veth_flag::REVIEWED | veth_flag::HAS_WILDCARD),
         entries: vec![(1, proto::TCP, VETH_ANY_PORT, false), (1, proto::UDP, VETH_ANY_PORT, false)],
         peer: false,
+        scoped: vec![],
     };
     let case = Case {
         rules: vec![every(Scope::Dialed), every(Scope::Container)],
@@ -949,13 +984,16 @@ fn the_model_read_from_the_pinned_maps_is_the_live_state() {
             scope: dockblock_common::scope::DIALED,
         }],
         veth: VethCase {
-            flags: Some(veth_flag::REVIEWED | veth_flag::HAS_PORTS | veth_flag::HAS_WILDCARD),
+            flags: Some(
+                veth_flag::REVIEWED | veth_flag::HAS_PORTS | veth_flag::HAS_WILDCARD | veth_flag::HAS_SCOPED,
+            ),
             entries: vec![
                 (3, proto::UDP, 53, false),
                 (4, proto::TCP, 80, true),
                 (0, proto::TCP, VETH_ANY_PORT, false),
             ],
             peer: true,
+            scoped: vec![(Some(2), proto::TCP, 80, UPLINK_B), (None, proto::UDP, 53, UPLINK_B)],
         },
         seed: 7,
     };
@@ -974,6 +1012,7 @@ fn the_model_read_from_the_pinned_maps_is_the_live_state() {
     assert_eq!(read.frag_slots(), watched.frag_slots());
     assert_eq!(read.rules(), watched.rules());
     assert_eq!(read.veths(), watched.veths(), "the veth table");
+    assert_eq!(read.veth_scoped(), watched.veth_scoped(), "the veth's scoped entries");
     let reply = Packet::udp(5000).sport(53).build();
     let frames = frames.iter().map(|(f, h)| (f.as_slice(), *h)).chain([(&reply[..], false)]);
     for (index, (frame, from_host)) in frames.enumerate() {

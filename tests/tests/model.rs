@@ -381,3 +381,51 @@ fn the_narrowest_rule_owns_a_port() {
     is(xdp(&mut m, &Packet::syn(22).build()), DROPPED, Some(1));
     is(xdp(&mut m, &Packet::syn(65535).build()), DROPPED, Some(1));
 }
+
+/// Rule 8, veth: a scoped entry decides for packets from its interface
+/// (exact port, then every port; rule id 0: no rule), only on a veth whose
+/// state has `HAS_SCOPED`, never for the host; the UDP tracker records
+/// every flow of such a veth.
+#[test]
+fn veth_scoped_entries_decide_for_their_interface() {
+    use dockblock_agent::model::At;
+    use dockblock_common::{
+        proto, veth_flag, PortRule, VethRuleKey, VethScopedKey, VethState, VETH_ANY_PORT,
+    };
+    let (veth, b, other) = (40, 98, 99);
+    let mut m = model();
+    let state = |flags| VethState { flags, _pad: 0, container: [1; 32] };
+    let rule = |id| PortRule { rule_id: id, flags: 0 };
+    m.set_veth_rule(VethRuleKey { ifindex: veth, proto: proto::TCP, port: 3306 }, rule(1));
+    m.set_veth_scoped_rule(VethScopedKey { ifindex: veth, proto: proto::TCP, port: 3306, from: b }, rule(4));
+    m.set_veth_scoped_rule(
+        VethScopedKey { ifindex: veth, proto: proto::TCP, port: VETH_ANY_PORT, from: b },
+        rule(3),
+    );
+    m.set_veth_scoped_rule(
+        VethScopedKey { ifindex: veth, proto: proto::TCP, port: 22, from: b },
+        PortRule::default(),
+    );
+    let at = |m: &mut Model, port: u16, from: u32| {
+        m.judge_at(At::Veth { ifindex: veth, from }, &Packet::syn(port).build())
+    };
+    m.set_veth(veth, state(veth_flag::REVIEWED | veth_flag::HAS_PORTS));
+    is(at(&mut m, 3306, b), DROPPED, Some(1));
+    m.set_veth(veth, state(veth_flag::REVIEWED | veth_flag::HAS_PORTS | veth_flag::HAS_SCOPED));
+    is(at(&mut m, 3306, b), DROPPED, Some(4));
+    is(at(&mut m, 3306, other), DROPPED, Some(1));
+    is(at(&mut m, 8080, b), DROPPED, Some(3));
+    is(at(&mut m, 8080, other), PASSED_NO_RULE, None);
+    is(at(&mut m, 22, b), PASSED_NO_RULE, None);
+    is(at(&mut m, 3306, 0), PASSED_HOST, None);
+    // Tracking: every UDP flow of a veth with scoped entries (5353 has no
+    // rule of its own), so the reply passes the scoped wildcard on B.
+    m.set_veth_scoped_rule(
+        VethScopedKey { ifindex: veth, proto: proto::UDP, port: VETH_ANY_PORT, from: b },
+        rule(3),
+    );
+    let reply = Packet::udp(5353).sport(53).src("198.18.0.1").dst("198.18.0.2").build();
+    is(m.judge_at(At::Veth { ifindex: veth, from: b }, &reply), DROPPED, Some(3));
+    m.track_veth(veth, &Packet::udp(53).sport(5353).src("198.18.0.2").dst("198.18.0.1").build());
+    is(m.judge_at(At::Veth { ifindex: veth, from: b }, &reply), PASSED_NOT_NEW, Some(3));
+}

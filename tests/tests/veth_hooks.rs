@@ -136,7 +136,7 @@ fn state(flags: u32) -> VethState {
 }
 
 fn reviewed(c: &Container) -> VethPlan {
-    VethPlan { ifindex: c.ifindex(), state: state(0), entries: vec![] }
+    VethPlan { ifindex: c.ifindex(), state: state(0), entries: vec![], scoped: vec![] }
 }
 
 fn blocking(c: &Container, port: u16, flags: u32) -> VethPlan {
@@ -145,6 +145,7 @@ fn blocking(c: &Container, port: u16, flags: u32) -> VethPlan {
         ifindex: c.ifindex(),
         state: state(veth_flag::HAS_PORTS),
         entries: vec![(key, PortRule { rule_id: 1, flags })],
+        scoped: vec![],
     }
 }
 
@@ -357,6 +358,7 @@ fn full_tables_are_refused_and_left_as_they_were() {
                 (VethRuleKey { ifindex, proto: proto::TCP, port }, PortRule { rule_id: 1, flags: 0 })
             })
             .collect(),
+        scoped: vec![],
     };
     // Nothing needs a real interface: the table is keyed by ifindex.
     vethtable::sync(&pins, &[plan(901, &[80, 443]), plan(902, &[])]).unwrap();

@@ -189,7 +189,8 @@ struct ExplainArgs {
     #[arg(long, value_name = "IFINDEX")]
     veth: Option<u32>,
     /// For veth: the interface the packet came in on (0: the host sent it;
-    /// another container's veth; default an outside one).
+    /// another container's veth; default the --on interface, else an
+    /// outside one).
     #[arg(long, value_name = "N", requires = "veth")]
     from_ifindex: Option<u32>,
     /// VLAN id of an 802.1Q tag; twice for QinQ (outer first).
@@ -249,8 +250,8 @@ struct TuningArgs {
     /// Container veths the daemon can review (default 4096), fixed at creation.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_veths: Option<u32>,
-    /// Container ports judged at the veths, over all veths (default 65536),
-    /// fixed at creation.
+    /// Container ports judged at the veths, over all veths (default 65536;
+    /// as many again for --on entries), fixed at creation.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_veth_rules: Option<u32>,
     /// Events ring buffer bytes (default 1 MiB; a power of two), fixed at creation.

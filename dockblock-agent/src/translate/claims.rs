@@ -1,5 +1,14 @@
 //! Who covers what, and who claims a key when several rules could (see
 //! the parent module's comment for the order).
+//!
+//! Scoping at the veth (`--on`, `--to`): a Docker rule scoped only with
+//! `--on` is judged there by the packet's ingress interface, so it claims
+//! the keys of its interfaces ([`Roles::on_claims`]), which outrank the
+//! veth's other keys ([`Roles::container_claims`]) for packets from those
+//! interfaces, as `--on` outranks an unscoped rule at XDP. A rule with
+//! `--to` cannot be judged after DNAT: it claims its keys for every
+//! interface (fail closed), but ranks below every rule the veth can judge
+//! (it outranks nothing: where it would decide at XDP is unknown here).
 
 use std::collections::BTreeMap;
 
@@ -84,11 +93,42 @@ pub(crate) fn role(rule: &Rule) -> Role {
 pub(crate) struct Claim<'r> {
     pub role: Role,
     pub rule: &'r Rule,
+    /// A veth claim of a rule with `--to`: it ranks after every other (the
+    /// veth cannot judge it: it closes everywhere but outranks nothing).
+    /// XDP judges `--to`, so dialed-slot claims never set it.
+    pub late: bool,
 }
 
-impl Claim<'_> {
-    fn rank(&self) -> (Role, u32) {
-        (self.role, self.rule.id)
+impl<'r> Claim<'r> {
+    pub fn new(role: Role, rule: &'r Rule) -> Self {
+        Claim { role, rule, late: false }
+    }
+
+    fn rank(&self) -> (bool, Role, u32) {
+        (self.late, self.role, self.rule.id)
+    }
+
+    /// The value of a veth table entry for this claim.
+    pub fn port_rule(&self) -> dockblock_common::PortRule {
+        dockblock_common::PortRule { rule_id: self.rule.id, flags: self.rule.options.flags() }
+    }
+}
+
+/// Whether the veth judges `rule` by its ingress interface: scoped with
+/// `--on` only (a rule with `--to` cannot be judged there).
+pub(crate) fn on_only(rule: &Rule) -> bool {
+    !rule.options.scoping.on.is_empty() && rule.options.scoping.to.is_empty()
+}
+
+/// What decides at the veth for a packet from an interface with `on`
+/// (the best `--on` claim there) over `base` (the veth's other claim): the
+/// `--on` claim, except a dry-run one over a base that is not dry-run (a
+/// dry-run scoped rule never opens what another rule closes, as at XDP).
+pub(crate) fn decide<'r>(on: Option<Claim<'r>>, base: Option<Claim<'r>>) -> Option<Claim<'r>> {
+    match (on, base) {
+        (Some(on), Some(base)) if on.rule.options.dry_run && !base.rule.options.dry_run => Some(base),
+        (Some(on), _) => Some(on),
+        (None, base) => base,
     }
 }
 
@@ -211,8 +251,8 @@ impl<'r> Roles<'r> {
 
     fn policy_claim(&self, c: &Container, b: &PortBinding) -> Option<Claim<'r>> {
         match self.policy(c, b)? {
-            Policy::Closed(rule) => Some(Claim { role: Role::Policy, rule }),
-            Policy::OpenTo { allow, .. } => Some(Claim { role: Role::Allow, rule: allow }),
+            Policy::Closed(rule) => Some(Claim::new(Role::Policy, rule)),
+            Policy::OpenTo { allow, .. } => Some(Claim::new(Role::Allow, allow)),
             Policy::Open { .. } => None,
         }
     }
@@ -225,24 +265,86 @@ impl<'r> Roles<'r> {
         }
         let targeted = self.targeted.iter().find(|r| covers_binding(r, c, b));
         let claims = [
-            targeted.map(|&rule| Claim { role: Role::Targeted, rule }),
-            self.container_owner(b.container_port, b.proto).map(|rule| Claim { role: Role::Container, rule }),
+            targeted.map(|&rule| Claim::new(Role::Targeted, rule)),
+            self.container_owner(b.container_port, b.proto).map(|rule| Claim::new(Role::Container, rule)),
             self.policy_claim(c, b),
         ];
         claims.into_iter().flatten().min()
     }
 
     /// The veth keys `(proto, container port or VETH_ANY_PORT)` of `c`
-    /// and who holds each. A port whose protocol's wildcard has a better
-    /// claim is left to the wildcard (the kernel reads the port first).
+    /// and who holds each, for packets from interfaces no `--on` claim
+    /// names (and beneath those claims). A port whose protocol's wildcard
+    /// has a better claim is left to the wildcard (the kernel reads the
+    /// port first).
     pub fn container_claims(&self, c: &Container) -> BTreeMap<(u32, u32), Claim<'r>> {
+        let mut keys = self.targeted_claims(c, |r| !on_only(r));
+        let mut claim = |proto: u32, port: u32, claim: Claim<'r>| {
+            let held = keys.entry((proto, port)).or_insert(claim);
+            *held = (*held).min(claim);
+        };
+        // A container port behind a failsafe host port: the policy leaves
+        // it open even when another host port maps to it too.
+        let failsafe: Vec<(u32, u16)> = c
+            .ports
+            .iter()
+            .filter(|b| self.failsafe_binding(b))
+            .map(|b| (b.proto, b.container_port))
+            .collect();
+        for b in c.ports.iter().filter(|b| b.proto < proto::COUNT && b.container_port != 0) {
+            let port = u32::from(b.container_port);
+            if let Some(rule) = self.dialed_owner(b.host_port, b.proto).filter(|_| b.host_port != 0) {
+                claim(b.proto, port, Claim::new(Role::Dialed, rule));
+            }
+            if failsafe.contains(&(b.proto, b.container_port)) {
+                continue;
+            }
+            if let Some(policy) = self.policy_claim(c, b) {
+                claim(b.proto, port, policy);
+            }
+        }
+        left_to_wildcards(&mut keys);
+        keys
+    }
+
+    /// The `--on` claims on the veth keys of `c`, per interface name: the
+    /// Docker rules scoped only with `--on` that select `c`, each on the
+    /// interfaces it names. A packet from one of them is decided by
+    /// [`Roles::veth_claim_on`].
+    pub fn on_claims(&self, c: &Container) -> BTreeMap<&'r str, BTreeMap<(u32, u32), Claim<'r>>> {
+        let mut names: Vec<&'r str> = self
+            .targeted
+            .iter()
+            .filter(|r| on_only(r) && selects(&r.target.selector, c))
+            .flat_map(|r| r.options.scoping.on.iter().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let mut keys =
+                    self.targeted_claims(c, |r| on_only(r) && r.options.scoping.on.iter().any(|n| n == name));
+                left_to_wildcards(&mut keys);
+                (name, keys)
+            })
+            .collect()
+    }
+
+    /// The keys Block rules naming `c` (those `pick` takes) claim.
+    fn targeted_claims(
+        &self,
+        c: &Container,
+        pick: impl Fn(&Rule) -> bool,
+    ) -> BTreeMap<(u32, u32), Claim<'r>> {
         let mut keys: BTreeMap<(u32, u32), Claim<'r>> = BTreeMap::new();
         let mut claim = |proto: u32, port: u32, claim: Claim<'r>| {
             let held = keys.entry((proto, port)).or_insert(claim);
             *held = (*held).min(claim);
         };
-        for &rule in self.targeted.iter().filter(|r| selects(&r.target.selector, c)) {
-            let claimed = Claim { role: Role::Targeted, rule };
+        for &rule in self.targeted.iter().filter(|r| pick(r) && selects(&r.target.selector, c)) {
+            let claimed =
+                Claim { late: !rule.options.scoping.to.is_empty(), ..Claim::new(Role::Targeted, rule) };
             match rule.scope {
                 Scope::Container => {
                     for proto in rule.ports.protos() {
@@ -260,37 +362,34 @@ impl<'r> Roles<'r> {
                 }
             }
         }
-        // A container port behind a failsafe host port: the policy leaves
-        // it open even when another host port maps to it too.
-        let failsafe: Vec<(u32, u16)> = c
-            .ports
-            .iter()
-            .filter(|b| self.failsafe_binding(b))
-            .map(|b| (b.proto, b.container_port))
-            .collect();
-        for b in c.ports.iter().filter(|b| b.proto < proto::COUNT && b.container_port != 0) {
-            let port = u32::from(b.container_port);
-            if let Some(rule) = self.dialed_owner(b.host_port, b.proto).filter(|_| b.host_port != 0) {
-                claim(b.proto, port, Claim { role: Role::Dialed, rule });
-            }
-            if failsafe.contains(&(b.proto, b.container_port)) {
-                continue;
-            }
-            if let Some(policy) = self.policy_claim(c, b) {
-                claim(b.proto, port, policy);
-            }
-        }
-        let wildcards: Vec<(u32, Claim)> =
-            keys.iter().filter(|(k, _)| k.1 == VETH_ANY_PORT).map(|(k, c)| (k.0, *c)).collect();
-        keys.retain(|&(proto, port), held| {
-            port == VETH_ANY_PORT || wildcards.iter().all(|(p, wild)| *p != proto || *held < *wild)
-        });
         keys
     }
 
+    /// The claim that decides at the veth for a packet to `port` that came
+    /// in on an interface with the `--on` claims `on` (see [`decide`]).
+    pub fn veth_claim_on(
+        base: &BTreeMap<(u32, u32), Claim<'r>>,
+        on: &BTreeMap<(u32, u32), Claim<'r>>,
+        port: u16,
+        proto: u32,
+    ) -> Option<Claim<'r>> {
+        decide(Self::veth_claim(on, port, proto), Self::veth_claim(base, port, proto))
+    }
+
     /// The claim the kernel finds for a packet to `port` of `c` at its
-    /// veth: the port's entry, else its protocol's wildcard.
+    /// veth (from an interface no `--on` claim names): the port's entry,
+    /// else its protocol's wildcard.
     pub fn veth_claim(keys: &BTreeMap<(u32, u32), Claim<'r>>, port: u16, proto: u32) -> Option<Claim<'r>> {
         keys.get(&(proto, u32::from(port))).or_else(|| keys.get(&(proto, VETH_ANY_PORT))).copied()
     }
+}
+
+/// Drops the ports whose protocol's wildcard has a better claim (the
+/// kernel reads the port first).
+fn left_to_wildcards(keys: &mut BTreeMap<(u32, u32), Claim<'_>>) {
+    let wildcards: Vec<(u32, Claim)> =
+        keys.iter().filter(|(k, _)| k.1 == VETH_ANY_PORT).map(|(k, c)| (k.0, *c)).collect();
+    keys.retain(|&(proto, port), held| {
+        port == VETH_ANY_PORT || wildcards.iter().all(|(p, wild)| *p != proto || *held < *wild)
+    });
 }
