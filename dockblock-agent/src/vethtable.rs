@@ -211,29 +211,27 @@ fn dedup(plans: &[VethPlan]) -> Vec<VethPlan> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(plans.len());
     for plan in plans.iter().filter(|p| seen.insert(p.ifindex)) {
-        let mut keys = HashSet::new();
-        let entries = plan
-            .entries
-            .iter()
-            .filter(|(k, _)| {
-                if k.ifindex != plan.ifindex {
-                    tracing::warn!("veth plan {}: entry for veth {} ignored", plan.ifindex, k.ifindex);
-                    return false;
-                }
-                keys.insert(*k)
-            })
-            .copied()
-            .collect();
-        let mut keys = HashSet::new();
-        let scoped = plan
-            .scoped
-            .iter()
-            .filter(|(k, _)| k.ifindex == plan.ifindex && keys.insert(*k))
-            .copied()
-            .collect();
+        let (entries, scoped) =
+            (own_entries(plan.ifindex, &plan.entries), own_entries(plan.ifindex, &plan.scoped));
         out.push(VethPlan { entries, scoped, ..plan.clone() });
     }
     out
+}
+
+/// The entries of veth `ifindex`, the first of a key twice.
+fn own_entries<K: VethKey + Copy>(ifindex: u32, entries: &[(K, PortRule)]) -> Vec<(K, PortRule)> {
+    let mut keys = HashSet::new();
+    entries
+        .iter()
+        .filter(|(k, _)| {
+            if k.veth() != ifindex {
+                tracing::warn!("veth plan {ifindex}: entry for veth {} ignored", k.veth());
+                return false;
+            }
+            keys.insert(*k)
+        })
+        .copied()
+        .collect()
 }
 
 /// Refuses plans the maps cannot hold (see [`peak_entries`]).

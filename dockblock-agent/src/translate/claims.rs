@@ -279,10 +279,7 @@ impl<'r> Roles<'r> {
     /// port first).
     pub fn container_claims(&self, c: &Container) -> BTreeMap<(u32, u32), Claim<'r>> {
         let mut keys = self.targeted_claims(c, |r| !on_only(r));
-        let mut claim = |proto: u32, port: u32, claim: Claim<'r>| {
-            let held = keys.entry((proto, port)).or_insert(claim);
-            *held = (*held).min(claim);
-        };
+        let mut claim = |proto: u32, port: u32, claim: Claim<'r>| hold(&mut keys, (proto, port), claim);
         // A container port behind a failsafe host port: the policy leaves
         // it open even when another host port maps to it too.
         let failsafe: Vec<(u32, u16)> = c
@@ -338,10 +335,7 @@ impl<'r> Roles<'r> {
         pick: impl Fn(&Rule) -> bool,
     ) -> BTreeMap<(u32, u32), Claim<'r>> {
         let mut keys: BTreeMap<(u32, u32), Claim<'r>> = BTreeMap::new();
-        let mut claim = |proto: u32, port: u32, claim: Claim<'r>| {
-            let held = keys.entry((proto, port)).or_insert(claim);
-            *held = (*held).min(claim);
-        };
+        let mut claim = |proto: u32, port: u32, claim: Claim<'r>| hold(&mut keys, (proto, port), claim);
         for &rule in self.targeted.iter().filter(|r| pick(r) && selects(&r.target.selector, c)) {
             let claimed =
                 Claim { late: !rule.options.scoping.to.is_empty(), ..Claim::new(Role::Targeted, rule) };
@@ -382,6 +376,12 @@ impl<'r> Roles<'r> {
     pub fn veth_claim(keys: &BTreeMap<(u32, u32), Claim<'r>>, port: u16, proto: u32) -> Option<Claim<'r>> {
         keys.get(&(proto, u32::from(port))).or_else(|| keys.get(&(proto, VETH_ANY_PORT))).copied()
     }
+}
+
+/// `claim` on `key`, unless a better claim holds it.
+fn hold<'r>(keys: &mut BTreeMap<(u32, u32), Claim<'r>>, key: (u32, u32), claim: Claim<'r>) {
+    let held = keys.entry(key).or_insert(claim);
+    *held = (*held).min(claim);
 }
 
 /// Drops the ports whose protocol's wildcard has a better claim (the

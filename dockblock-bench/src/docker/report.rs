@@ -52,14 +52,15 @@ pub fn summarize(d: &Value) -> Value {
         (Some(n), Some(h)) if n > 0.0 => json!(h / n),
         _ => Value::Null,
     };
+    let pairs = pair_ratios(tput);
     s["throughput"] = json!({
         "none": dist(&none),
         "daemon": dist(&daemon),
         "ab_hooks": dist(&ab_hooks),
         "ab_none": dist(&ab_none),
         "ratio": ratio(percentile(&daemon, 50.0)),
-        "pair_ratios": dist(&pair_ratios(tput)),
-        "veth_ratio": percentile(&pair_ratios(tput), 50.0),
+        "pair_ratios": dist(&pairs),
+        "veth_ratio": percentile(&pairs, 50.0),
     });
     for b in ["no-filter", "dockblock-container-rule", "iptables-docker-user", "dockblock-bridge-tc"] {
         let f = &d["floods"];
