@@ -30,6 +30,7 @@ use toml::Spanned;
 
 use crate::{
     error::{Error, Result},
+    line_index::LineIndex,
     loader::{Capacities, Settings, XdpModeChoice},
     ports::PortSpec,
     rulefile::Entry,
@@ -178,7 +179,7 @@ pub fn load_named(named: Option<&Path>) -> Result<(Config, Option<PathBuf>)> {
 pub fn parse(path: &str, text: &str) -> Result<Config> {
     let error = |span: Option<Range<usize>>, why: String| Error::Config {
         path: path.to_string(),
-        line: span.map_or(1, |s| line_of(text, s.start)),
+        line: span.map_or(1, |s| LineIndex::new(text).line(s.start)),
         why,
     };
     let file: FileIn = toml::from_str(text).map_err(|e| error(e.span(), e.message().trim().to_string()))?;
@@ -325,10 +326,6 @@ fn absolute(p: &Spanned<String>, key: &str) -> std::result::Result<PathBuf, Bad>
 
 fn first_duplicate(names: &[String]) -> Option<&String> {
     names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)).map(|(_, n)| n)
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 /// The failsafe port `spec` would close, if any: a plain block of dialed

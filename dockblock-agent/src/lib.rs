@@ -26,6 +26,7 @@ pub mod exit_code;
 pub mod explain;
 pub mod journal;
 pub mod labels;
+pub mod line_index;
 pub mod link_info;
 pub mod loader;
 pub mod lock;

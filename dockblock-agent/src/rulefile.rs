@@ -35,6 +35,7 @@ use toml::Spanned;
 
 use crate::{
     error::{Error, Result},
+    line_index::LineIndex,
     ports::PortSpec,
     rules::{Rule, RuleOptions, RuleSpec, Scope},
     scoping::Scoping,
@@ -159,9 +160,10 @@ pub fn parse_entries(path: &str, text: &str) -> Result<Vec<Entry>> {
         let why = format!("{headers} rules, more than the {MAX_RULES} any rule table holds");
         return Err(Error::RulesFileTooBig { path: path.to_string(), why });
     }
+    let lines = LineIndex::new(text);
     let error = |span: Option<Range<usize>>, why: String| Error::RulesFile {
         path: path.to_string(),
-        line: span.map_or(1, |s| line_of(text, s.start)),
+        line: span.map_or(1, |s| lines.line(s.start)),
         why,
     };
     let file: FileIn = toml::from_str(text).map_err(|e| error(e.span(), e.message().to_string()))?;
@@ -248,7 +250,7 @@ pub fn parse_entries(path: &str, text: &str) -> Result<Vec<Entry>> {
         let same = seen.entry((target, scoping, scope.raw(), ports.lo, ports.hi)).or_default();
         if let Some(&i) = same.iter().find(|&&i| specs[i].0.ports.protos & ports.protos != 0) {
             let why =
-                format!("{scope} {ports} is already a rule on line {}", line_of(text, specs[i].1.start));
+                format!("{scope} {ports} is already a rule on line {}", lines.line(specs[i].1.start));
             return Err(error(Some(entry.span()), why));
         }
         same.push(specs.len());
@@ -256,7 +258,7 @@ pub fn parse_entries(path: &str, text: &str) -> Result<Vec<Entry>> {
     }
     Ok(specs
         .into_iter()
-        .map(|(spec, span, force)| Entry { spec, force, line: line_of(text, span.start) })
+        .map(|(spec, span, force)| Entry { spec, force, line: lines.line(span.start) })
         .collect())
 }
 
@@ -355,9 +357,6 @@ pub fn parse_net(value: &str) -> Result<IpNet> {
         .map_err(|_| Error::BadCidr { value: value.to_string() })
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
 
 #[cfg(test)]
 mod tests {

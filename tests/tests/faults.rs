@@ -693,12 +693,14 @@ fn status_reports_an_unmounted_bpffs() {
     run_ok("mount", &["-t", "bpf", "bpf", &mount]);
     let _unmount = Unmount(mount.clone());
     let o = Outside::new("fku", 177);
-    let pin_dir = format!("{mount}/dockblock");
+    // The state folder is the testkit's for this pin folder name (removed
+    // with the mount), never the real /var/lib/dockblock.
+    let pin_dir = format!("{mount}/dockblock-test-fku");
+    let _state = RemoveDir(dockblock_testkit::agent::state_dir(&pin_dir));
+    let bin = std::path::PathBuf::from(Agent::new("fkunused").bin());
     let agent_cmd = |args: &[&str]| {
-        let bin = Agent::new("fkunused").bin().to_string();
-        let mut full = vec!["--pin-dir", pin_dir.as_str()];
-        full.extend_from_slice(args);
-        run(&bin, &full)
+        dockblock_testkit::agent::output(&bin, &pin_dir, Duration::from_secs(30), args)
+            .unwrap_or_else(|e| panic!("{e}"))
     };
     let out = agent_cmd(&["attach", o.host_if(), "--no-bridge"]);
     assert!(out.status.success(), "{}", describe(&out));
@@ -728,6 +730,15 @@ fn status_reports_an_unmounted_bpffs() {
 }
 
 struct Unmount(String);
+
+/// A folder removed on drop.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 impl Drop for Unmount {
     fn drop(&mut self) {
@@ -807,7 +818,10 @@ fn rule_files_are_all_or_nothing_up_to_65535_rules() {
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("1000001 rules, more than"), "{}", describe(&out));
 
-    let rules: Vec<String> = (1..=65535u32).map(|p| format!("ports = \"{p}/tcp\"")).collect();
+    // 22/tcp is the default failsafe port: that rule says `force`.
+    let rules: Vec<String> = (1..=65535u32)
+        .map(|p| format!("ports = \"{p}/tcp\"{}", if p == 22 { "\nforce = true" } else { "" }))
+        .collect();
     let refs: Vec<&str> = rules.iter().map(String::as_str).collect();
     let file = rule_file(&refs);
     let mut bad = rule_file(&refs[..65534]);
@@ -815,7 +829,7 @@ fn rule_files_are_all_or_nothing_up_to_65535_rules() {
     let out = agent.run_with_input(&["apply", "-"], &bad);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("<stdin>:{}:", 2 * 65535)), "names the last line: {stderr}");
+    assert!(stderr.contains(&format!("<stdin>:{}:", 2 * 65535 + 1)), "names the last line: {stderr}");
     assert_eq!(rule_set(&agent), before, "a bad last rule changed something");
 
     let out = agent.run_with_input(&["apply", "-"], &file);

@@ -104,11 +104,16 @@ impl Drop for ConfigDir {
 }
 
 /// The host folders the run line binds (`docker run -v` would create them,
-/// swarm bind mounts must exist).
-fn host_dirs() {
-    for dir in ["/run/dockblock", "/var/lib/dockblock"] {
-        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {dir}: {e}"));
+/// swarm bind mounts must exist), and the test agent's state folder: it
+/// stands in for /var/lib/dockblock, so a rule a test saved is not restored
+/// by the next run (or a real install) and the host CLI saves to the same
+/// file as the daemon in the container. Returned as a path string.
+fn host_dirs(agent: &Agent) -> String {
+    let state = agent.state_dir();
+    for dir in [Path::new("/run/dockblock"), &state] {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     }
+    state.to_str().expect("utf-8 path").to_string()
 }
 
 /// The `docker run` line of the README's "Container image" section, as
@@ -151,8 +156,8 @@ fn metrics(addr: &str) -> String {
 #[test]
 fn readme_docker_run_line_enforces_a_container_rule_on_the_host() {
     let image = image();
-    host_dirs();
     let t = Topology::new("pkr", 130);
+    let state = host_dirs(&t.agent);
     let web = Web::run("dbt-pkr-web", 21400, &[]);
     let config = ConfigDir::new("pkr", "failsafe = [\"22/tcp\"]\n");
     let name = "dbt-pkr-agent";
@@ -169,6 +174,8 @@ fn readme_docker_run_line_enforces_a_container_rule_on_the_host() {
             *w = image.to_string();
         } else if let Some(rest) = w.strip_prefix("/etc/dockblock:") {
             *w = format!("{}:{rest}", config.path());
+        } else if let Some(rest) = w.strip_prefix("/var/lib/dockblock:") {
+            *w = format!("{state}:{rest}");
         }
     }
     words.extend(
@@ -199,6 +206,9 @@ fn readme_docker_run_line_enforces_a_container_rule_on_the_host() {
     );
     assert!(out.status.success(), "block in the container: {}", describe(&out));
     assert_enforced(&t, &web, "block --container from the agent's container");
+    // Saved through the state mount, for the daemon's restore at boot.
+    let saved = std::fs::read_to_string(t.agent.state_file()).unwrap_or_default();
+    assert!(saved.contains(web.name()), "the rule saved on the host: {saved:?}");
 
     // The host CLI sees the same pins and the same daemon.
     let list = t.agent.json(&["list"]);
@@ -249,8 +259,8 @@ impl Drop for ComposeUp<'_> {
 #[test]
 fn compose_file_runs_the_daemon_that_enforces_a_container_rule() {
     let image = image();
-    host_dirs();
     let t = Topology::new("pkc", 132);
+    let state = host_dirs(&t.agent);
     let web = Web::run("dbt-pkc-web", 21410, &[]);
     // Uplink and metrics from the config, as a real install has them.
     let metrics_addr = "127.0.0.1:21412";
@@ -261,6 +271,7 @@ fn compose_file_runs_the_daemon_that_enforces_a_container_rule() {
         ("DOCKBLOCK_IMAGE", image),
         ("DOCKBLOCK_PIN_DIR", t.agent.pin_dir()),
         ("DOCKBLOCK_CONFIG_DIR", config.path()),
+        ("DOCKBLOCK_STATE_DIR", &state),
     ];
     let _ = compose(project, &env, &["down", "--timeout", "15"]);
     let up = compose(project, &env, &["up", "-d"]);
@@ -371,8 +382,8 @@ impl Drop for Stack {
 #[test]
 fn swarm_stack_runs_a_global_service_that_enforces_a_container_rule() {
     let image = image();
-    host_dirs();
     let t = Topology::new("pks", 136);
+    let state = host_dirs(&t.agent);
     let web = Web::run("dbt-pks-web", 21430, &[]);
     let toml = format!("uplinks = [\"{}\"]\n", t.xdp.host_if());
     let config = ConfigDir::new("pks", &toml);
@@ -388,6 +399,7 @@ fn swarm_stack_runs_a_global_service_that_enforces_a_container_rule() {
             ("DOCKBLOCK_IMAGE", image),
             ("DOCKBLOCK_PIN_DIR", t.agent.pin_dir()),
             ("DOCKBLOCK_CONFIG_DIR", config.path()),
+            ("DOCKBLOCK_STATE_DIR", &state),
         ])
         .stdin(std::process::Stdio::null())
         .output()
