@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeSet,
     sync::{atomic::Ordering, Arc},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use super::{kernel, lock, state, Daemon};
@@ -16,12 +16,20 @@ use crate::{
     error::{Error, Result},
 };
 
+/// How long no sync must be asked for before the heap is trimmed.
+const TRIM_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Ends only when the pin folder is gone (a full `detach`): there is
 /// nothing left to keep in sync.
 pub(super) async fn sync_loop(daemon: Arc<Daemon>) -> Error {
     let mut snapshot: Option<Snapshot> = None;
     loop {
-        daemon.dirty.notified().await;
+        // A burst of syncs (100 containers started) grows the heap well
+        // past what the daemon holds; once idle, it goes back.
+        if tokio::time::timeout(TRIM_WHEN_IDLE_FOR, daemon.dirty.notified()).await.is_err() {
+            super::return_free_heap();
+            daemon.dirty.notified().await;
+        }
         daemon.syncing.store(true, Ordering::Release);
         let events_since = daemon.metrics.sync_starts();
         let result = daemon.sync_once(&mut snapshot).await;

@@ -58,6 +58,9 @@ const STATE_DIR: &str = "/run/dockblock-bench-state";
 pub struct Plan {
     pub throughput_runs: usize,
     pub throughput_secs: u32,
+    /// Interleaved hooks-against-none pairs: the hooks cost less than the
+    /// runs' spread, so the median of many pairs.
+    pub ab_pairs: usize,
     pub flood_rounds: usize,
     pub flood_rate: f64,
     pub flood_secs: f64,
@@ -75,6 +78,7 @@ impl Plan {
             Plan {
                 throughput_runs: 2,
                 throughput_secs: 2,
+                ab_pairs: 2,
                 flood_rounds: 1,
                 flood_rate: 200_000.0,
                 flood_secs: 2.0,
@@ -89,6 +93,7 @@ impl Plan {
             Plan {
                 throughput_runs: 5,
                 throughput_secs: 3,
+                ab_pairs: 15,
                 flood_rounds: 3,
                 flood_rate: 200_000.0,
                 flood_secs: 4.0,
@@ -266,6 +271,7 @@ fn measure(ctx: &Ctx, out: &mut Value, tput: &mut Vec<Value>, floods: &mut Vec<V
     }
     *out = json!({ "other_daemons": others, "agent": world::agent_bin().display().to_string(), "plan": {
         "throughput_runs": plan.throughput_runs, "throughput_secs": plan.throughput_secs,
+        "ab_pairs": plan.ab_pairs,
         "flood_rounds": plan.flood_rounds, "flood_rate_pps": plan.flood_rate, "flood_secs": plan.flood_secs,
         "idle_secs": plan.idle_secs, "starts_per_kind": plan.starts_per_kind,
         "churn_containers": plan.churn_containers, "churn_limit_secs": plan.churn_limit.as_secs(),
@@ -406,7 +412,7 @@ fn hooks_against_none(ctx: &Ctx, plan: &Plan, out: &mut Vec<Value>) -> Result<()
     let port = format!("{}/tcp", world::BLOCKED_CPORT);
     let links = Path::new(PIN_DIR).join("links");
     let mut hooked = false;
-    for k in 0..2 * plan.throughput_runs {
+    for k in 0..2 * plan.ab_pairs {
         ctx.check_stop()?;
         let want = matches!(k % 4, 0 | 3);
         if want && !hooked {

@@ -240,7 +240,7 @@ fn markdown(r: &Value) -> String {
         if let Some(e) = sv["cold_start"]["error"].as_str() {
             let _ = writeln!(md, "\nCold start not in force: {e}");
         }
-        let _ = writeln!(md, "\n| daemon holding that state | VmRSS MiB | VmHWM MiB |\n|---|---|---|");
+        let _ = writeln!(md, "\n| daemon holding that state (idle 3 s) | VmRSS MiB | VmHWM MiB |\n|---|---|---|");
         for (what, m) in [
             ("loaded (first daemon)", &sv["memory_loaded"]),
             ("after the restart", &sv["memory_restarted"]),

@@ -64,10 +64,8 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<Value> {
     let t = Instant::now();
     wait_in_force(&tables, rules, containers)?;
     ctx.log(&format!("service: state in force {:.1} s after the last docker run", t.elapsed().as_secs_f64()));
-    let (rss, hwm) = usage::process_memory_kib(daemon.pid())?;
     let mut out = json!({
-        "rules": rules, "containers": containers,
-        "memory_loaded": { "vm_rss_mib": rss as f64 / 1024.0, "vm_hwm_mib": hwm as f64 / 1024.0 },
+        "rules": rules, "containers": containers, "memory_loaded": settled_memory(daemon.pid())?,
     });
 
     // Restart: the pins stay.
@@ -87,8 +85,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<Value> {
     ));
     out["restart"] = json!({ "stop_ms": ms(stopped), "first_sync_ms": ms(synced),
         "in_force_ms": ms(in_force), "gap_ms": ms(stopped) + ms(synced) });
-    let (rss, hwm) = usage::process_memory_kib(daemon.pid())?;
-    out["memory_restarted"] = json!({ "vm_rss_mib": rss as f64 / 1024.0, "vm_hwm_mib": hwm as f64 / 1024.0 });
+    out["memory_restarted"] = settled_memory(daemon.pid())?;
 
     // Cold start: the pins gone (a reboot empties bpffs), the state dir kept.
     daemon.stop();
@@ -107,8 +104,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<Value> {
         ms(synced),
         r.as_ref().map_or_else(|e| format!("never ({e})"), |_| format!("{:.0} ms", ms(in_force)))
     ));
-    let (rss, hwm) = usage::process_memory_kib(daemon.pid())?;
-    out["memory_cold"] = json!({ "vm_rss_mib": rss as f64 / 1024.0, "vm_hwm_mib": hwm as f64 / 1024.0 });
+    out["memory_cold"] = settled_memory(daemon.pid())?;
     daemon.stop();
     for i in 0..containers {
         docker::remove_container(&format!("{NAME}{i}"));
@@ -116,6 +112,16 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<Value> {
     let _ = std::fs::remove_file(&file);
     Ok(out)
 }
+
+/// The daemon's memory once it has been idle for `SETTLE` (it returns the
+/// heap of a burst of syncs a second after the last).
+fn settled_memory(pid: u32) -> Result<Value> {
+    std::thread::sleep(SETTLE);
+    let (rss, hwm) = usage::process_memory_kib(pid)?;
+    Ok(json!({ "vm_rss_mib": rss as f64 / 1024.0, "vm_hwm_mib": hwm as f64 / 1024.0 }))
+}
+
+const SETTLE: Duration = Duration::from_secs(3);
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
