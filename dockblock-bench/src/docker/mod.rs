@@ -412,6 +412,7 @@ fn hooks_against_none(ctx: &Ctx, plan: &Plan, out: &mut Vec<Value>) -> Result<()
     let port = format!("{}/tcp", world::BLOCKED_CPORT);
     let links = Path::new(PIN_DIR).join("links");
     let mut hooked = false;
+    let _stats = usage::BpfStats::enable()?;
     for k in 0..2 * plan.ab_pairs {
         ctx.check_stop()?;
         let want = matches!(k % 4, 0 | 3);
@@ -434,10 +435,18 @@ fn hooks_against_none(ctx: &Ctx, plan: &Plan, out: &mut Vec<Value>) -> Result<()
         }
         hooked = want;
         world::clear_conntrack();
+        let (ns0, runs0) = usage::dockblock_prog_runtime()?;
         let g = datapath::throughput(plan.throughput_secs)?;
+        let (ns1, runs1) = usage::dockblock_prog_runtime()?;
+        let (prog_ns, prog_runs) = (ns1.saturating_sub(ns0), runs1.saturating_sub(runs0));
         let hooks = if want { "ab-hooks" } else { "ab-none" };
-        ctx.log(&format!("throughput {hooks:<8} pair {}: {g:.2} Gbit/s", k / 2 + 1));
-        out.push(json!({ "hooks": hooks, "phase": "interleaved", "pair": k / 2 + 1, "gbps": g }));
+        ctx.log(&format!(
+            "throughput {hooks:<8} pair {}: {g:.2} Gbit/s; programs ran {prog_runs} times, {:.1} ms",
+            k / 2 + 1,
+            prog_ns as f64 / 1e6
+        ));
+        out.push(json!({ "hooks": hooks, "phase": "interleaved", "pair": k / 2 + 1, "gbps": g,
+            "secs": plan.throughput_secs, "prog_ns": prog_ns, "prog_runs": prog_runs }));
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! all its threads, VmRSS, VmHWM) and the whole box's (`/proc/stat`: system
 //! and softirq time of every CPU).
 use anyhow::{Context, Result};
+use dockblock_testkit::cmd;
 use serde_json::{json, Value};
 use std::{fs, time::Instant};
 
@@ -76,6 +77,42 @@ pub fn box_sys_softirq_seconds() -> Result<f64> {
     // user nice system idle iowait irq softirq steal ...
     let (system, softirq) = (f.get(2).copied().unwrap_or(0.0), f.get(6).copied().unwrap_or(0.0));
     Ok((system + softirq) / ticks_per_second())
+}
+
+/// Run time and run count the kernel keeps for every loaded program whose
+/// name starts with `dockblock_` (0 until `BpfStats` is on): what the hooks
+/// cost during a run, apart from the run's own noise.
+pub fn dockblock_prog_runtime() -> Result<(u64, u64)> {
+    let out = cmd::ok(&["bpftool", "prog", "show", "--json"])?;
+    let progs: Value = serde_json::from_str(&out).context("bpftool prog show --json")?;
+    let ours = progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("dockblock_")));
+    Ok(ours.fold((0, 0), |(ns, n), p| {
+        (ns + p["run_time_ns"].as_u64().unwrap_or(0), n + p["run_cnt"].as_u64().unwrap_or(0))
+    }))
+}
+
+/// `kernel.bpf_stats_enabled` on while alive (it costs two clock reads per
+/// program run), the old value back on drop.
+pub struct BpfStats(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    pub fn enable() -> Result<BpfStats> {
+        let old = fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
+        fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
+        Ok(BpfStats(old.trim().to_string()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, &self.0);
+    }
 }
 
 #[cfg(test)]
