@@ -249,8 +249,7 @@ pub fn parse_entries(path: &str, text: &str) -> Result<Vec<Entry>> {
         let spec = RuleSpec { options, target: target.clone(), ..RuleSpec::plain(scope, ports) };
         let same = seen.entry((target, scoping, scope.raw(), ports.lo, ports.hi)).or_default();
         if let Some(&i) = same.iter().find(|&&i| specs[i].0.ports.protos & ports.protos != 0) {
-            let why =
-                format!("{scope} {ports} is already a rule on line {}", lines.line(specs[i].1.start));
+            let why = format!("{scope} {ports} is already a rule on line {}", lines.line(specs[i].1.start));
             return Err(error(Some(entry.span()), why));
         }
         same.push(specs.len());
@@ -356,7 +355,6 @@ pub fn parse_net(value: &str) -> Result<IpNet> {
         .or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| Error::BadCidr { value: value.to_string() })
 }
-
 
 #[cfg(test)]
 mod tests {

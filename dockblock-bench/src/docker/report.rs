@@ -63,9 +63,8 @@ pub fn summarize(d: &Value) -> Value {
         (Some(ns), Some(n)) if n > 0.0 => Some(ns / n),
         _ => None,
     };
-    let runs_of = |hooks: &'static str| {
-        tput.as_array().into_iter().flatten().filter(move |x| x["hooks"] == hooks)
-    };
+    let runs_of =
+        |hooks: &'static str| tput.as_array().into_iter().flatten().filter(move |x| x["hooks"] == hooks);
     let hook_share: Vec<f64> = runs_of("ab-hooks").filter_map(share).collect();
     let hook_ns: Vec<f64> = runs_of("ab-hooks").filter_map(per_run).collect();
     let none_runs: Vec<f64> = runs_of("ab-none").filter_map(|x| x["prog_runs"].as_f64()).collect();
@@ -259,7 +258,8 @@ fn markdown(r: &Value) -> String {
         if let Some(e) = sv["cold_start"]["error"].as_str() {
             let _ = writeln!(md, "\nCold start not in force: {e}");
         }
-        let _ = writeln!(md, "\n| daemon holding that state (idle 3 s) | VmRSS MiB | VmHWM MiB |\n|---|---|---|");
+        let _ =
+            writeln!(md, "\n| daemon holding that state (idle 3 s) | VmRSS MiB | VmHWM MiB |\n|---|---|---|");
         for (what, m) in [
             ("loaded (first daemon)", &sv["memory_loaded"]),
             ("after the restart", &sv["memory_restarted"]),
