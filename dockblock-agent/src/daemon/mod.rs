@@ -65,6 +65,11 @@ const AUDIT: Duration = Duration::from_secs(300);
 /// Runs the daemon until SIGTERM or SIGINT; then returns `Ok` and leaves
 /// rules and hooks in the kernel.
 pub fn run(pins: &PinDir, opts: RunOptions) -> Result<()> {
+    // glibc gives each thread that allocates an arena of its own, up to 8
+    // per core, and keeps them; the daemon's threads (runtime, blocking
+    // pool, one per netns lookup) do little at once, so two are enough.
+    // SAFETY: mallopt only tunes the allocator; called before any thread.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
