@@ -134,9 +134,6 @@ async fn main(pins: PinDir, opts: RunOptions) -> Result<()> {
         tracing::info!(interface = %a.interface, kind = a.kind.label(), replaced = a.replaced, "hook attached");
     }
     let hooks = Arc::new(kernel::Hooks::new(hooks));
-    // Loading the object is the daemon's peak of heap (ELF, BTF, verifier
-    // logs).
-    return_free_heap();
     // Subscribed before the dump and the first snapshot: no veth created
     // in between is missed.
     let mut link_events = links::watch()?;
@@ -225,13 +222,6 @@ struct Daemon {
     metrics: Arc<crate::metrics::DaemonMetrics>,
     /// The config's uplinks, failsafe ports and policy (SIGHUP reloads).
     desired: Mutex<reload::Desired>,
-}
-
-/// Gives freed heap back to the system: glibc keeps freed pages mapped in
-/// its arenas (one per thread that allocated) unless asked.
-fn return_free_heap() {
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe { libc::malloc_trim(0) };
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -24,10 +24,12 @@ const TRIM_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 pub(super) async fn sync_loop(daemon: Arc<Daemon>) -> Error {
     let mut snapshot: Option<Snapshot> = None;
     loop {
-        // A burst of syncs (100 containers started) grows the heap well
-        // past what the daemon holds; once idle, it goes back.
+        // Loading the object at start and a burst of syncs (100 containers
+        // started) grow the heap well past what the daemon holds; once
+        // idle, it goes back (glibc keeps freed pages unless asked).
         if tokio::time::timeout(TRIM_WHEN_IDLE_FOR, daemon.dirty.notified()).await.is_err() {
-            super::return_free_heap();
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
             daemon.dirty.notified().await;
         }
         daemon.syncing.store(true, Ordering::Release);

@@ -346,9 +346,7 @@ fn measure(ctx: &Ctx, out: &mut Value, tput: &mut Vec<Value>, floods: &mut Vec<V
         out["start"] = start::run(ctx, &r, plan.starts_per_kind)?;
         ctx.log(&format!("docker: churn of {} containers", plan.churn_containers));
         out["churn"] = churn::run(ctx, &r, plan.churn_containers, plan.churn_limit)?;
-        let (rss, hwm) = usage::process_memory_kib(r.daemon_pid)?;
-        out["daemon"]["end"] =
-            json!({ "vm_rss_mib": rss as f64 / 1024.0, "vm_hwm_mib": hwm as f64 / 1024.0 });
+        out["daemon"]["end"] = usage::memory(r.daemon_pid)?;
         Ok(())
     })();
     let log_tail = daemon.log_tail();

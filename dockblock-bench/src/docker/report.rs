@@ -67,7 +67,7 @@ pub fn summarize(d: &Value) -> Value {
         |hooks: &'static str| tput.as_array().into_iter().flatten().filter(move |x| x["hooks"] == hooks);
     let hook_share: Vec<f64> = runs_of("ab-hooks").filter_map(share).collect();
     let hook_ns: Vec<f64> = runs_of("ab-hooks").filter_map(per_run).collect();
-    let none_runs: Vec<f64> = runs_of("ab-none").filter_map(|x| x["prog_runs"].as_f64()).collect();
+    let none_runs = field(tput, "prog_runs", |x| x["hooks"] == "ab-none");
     s["throughput"] = json!({
         "none": dist(&none),
         "daemon": dist(&daemon),

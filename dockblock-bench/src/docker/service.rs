@@ -117,8 +117,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<Value> {
 /// heap of a burst of syncs a second after the last).
 fn settled_memory(pid: u32) -> Result<Value> {
     std::thread::sleep(SETTLE);
-    let (rss, hwm) = usage::process_memory_kib(pid)?;
-    Ok(json!({ "vm_rss_mib": rss as f64 / 1024.0, "vm_hwm_mib": hwm as f64 / 1024.0 }))
+    usage::memory(pid)
 }
 
 const SETTLE: Duration = Duration::from_secs(3);

@@ -58,15 +58,18 @@ impl ProcessWindow {
     pub fn finish(&self) -> Result<Value> {
         let cpu = process_cpu_seconds(self.pid)? - self.cpu;
         let wall = self.start.elapsed().as_secs_f64();
-        let (rss, hwm) = process_memory_kib(self.pid)?;
-        Ok(json!({
-            "seconds": wall,
-            "cpu_seconds": cpu,
-            "cpu_pct_of_one_core": 100.0 * cpu / wall,
-            "vm_rss_mib": rss as f64 / 1024.0,
-            "vm_hwm_mib": hwm as f64 / 1024.0,
-        }))
+        let mut out = memory(self.pid)?;
+        out["seconds"] = json!(wall);
+        out["cpu_seconds"] = json!(cpu);
+        out["cpu_pct_of_one_core"] = json!(100.0 * cpu / wall);
+        Ok(out)
     }
+}
+
+/// `pid`'s memory now, as the report reads it (MiB).
+pub fn memory(pid: u32) -> Result<Value> {
+    let (rss, hwm) = process_memory_kib(pid)?;
+    Ok(json!({ "vm_rss_mib": rss as f64 / 1024.0, "vm_hwm_mib": hwm as f64 / 1024.0 }))
 }
 
 /// System and softirq CPU seconds of the whole box so far (every CPU).
