@@ -35,7 +35,10 @@
 //! 7. A transport header cut short is malformed; a first fragment without
 //!    the ports is evasive; a first fragment with the ports but not the
 //!    whole header is judged as a new connection, and dropped as evasive.
-//! 8. No rule for the destination port in the hook's scope: passes
+//! 8. A TCP segment with its whole header that is not a SYN without ACK
+//!    cannot open a connection: it passes (`passed_not_new`) before any
+//!    rule is looked up, on every port, counted on no rule.
+//! 9. No rule for the destination port in the hook's scope: passes
 //!    (`passed_no_rule`). Veth: for a packet that came in on an interface
 //!    (ingress ifindex not 0) at a veth whose state has `HAS_SCOPED`, the
 //!    `VETH_SCOPED_RULES` entry {veth, protocol, port, ingress}, else
@@ -48,13 +51,13 @@
 //!    `dropped_unreviewed` and which remembers no fragment. A veth rule
 //!    matched by a packet from another container (an ingress ifindex with
 //!    a `VETHS` entry) passes (`passed_from_container`, on no rule) unless
-//!    the rule has `from_containers`. A TCP packet that is not a SYN
-//!    without ACK, or a UDP reply to a flow the host or a container opened
-//!    from that port (veth: scope container), passes (`passed_not_new`).
-//! 9. A source on the rule's allow-list passes (`passed_allowed`); a
-//!    dry-run rule lets it pass (`passed_dry_run`); otherwise it is dropped
-//!    (`dropped`), and a dropped first fragment is remembered so the rest
-//!    of its datagram is dropped too.
+//!    the rule has `from_containers`. A UDP reply to a flow the host or a
+//!    container opened from that port (veth: scope container) passes
+//!    (`passed_not_new`, counted on the rule as `passed`).
+//! 10. A source on the rule's allow-list passes (`passed_allowed`); a
+//!     dry-run rule lets it pass (`passed_dry_run`); otherwise it is dropped
+//!     (`dropped`), and a dropped first fragment is remembered so the rest
+//!     of its datagram is dropped too.
 //!
 //! Every packet is counted once per hook and outcome (packets and bytes),
 //! and on its rule when one decided it. `Verdict::Drop` iff
@@ -431,6 +434,9 @@ impl Model {
             Err(outcome) => return (outcome, None),
         };
         let (l4, sport, dport, partial) = (t.proto, t.sport, t.dport, t.partial);
+        if l4 == proto::TCP && !partial && !(t.flags & TCP_SYN != 0 && t.flags & TCP_ACK == 0) {
+            return (outcome::PASSED_NOT_NEW, None);
+        }
         let scope = if matches!(at, At::Xdp { .. }) { scope::DIALED } else { scope::CONTAINER };
         let rule = match at {
             At::Veth { ifindex, from } => match self.reviewed(ifindex) {
@@ -456,12 +462,8 @@ impl Model {
         // Unreviewed: no rule id, nothing counted on a rule.
         let id = (rule.rule_id != 0).then_some(rule.rule_id);
         // Partial first fragments have unknown flags and skip the reply check.
-        let is_new = partial
-            || match l4 {
-                proto::TCP => t.flags & TCP_SYN != 0 && t.flags & TCP_ACK == 0,
-                _ => !self.flows.contains(&(ip.src, sport, dport, scope)),
-            };
-        if !is_new {
+        let is_reply = l4 == proto::UDP && !partial && self.flows.contains(&(ip.src, sport, dport, scope));
+        if is_reply {
             return (outcome::PASSED_NOT_NEW, id);
         }
         if rule.flags & rule_flag::ALLOW_LIST != 0 && self.is_allowed(rule.rule_id, &ip.src) {

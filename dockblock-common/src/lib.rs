@@ -532,8 +532,9 @@ pub struct Counter {
 pub struct RuleStats {
     /// New connections the rule dropped (and later fragments of them).
     pub dropped: Counter,
-    /// Packets on the rule's ports that passed because they did not open a
-    /// new connection (TCP replies and established traffic, UDP replies).
+    /// UDP datagrams on the rule's ports that passed as replies to a flow
+    /// the host or a container opened. (TCP segments that are not new pass
+    /// before any rule is looked up, counted per hook only.)
     pub passed: Counter,
     /// New connections that passed because their source is allow-listed.
     pub allowed: Counter,

@@ -129,6 +129,12 @@ pub fn judge(
     let Some(l4) = &facts.l4 else {
         return judge_later_fragment(&facts, hook, len);
     };
+    // A TCP segment other than a SYN cannot open a connection on any port:
+    // it passes before any lookup, so established traffic pays the parse
+    // and nothing else (the veth's lookups are hash lookups).
+    if !l4.is_new {
+        return finish(hook, outcome::PASSED_NOT_NEW, len);
+    }
     // Unreviewed: judged as a rule with no id, no flags and no counters.
     let rule = match lookup.find(&config, &facts, l4) {
         Match::Rule(rule) => rule,
@@ -144,9 +150,7 @@ pub fn judge(
     };
     // A first fragment cut short after the ports counts as new: its flags
     // are unknown, and a reply would carry its whole header.
-    if !l4.is_new
-        || (l4.complete && l4.proto == proto::UDP && is_reply(&facts, l4.sport, l4.dport, scope, &config))
-    {
+    if l4.complete && l4.proto == proto::UDP && is_reply(&facts, l4.sport, l4.dport, scope, &config) {
         count(|s| &mut s.passed);
         return finish(hook, outcome::PASSED_NOT_NEW, len);
     }

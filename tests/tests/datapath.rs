@@ -33,21 +33,26 @@ fn container_port_rules_are_judged_at_the_bridge_only() {
 }
 
 #[test]
-fn replies_and_established_traffic_pass_and_are_counted_on_the_rule() {
+fn established_tcp_passes_before_any_rule_is_looked_up() {
     let mut dp = Datapath::load("reply");
     dp.block(Dialed, "40000/tcp");
     dp.block(Container, "40000/tcp");
-    for flags in [SYN | ACK, ACK, PSH | ACK, FIN | ACK, RST, RST | ACK] {
-        let frame = Packet::tcp(40000, flags).build();
-        assert_eq!(dp.xdp(&frame), Pass, "flags {flags:#x}");
-        assert_eq!(dp.tc(&frame), Pass, "flags {flags:#x}");
+    for flags in [SYN | ACK, ACK, PSH | ACK, FIN | ACK, RST, RST | ACK, 0, FIN] {
+        // On the blocked port and on one without a rule alike.
+        for port in [40000, 40001] {
+            let frame = Packet::tcp(port, flags).build();
+            assert_eq!(dp.xdp(&frame), Pass, "flags {flags:#x}");
+            assert_eq!(dp.tc(&frame), Pass, "flags {flags:#x}");
+        }
     }
     assert_eq!(dp.xdp(&Packet::tcp(40000, SYN).build()), Drop);
     assert_eq!(dp.xdp(&Packet::tcp(40000, SYN | FIN).build()), Drop, "a SYN without ACK opens");
     let rules = dp.rules();
-    assert_eq!(rules[0].stats.passed.packets, 6);
-    assert_eq!(rules[0].stats.dropped.packets, 2);
-    assert_eq!(dp.xdp_counter(outcome::PASSED_NOT_NEW).packets, 6);
+    // Counted on no rule: the rule was never looked up.
+    assert!(rules.iter().all(|r| r.stats.passed.packets == 0), "{rules:?}");
+    assert_eq!(rules.iter().map(|r| r.stats.dropped.packets).sum::<u64>(), 2);
+    assert_eq!(dp.xdp_counter(outcome::PASSED_NOT_NEW).packets, 16);
+    assert_eq!(dp.xdp_counter(outcome::PASSED_NO_RULE).packets, 0);
 }
 
 #[test]

@@ -127,12 +127,19 @@ fn replies_to_container_connections_pass() {
     let probe = out.exec("curl", &["-s", "--max-time", "2", &url]);
     assert_eq!(probe.status.code(), Some(28), "dialed {spec} not enforced: {}", describe(&probe));
 
+    let not_new = |hook: &str| {
+        let stats = agent.json(&["stats"]);
+        stats["hooks"][hook]["passed_not_new"]["packets"].as_u64().unwrap_or_else(|| panic!("{stats}"))
+    };
+    let before = (not_new("xdp"), not_new("tc"));
     assert!(dial(SPORT), "reply to the container's own connection was dropped");
-    // Both hooks saw the replies, matched them to the rule, and let them by.
+    // Both hooks saw the replies and let them by as not new (before any
+    // rule lookup: on no rule), and the rules dropped nothing.
+    assert!(not_new("xdp") > before.0, "the uplink saw no reply");
+    assert!(not_new("tc") > before.1, "the bridge saw no reply");
     for scope in ["dialed", "container"] {
         let r = rule(&agent, scope, &spec).unwrap_or_else(|| panic!("{scope} {spec} listed"));
-        let passed = r["passed"]["packets"].as_u64();
-        assert!(passed > Some(0), "{scope} {spec} saw no reply: {r}");
+        assert_eq!(dropped_packets(&r), 0, "{scope} {spec} dropped a reply: {r}");
     }
 }
 

@@ -61,6 +61,10 @@ pub struct Plan {
     /// Interleaved hooks-against-none pairs: the hooks cost less than the
     /// runs' spread, so the median of many pairs.
     pub ab_pairs: usize,
+    /// Runs with the hooks and the kernel's run-time count on, after the
+    /// pairs (the count costs the programs two clock reads a run, so the
+    /// pairs' hooks run without it).
+    pub stats_runs: usize,
     pub flood_rounds: usize,
     pub flood_rate: f64,
     pub flood_secs: f64,
@@ -79,6 +83,7 @@ impl Plan {
                 throughput_runs: 2,
                 throughput_secs: 2,
                 ab_pairs: 2,
+                stats_runs: 1,
                 flood_rounds: 1,
                 flood_rate: 200_000.0,
                 flood_secs: 2.0,
@@ -94,6 +99,7 @@ impl Plan {
                 throughput_runs: 5,
                 throughput_secs: 3,
                 ab_pairs: 15,
+                stats_runs: 5,
                 flood_rounds: 3,
                 flood_rate: 200_000.0,
                 flood_secs: 4.0,
@@ -271,7 +277,7 @@ fn measure(ctx: &Ctx, out: &mut Value, tput: &mut Vec<Value>, floods: &mut Vec<V
     }
     *out = json!({ "other_daemons": others, "agent": world::agent_bin().display().to_string(), "plan": {
         "throughput_runs": plan.throughput_runs, "throughput_secs": plan.throughput_secs,
-        "ab_pairs": plan.ab_pairs,
+        "ab_pairs": plan.ab_pairs, "stats_runs": plan.stats_runs,
         "flood_rounds": plan.flood_rounds, "flood_rate_pps": plan.flood_rate, "flood_secs": plan.flood_secs,
         "idle_secs": plan.idle_secs, "starts_per_kind": plan.starts_per_kind,
         "churn_containers": plan.churn_containers, "churn_limit_secs": plan.churn_limit.as_secs(),
@@ -406,47 +412,85 @@ fn throughput_runs(ctx: &Ctx, plan: &Plan, hooks: &str, phase: &str, out: &mut V
 /// with a rule on another of its ports, and stops (SIGTERM: hooks and rule
 /// stay in the kernel); "none" is the same with every link pin removed (no
 /// program attached anywhere), and the next start hooks it all again.
+///
+/// The kernel's run-time count is on in the "none" runs (where it costs
+/// nothing, and 0 runs shows no program was attached) and off in the
+/// hooks' runs, as in production; `stats_runs` more runs with the hooks
+/// and the count on follow, for the hooks' own CPU.
 fn hooks_against_none(ctx: &Ctx, plan: &Plan, out: &mut Vec<Value>) -> Result<()> {
-    let port = format!("{}/tcp", world::BLOCKED_CPORT);
-    let links = Path::new(PIN_DIR).join("links");
     let mut hooked = false;
-    let _stats = usage::BpfStats::enable()?;
     for k in 0..2 * plan.ab_pairs {
         ctx.check_stop()?;
         let want = matches!(k % 4, 0 | 3);
-        if want && !hooked {
-            let mut daemon = Daemon::start_env(&world::agent_bin(), PIN_DIR, &[], &[("RUST_LOG", "info")])
-                .context("starting the daemon with no uplink")?;
-            let r = Run { tables: kernel::Tables::open(PIN_DIR)?, daemon_pid: daemon.pid() };
-            let ruled =
-                agent_ok(&["block", "--container", CONTAINER, &port]).and_then(|_| wait_web_ruled(&r));
-            daemon.stop();
-            ruled?;
-            if r.tables.hooked().is_empty() {
-                bail!("no veth hook pinned after the daemon's start");
-            }
-        } else if !want && hooked {
-            for e in fs::read_dir(&links).with_context(|| format!("read {}", links.display()))? {
-                let path = e?.path();
-                fs::remove_file(&path).with_context(|| format!("unpin {}", path.display()))?;
-            }
-        }
-        hooked = want;
-        world::clear_conntrack();
-        let (ns0, runs0) = usage::dockblock_prog_runtime()?;
-        let g = datapath::throughput(plan.throughput_secs)?;
-        let (ns1, runs1) = usage::dockblock_prog_runtime()?;
-        let (prog_ns, prog_runs) = (ns1.saturating_sub(ns0), runs1.saturating_sub(runs0));
+        set_hooked(&mut hooked, want)?;
+        let stats = if want { None } else { Some(usage::BpfStats::enable()?) };
+        let run = measured_run(plan)?;
+        drop(stats);
         let hooks = if want { "ab-hooks" } else { "ab-none" };
-        ctx.log(&format!(
-            "throughput {hooks:<8} pair {}: {g:.2} Gbit/s; programs ran {prog_runs} times, {:.1} ms",
-            k / 2 + 1,
-            prog_ns as f64 / 1e6
-        ));
-        out.push(json!({ "hooks": hooks, "phase": "interleaved", "pair": k / 2 + 1, "gbps": g,
-            "secs": plan.throughput_secs, "prog_ns": prog_ns, "prog_runs": prog_runs }));
+        log_run(ctx, hooks, &format!("pair {}", k / 2 + 1), &run);
+        out.push(json!({ "hooks": hooks, "phase": "interleaved", "pair": k / 2 + 1, "gbps": run.gbps,
+            "secs": plan.throughput_secs, "prog_ns": run.prog_ns, "prog_runs": run.prog_runs }));
+    }
+    set_hooked(&mut hooked, true)?;
+    let _stats = usage::BpfStats::enable()?;
+    for i in 1..=plan.stats_runs {
+        ctx.check_stop()?;
+        let run = measured_run(plan)?;
+        log_run(ctx, "ab-hooks-stats", &format!("{i}/{}", plan.stats_runs), &run);
+        out.push(json!({ "hooks": "ab-hooks-stats", "phase": "stats", "run": i, "gbps": run.gbps,
+            "secs": plan.throughput_secs, "prog_ns": run.prog_ns, "prog_runs": run.prog_runs }));
     }
     Ok(())
+}
+
+/// Brings the hooks in (the daemon started, the rule made, stopped) or out
+/// (every link pin removed), if `hooked` is not `want` already.
+fn set_hooked(hooked: &mut bool, want: bool) -> Result<()> {
+    if want && !*hooked {
+        let port = format!("{}/tcp", world::BLOCKED_CPORT);
+        let mut daemon = Daemon::start_env(&world::agent_bin(), PIN_DIR, &[], &[("RUST_LOG", "info")])
+            .context("starting the daemon with no uplink")?;
+        let r = Run { tables: kernel::Tables::open(PIN_DIR)?, daemon_pid: daemon.pid() };
+        let ruled = agent_ok(&["block", "--container", CONTAINER, &port]).and_then(|_| wait_web_ruled(&r));
+        daemon.stop();
+        ruled?;
+        if r.tables.hooked().is_empty() {
+            bail!("no veth hook pinned after the daemon's start");
+        }
+    } else if !want && *hooked {
+        let links = Path::new(PIN_DIR).join("links");
+        for e in fs::read_dir(&links).with_context(|| format!("read {}", links.display()))? {
+            let path = e?.path();
+            fs::remove_file(&path).with_context(|| format!("unpin {}", path.display()))?;
+        }
+    }
+    *hooked = want;
+    Ok(())
+}
+
+/// One iperf3 run and what dockblock's programs ran meanwhile (0 with the
+/// kernel's count off).
+struct MeasuredRun {
+    gbps: f64,
+    prog_ns: u64,
+    prog_runs: u64,
+}
+
+fn measured_run(plan: &Plan) -> Result<MeasuredRun> {
+    world::clear_conntrack();
+    let (ns0, runs0) = usage::dockblock_prog_runtime()?;
+    let gbps = datapath::throughput(plan.throughput_secs)?;
+    let (ns1, runs1) = usage::dockblock_prog_runtime()?;
+    Ok(MeasuredRun { gbps, prog_ns: ns1.saturating_sub(ns0), prog_runs: runs1.saturating_sub(runs0) })
+}
+
+fn log_run(ctx: &Ctx, hooks: &str, which: &str, run: &MeasuredRun) {
+    ctx.log(&format!(
+        "throughput {hooks:<14} {which}: {:.2} Gbit/s; programs ran {} times, {:.1} ms",
+        run.gbps,
+        run.prog_runs,
+        run.prog_ns as f64 / 1e6
+    ));
 }
 
 fn log_flood(ctx: &Ctx, s: &Value) {
