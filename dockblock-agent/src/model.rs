@@ -481,17 +481,21 @@ impl Model {
         (if partial { outcome::DROPPED_EVASIVE } else { outcome::DROPPED }, id)
     }
 
-    /// Rule 8a, scoped rules (`--on`, `--to`), judged at XDP only (at the
-    /// bridge a scoped rule is an unscoped one): among the scoped rules, the
-    /// most specific that matches the packet, by kind: on the ingress
-    /// interface and to the destination, then only to the destination,
-    /// then only on the interface; within a kind, ranked as unscoped rules
-    /// are (`rules::rank`). A dry-run scoped rule does not decide where an
+    /// Rule 9a, scoped rules, judged at XDP (`--on`, `--to`) and at the
+    /// bridge (rules with `--on` and no `--to`; a rule with `--to` is an
+    /// unscoped one there): among the rules scoped at the hook, the most
+    /// specific that matches the packet, by kind: on the ingress interface
+    /// and to the destination, then only to the destination, then only on
+    /// the interface; within a kind, ranked as unscoped rules are
+    /// (`rules::rank`). A dry-run scoped rule does not decide where an
     /// unscoped rule that is not dry-run covers the port (it never opens
     /// what that closes). `None`: the port's unscoped rule decides.
     fn scoped_rule(&self, at: At, ingress: u32, dst: &[u8; 16], proto: u32, port: u16) -> Option<PortRule> {
-        let At::Xdp { .. } = at else { return None };
-        let scope = Scope::Dialed;
+        let scope = match at {
+            At::Xdp { .. } => Scope::Dialed,
+            At::Bridge { .. } => Scope::Container,
+            At::Veth { .. } => return None,
+        };
         let unscoped = self.ports[port_index(0, scope.raw(), proto, port) as usize];
         let closes = unscoped.rule_id != 0 && unscoped.flags & rule_flag::DRY_RUN == 0;
         let on_matches =

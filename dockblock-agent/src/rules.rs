@@ -457,6 +457,13 @@ pub fn port_owners(rules: &[Rule], scope: Scope, proto: u32) -> Vec<Option<&Rule
     owners_among(rules.iter().filter(|r| !r.options.scoping.is_scoped_at(scope)), scope, proto)
 }
 
+/// As `port_owners`, scoped rules included: the container-port rules
+/// whose container ports the daemon derives host-port rules from (a
+/// derived rule keeps the scoping, which XDP judges in full).
+pub fn port_owners_scoped_too(rules: &[Rule], scope: Scope, proto: u32) -> Vec<Option<&Rule>> {
+    owners_among(rules.iter(), scope, proto)
+}
+
 /// For one scope and protocol, per `SCOPED_RULES` key (interface, address):
 /// the rule that owns each port there, ranked as in `port_owners`, among
 /// the rules scoped at that hook. `resolve` gives interfaces' indexes.
@@ -882,9 +889,14 @@ mod tests {
         assert_eq!(scoped.len(), 1);
         assert_eq!(scoped[0].0, (7, [0; 16]));
         assert_eq!(scoped[0].1[8080].map(|r| r.id), Some(2));
-        // The bridge judges no scope: the rule is unscoped there.
+        // The bridge judges no `--to`: such a rule is unscoped there.
         let to = [Rule { scope: Scope::Container, ..on(rule(3, "80/tcp"), &[], &["198.18.160.1"]) }];
         assert_eq!(port_owners(&to, Scope::Container, proto::TCP)[80].map(|r| r.id), Some(3));
         assert!(scoped_owners(&to, Scope::Container, proto::TCP, &resolve).is_empty());
+        // It judges `--on` alone: a key of its own, and no unscoped slot.
+        let on_eth1 = [Rule { scope: Scope::Container, ..on(rule(4, "80/tcp"), &["eth1"], &[]) }];
+        assert_eq!(port_owners(&on_eth1, Scope::Container, proto::TCP)[80], None);
+        let scoped = scoped_owners(&on_eth1, Scope::Container, proto::TCP, &resolve);
+        assert_eq!((scoped[0].0, scoped[0].1[80].map(|r| r.id)), ((7, [0; 16]), Some(4)));
     }
 }

@@ -72,10 +72,15 @@ impl Scoping {
     }
 
     /// Whether the port tables of `scope` judge this scoping (else the rule
-    /// is unscoped there: only XDP, dialed ports, judges scopes in
-    /// `PORT_RULES`; the veth hook's `--on` is `translate`'s).
+    /// is unscoped there). XDP (dialed ports) judges both `--on` and `--to`;
+    /// the bridge (container ports, after DNAT: the dialed address is gone)
+    /// judges `--on` alone, so a rule with `--to` closes there for every
+    /// interface, as at the veth (whose `--on` is `translate`'s).
     pub fn is_scoped_at(&self, scope: Scope) -> bool {
-        scope == Scope::Dialed && !self.is_empty()
+        match scope {
+            Scope::Dialed => !self.is_empty(),
+            Scope::Container => !self.on.is_empty() && self.to.is_empty(),
+        }
     }
 
     /// Refuses a name no interface has now: most likely a typo, and a rule
@@ -230,7 +235,9 @@ mod tests {
         let a = addr::mapped_addr("198.18.160.1".parse().unwrap());
         let both = Scoping::parse(&strings(&["eth1", "eth2", "gone"]), &strings(&["198.18.160.1"])).unwrap();
         assert_eq!(both.keys(Scope::Dialed, &resolve), Some(vec![(7, a), (9, a)]));
-        assert_eq!(both.keys(Scope::Container, &resolve), None, "the bridge judges no scope: unscoped");
+        assert_eq!(both.keys(Scope::Container, &resolve), None, "--to at the bridge: unscoped");
+        let on = Scoping::parse(&strings(&["eth1", "eth2", "gone"]), &[]).unwrap();
+        assert_eq!(on.keys(Scope::Container, &resolve), Some(vec![(7, [0; 16]), (9, [0; 16])]), "--on alone");
         let to = Scoping::parse(&[], &strings(&["198.18.160.1"])).unwrap();
         assert_eq!(to.keys(Scope::Dialed, &resolve), Some(vec![(0, a)]));
         assert_eq!(to.keys(Scope::Container, &resolve), None, "--to is not judged after DNAT: unscoped");

@@ -484,6 +484,18 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_container_port_rule_derives_its_host_ports_with_its_scoping() {
+        let s = snapshot([running(2, "db").publish("13306:3306")]);
+        for (on, to) in [(&["eth1"][..], &[][..]), (&["eth1"], &["198.18.160.1"]), (&[], &["198.18.160.1"])] {
+            let parent = scoped(container_port(7, "3306/tcp"), on, to);
+            let specs = derived_rules(std::slice::from_ref(&parent), &s);
+            assert_eq!(specs.len(), 1, "--on {on:?} --to {to:?}: XDP closes the host port too");
+            assert_eq!(specs[0].options.scoping, parent.options.scoping);
+            assert_eq!(specs[0].ports.to_string(), "13306/tcp");
+        }
+    }
+
+    #[test]
     fn recreated_container_with_the_same_name_gets_the_rule_on_its_new_host_port() {
         let rules = [block(1, name("db"), "3306/tcp")];
         let before = snapshot([running(2, "db").publish("13306:3306")]);

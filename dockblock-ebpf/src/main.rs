@@ -29,7 +29,7 @@ use aya_ebpf::{
 use dockblock_common::{hook, scope};
 use events::Seen;
 use parse::{parse, Cursor, Facts, Reject, PARSE_DEPTH_MAX};
-use verdict::{judge, PortTable, Verdict};
+use verdict::{judge, Ingress, PortTable, Verdict};
 
 #[xdp]
 pub fn dockblock_xdp(ctx: XdpContext) -> u32 {
@@ -38,7 +38,7 @@ pub fn dockblock_xdp(ctx: XdpContext) -> u32 {
     let seen = Seen { hook: hook::XDP, ifindex };
     // XDP sees only the linear buffer (no frags support): it is the packet.
     let parse = || parse(&Cursor::new(ctx.data(), ctx.data_end(), len));
-    let lookup = PortTable { scope: scope::DIALED, scoped: Some(ifindex) };
+    let lookup = PortTable { scope: scope::DIALED, ingress: Ingress::Known(ifindex), by_address: true };
     match judge(scope::DIALED, len as u64, &seen, false, parse, lookup) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
@@ -59,8 +59,8 @@ pub fn dockblock_tc(ctx: TcContext) -> i32 {
         &seen,
         ingress_ifindex == 0,
         parse,
-        // No scope judged here (see PortTable): scoped rules close the port.
-        PortTable { scope: scope::CONTAINER, scoped: None },
+        // `--on` by the interface it came in on (the host's own: 0, no key).
+        PortTable { scope: scope::CONTAINER, ingress: Ingress::Skb(ctx.skb.skb), by_address: false },
     ))
 }
 

@@ -2,7 +2,7 @@
 //! the counters every path leaves through. Hooks differ only in where they
 //! look up the rule for a port ([`Match`]).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use dockblock_common::{
     config_flag, hook_stats_index, net::IPPROTO_TCP, outcome, port_index, proto, rule_flag,
     seen as seen_slot, AllowKey, Counter, FlowKey, FragKey, PortRule, RuleStats, ScopedKey,
@@ -40,16 +40,26 @@ pub trait Lookup {
     fn find(self, config: &LiveConfig, facts: &Facts, l4: &L4) -> Match;
 }
 
-/// The rule of `scope` in `PORT_RULES` (XDP and bridge TC). At XDP
-/// (`scoped`, with the ingress ifindex), for a slot flagged `SCOPED`, the
-/// most specific `SCOPED_RULES` entry that matches the packet first
-/// (interface and address, then address, then interface), falling back to
-/// the slot's own rule. The bridge judges no scope (user space compiles
-/// none for it): one more lookup there took its verification, three parses
-/// deep, over the kernel's budget.
+/// The rule of `scope` in `PORT_RULES` (XDP and bridge TC). For a slot
+/// flagged `SCOPED`, the most specific `SCOPED_RULES` entry that matches
+/// the packet first, falling back to the slot's own rule: at XDP
+/// (`by_address`) interface and address, then address, then interface; at
+/// the bridge the interface only (after DNAT the dialed address is gone,
+/// so user space compiles only `--on` keys there). `ifindex`: the
+/// interface the packet came in on.
 pub struct PortTable {
     pub scope: u32,
-    pub scoped: Option<u32>,
+    pub ingress: Ingress,
+    pub by_address: bool,
+}
+
+/// Where [`PortTable`] reads the interface a packet came in on.
+pub enum Ingress {
+    /// XDP: read before the parse.
+    Known(u32),
+    /// TC: `skb->ingress_ifindex`, read only when a scoped slot asks (a
+    /// value carried across the parse made the verifier walk it again).
+    Skb(*mut __sk_buff),
 }
 
 impl Lookup for PortTable {
@@ -63,12 +73,15 @@ impl Lookup for PortTable {
         // Every lookup below ends in one value, so the verifier walks the
         // rest of the judgement once per packet shape, not once per hit.
         let mut rule = slot;
-        if let Some(ifindex) = self.scoped {
-            if slot.flags & rule_flag::SCOPED != 0 {
-                let found = scoped(config.generation, scope, ifindex, facts, l4);
-                if found.rule_id != 0 {
-                    rule = found;
-                }
+        if slot.flags & rule_flag::SCOPED != 0 {
+            let ifindex = match self.ingress {
+                Ingress::Known(ifindex) => ifindex,
+                // SAFETY: the context's valid __sk_buff.
+                Ingress::Skb(skb) => unsafe { (*skb).ingress_ifindex },
+            };
+            let found = scoped(config.generation, scope, ifindex, self.by_address, facts, l4);
+            if found.rule_id != 0 {
+                rule = found;
             }
         }
         match rule.rule_id {
@@ -80,7 +93,7 @@ impl Lookup for PortTable {
 
 /// The most specific `SCOPED_RULES` entry for the packet, or no rule (id 0).
 #[inline(always)]
-fn scoped(generation: u32, scope: u32, ifindex: u32, facts: &Facts, l4: &L4) -> PortRule {
+fn scoped(generation: u32, scope: u32, ifindex: u32, by_address: bool, facts: &Facts, l4: &L4) -> PortRule {
     let mut key =
         ScopedKey { generation, scope, proto: l4.proto, port: u32::from(l4.dport), ifindex, addr: [0; 16] };
     let get = |key: &ScopedKey| match unsafe { SCOPED_RULES.get(key) } {
@@ -88,15 +101,18 @@ fn scoped(generation: u32, scope: u32, ifindex: u32, facts: &Facts, l4: &L4) -> 
         Some(rule) => *rule,
         None => PortRule::default(),
     };
-    key.addr = facts.dst();
-    let mut found = get(&key);
-    if found.rule_id == 0 {
-        key.ifindex = 0;
+    let mut found = PortRule::default();
+    if by_address {
+        key.addr = facts.dst();
         found = get(&key);
-    }
-    if found.rule_id == 0 {
+        if found.rule_id == 0 {
+            key.ifindex = 0;
+            found = get(&key);
+        }
         key.ifindex = ifindex;
         key.addr = [0; 16];
+    }
+    if found.rule_id == 0 {
         found = get(&key);
     }
     found

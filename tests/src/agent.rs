@@ -207,21 +207,36 @@ fn agent_bin() -> PathBuf {
 /// CLI without Docker: with an engine, every changing verb also writes the
 /// rules of the host's containers' own `dockblock.*` labels (other tests'
 /// containers), and `list` shows what rules cover now.
-pub struct NoEngine(Option<std::ffi::OsString>);
+///
+/// The variable is the process's, and tests run in threads: the first
+/// guard sets it, the last one dropped puts the old value back (one
+/// test's drop must not hand the engine to another that is still running).
+pub struct NoEngine(());
+
+/// Live guards, and DOCKER_HOST as it was before the first.
+static NO_ENGINE: std::sync::Mutex<(usize, Option<std::ffi::OsString>)> = std::sync::Mutex::new((0, None));
 
 impl NoEngine {
     pub fn set() -> NoEngine {
-        let old = std::env::var_os("DOCKER_HOST");
-        std::env::set_var("DOCKER_HOST", "unix:///nonexistent/dockblock-tests-no-engine.sock");
-        NoEngine(old)
+        let mut live = NO_ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+        if live.0 == 0 {
+            live.1 = std::env::var_os("DOCKER_HOST");
+            std::env::set_var("DOCKER_HOST", "unix:///nonexistent/dockblock-tests-no-engine.sock");
+        }
+        live.0 += 1;
+        NoEngine(())
     }
 }
 
 impl Drop for NoEngine {
     fn drop(&mut self) {
-        match self.0.take() {
-            Some(v) => std::env::set_var("DOCKER_HOST", v),
-            None => std::env::remove_var("DOCKER_HOST"),
+        let mut live = NO_ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+        live.0 -= 1;
+        if live.0 == 0 {
+            match live.1.take() {
+                Some(v) => std::env::set_var("DOCKER_HOST", v),
+                None => std::env::remove_var("DOCKER_HOST"),
+            }
         }
     }
 }

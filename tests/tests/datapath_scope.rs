@@ -84,12 +84,17 @@ fn on_judges_only_packets_that_came_in_on_the_interface() {
     assert_eq!(slot(&dp, scope::DIALED, 21000), PortRule { rule_id: 0, flags: rule_flag::SCOPED });
     assert_eq!(slot(&dp, scope::DIALED, 21001), PortRule::default());
 
-    // The bridge judges no scope: a scoped container-port rule closes the
-    // port whatever the packet came in on (fail closed).
+    // The bridge judges `--on` by skb->ingress_ifindex: a container-port
+    // rule on the uplink closes the container port to what came in there,
+    // not to another interface nor to the host itself.
     block(&mut dp, Container, "21001/tcp", scoped(&[UPLINK], &[]));
+    assert_eq!(run(&mut dp, true, &syn_to(21001, "172.30.160.2"), up), Drop, "bridge, in on the uplink");
+    assert_eq!(run(&mut dp, true, &syn_to(21001, "172.30.160.2"), LO), Pass, "bridge, another interface");
+    assert_eq!(slot(&dp, scope::CONTAINER, 21001), PortRule { rule_id: 0, flags: rule_flag::SCOPED });
+    // Beside an unscoped rule on the port, traffic from elsewhere meets it.
+    block(&mut dp, Container, "21001/tcp", RuleOptions::default());
+    assert_eq!(run(&mut dp, true, &syn_to(21001, "172.30.160.2"), LO), Drop, "the unscoped rule");
     assert_eq!(run(&mut dp, true, &syn_to(21001, "172.30.160.2"), up), Drop);
-    assert_eq!(run(&mut dp, true, &syn_to(21001, "172.30.160.2"), LO), Drop);
-    assert_eq!(slot(&dp, scope::CONTAINER, 21001).flags & rule_flag::SCOPED, 0, "an unscoped slot there");
 
     // Replies still pass a scoped rule (it blocks new connections only).
     let ack = Packet::tcp(21000, ACK).dst(HOST_A).build();

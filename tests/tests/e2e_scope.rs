@@ -178,3 +178,42 @@ fn a_docker_rule_on_one_uplink_is_judged_at_the_veth() {
     t.agent.ok(&["unblock", "--container", "dbt-sc2", "80/tcp", "--to", &addr]);
     t.assert_opens(&web, 80, "unblock --container --to");
 }
+
+/// A plain container-port rule with `--on`: the bridge hook judges the
+/// interface the packet came in on (`skb->ingress_ifindex`), as the veth
+/// hook does for Docker rules, so `block --container-port 80/tcp --on X`
+/// closes the container's port 80 from X's namespace, on the published
+/// port and by direct routing, and leaves it open from the other side.
+/// With `--to` it cannot be judged after DNAT and closes every path.
+#[test]
+fn a_container_port_rule_on_one_uplink_is_judged_at_the_bridge() {
+    let t = Topology::with_daemon("sb", 163);
+    let web = Web::run("dbt-sc3", 21011, &[]);
+    t.wait_reviewed(&web);
+    t.assert_opens(&web, 80, "no rule yet");
+    let ip = web.ip();
+    let from = |out: &dockblock_tests::netns::Outside| {
+        let (published, direct) = std::thread::scope(|s| {
+            let p = s.spawn(|| http(out, None, out.host_ip(), 21011));
+            let d = s.spawn(|| http(out, None, &ip, 80));
+            (p.join().unwrap(), d.join().unwrap())
+        });
+        [published, direct]
+    };
+    let (a, b) = (t.xdp.host_if().to_string(), t.plain.host_if().to_string());
+    for (on, closed, open) in [(&b, &t.plain, &t.xdp), (&a, &t.xdp, &t.plain)] {
+        t.agent.ok(&["block", "--container-port", "80/tcp", "--on", on]);
+        assert_eq!(from(closed), [false, false], "--on {on}: closed from its side\n{}", t.context());
+        assert_eq!(from(open), [true, true], "--on {on}: open from the other side\n{}", t.context());
+        t.assert_paths(&web, CONTROL_PORT, true, "--container-port 80/tcp leaves 81");
+        t.agent.ok(&["unblock", "--container-port", "80/tcp", "--on", on]);
+        t.assert_opens(&web, 80, "unblock --container-port --on");
+    }
+
+    let addr = t.xdp.host_ip().to_string();
+    t.agent.ok(&["block", "--container-port", "80/tcp", "--to", &addr]);
+    t.assert_paths(&web, 80, false, "--container-port --to: closed everywhere (bridge)");
+    assert_eq!(from(&t.plain), [false, false], "--to: closed from the other side too");
+    t.agent.ok(&["unblock", "--container-port", "80/tcp", "--to", &addr]);
+    t.assert_opens(&web, 80, "unblock --container-port --to");
+}

@@ -17,7 +17,7 @@ use dockblock_common::{proto, VETH_ANY_PORT};
 use crate::{
     docker::snapshot::{Container, PortBinding},
     ports::PortSpec,
-    rules::{port_owners, Rule, Scope},
+    rules::{port_owners, port_owners_scoped_too, Rule, Scope},
     target::{Action, Selector},
 };
 
@@ -181,13 +181,16 @@ pub(crate) struct Roles<'r> {
     failsafe: &'r [PortSpec],
 }
 
+/// `rules::port_owners` or one like it.
+type OwnersFn = for<'a> fn(&'a [Rule], Scope, u32) -> Vec<Option<&'a Rule>>;
+
 impl<'r> Roles<'r> {
     pub fn new(rules: &'r [Rule]) -> Self {
         let mut sorted: Vec<&Rule> = rules.iter().collect();
         sorted.sort_by_key(|r| r.id);
         let of =
             |want: Role| -> Vec<&'r Rule> { sorted.iter().copied().filter(|r| role(r) == want).collect() };
-        let owners = |want: Role, scope: Scope| -> Vec<Vec<Option<&'r Rule>>> {
+        let owners = |want: Role, scope: Scope, table: OwnersFn| -> Vec<Vec<Option<&'r Rule>>> {
             if !rules.iter().any(|r| role(r) == want) {
                 return Vec::new();
             }
@@ -195,7 +198,7 @@ impl<'r> Roles<'r> {
             // not plain means no plain rule holds the port.
             (0..proto::COUNT)
                 .map(|p| {
-                    let mut owners = port_owners(rules, scope, p);
+                    let mut owners = table(rules, scope, p);
                     owners.iter_mut().for_each(|o| *o = o.filter(|r| role(r) == want));
                     owners
                 })
@@ -205,8 +208,11 @@ impl<'r> Roles<'r> {
             targeted: of(Role::Targeted),
             allows: of(Role::Allow),
             policy: of(Role::Policy).first().copied(),
-            dialed: owners(Role::Dialed, Scope::Dialed),
-            container: owners(Role::Container, Scope::Container),
+            // A scoped dialed rule on a host port leaves it to derivation; a
+            // scoped container-port rule derives its host ports' rules
+            // with its scoping (the bridge judges only `--on`, XDP all).
+            dialed: owners(Role::Dialed, Scope::Dialed, port_owners),
+            container: owners(Role::Container, Scope::Container, port_owners_scoped_too),
             failsafe: &[],
         }
     }
