@@ -6,6 +6,7 @@
 //! Needs root and a running Docker daemon; run serially:
 //! `cargo test -p dockblock-tests --test e2e_scope -- --test-threads=1`
 
+use dockblock_tests::netns::Outside;
 use dockblock_tests::rig::topology::{http, Topology, Web, CONTROL_PORT};
 use serde_json::Value;
 
@@ -114,6 +115,16 @@ fn on_and_to_close_one_interface_or_one_address() {
 /// `explain --hook veth --on` say so. A rule with `--to` cannot be judged
 /// after DNAT: it still closes every path. unblock with the same scoping
 /// opens it again.
+/// Whether `out` gets the web page [through the published `host_port`,
+/// routed straight to the container's `ip`:80], both tried at once.
+fn published_and_direct(out: &Outside, host_port: u16, ip: &str) -> [bool; 2] {
+    std::thread::scope(|s| {
+        let p = s.spawn(|| http(out, None, out.host_ip(), host_port));
+        let d = s.spawn(|| http(out, None, ip, 80));
+        [p.join().unwrap(), d.join().unwrap()]
+    })
+}
+
 #[test]
 fn a_docker_rule_on_one_uplink_is_judged_at_the_veth() {
     let t = Topology::with_daemon("sd", 162);
@@ -121,15 +132,7 @@ fn a_docker_rule_on_one_uplink_is_judged_at_the_veth() {
     t.wait_reviewed(&web);
     t.assert_opens(&web, 80, "no rule yet");
     let ip = web.ip();
-    // [published port, direct to the container's address] from each side.
-    let from = |out: &dockblock_tests::netns::Outside| {
-        let (published, direct) = std::thread::scope(|s| {
-            let p = s.spawn(|| http(out, None, out.host_ip(), 21010));
-            let d = s.spawn(|| http(out, None, &ip, 80));
-            (p.join().unwrap(), d.join().unwrap())
-        });
-        [published, direct]
-    };
+    let from = |out: &Outside| published_and_direct(out, 21010, &ip);
     let (a, b) = (t.xdp.host_if().to_string(), t.plain.host_if().to_string());
     for (on, closed, open) in [(&b, &t.plain, &t.xdp), (&a, &t.xdp, &t.plain)] {
         t.agent.ok(&["block", "--container", "dbt-sc2", "80/tcp", "--on", on]);
@@ -192,14 +195,7 @@ fn a_container_port_rule_on_one_uplink_is_judged_at_the_bridge() {
     t.wait_reviewed(&web);
     t.assert_opens(&web, 80, "no rule yet");
     let ip = web.ip();
-    let from = |out: &dockblock_tests::netns::Outside| {
-        let (published, direct) = std::thread::scope(|s| {
-            let p = s.spawn(|| http(out, None, out.host_ip(), 21011));
-            let d = s.spawn(|| http(out, None, &ip, 80));
-            (p.join().unwrap(), d.join().unwrap())
-        });
-        [published, direct]
-    };
+    let from = |out: &Outside| published_and_direct(out, 21011, &ip);
     let (a, b) = (t.xdp.host_if().to_string(), t.plain.host_if().to_string());
     for (on, closed, open) in [(&b, &t.plain, &t.xdp), (&a, &t.xdp, &t.plain)] {
         t.agent.ok(&["block", "--container-port", "80/tcp", "--on", on]);

@@ -247,8 +247,8 @@ fn veth_hooks_close_unreviewed_veths_and_judge_their_rules() {
     let done = vethtable::sync(&pins, &[reviewed(&c1)]).unwrap();
     assert_eq!(
         (done.written, done.removed),
-        (1, 2),
-        "c1's state rewritten; c2's state and c1's entry removed"
+        (2, 2),
+        "c1's state closed while its entry goes, then rewritten; c2's state and c1's entry removed"
     );
     let (states, rules) = vethtable::read(&pins).unwrap();
     assert_eq!(states, [(c1.ifindex(), state(0))]);
