@@ -102,8 +102,10 @@ pub struct ScopedVerdict {
     pub rule: u32,
     pub scoping: Scoping,
     pub verdict: Verdict,
-    /// `xdp` (a scoped dialed rule, the verdict at XDP) or `veth` (an
-    /// `--on` Docker rule: the path's verdict for packets from `on`).
+    /// `xdp` (a scoped dialed rule, the verdict at XDP), `bridge` (an
+    /// `--on` container-port rule, its verdict at the bridge for packets
+    /// from `on`) or `veth` (an `--on` Docker rule: the path's verdict for
+    /// packets from `on`).
     pub hook: &'static str,
 }
 
@@ -111,12 +113,16 @@ pub struct ScopedVerdict {
 /// host port, protocol, host address, container.
 pub fn published(rules: &[Rule], s: &Snapshot) -> Vec<PublishedPort> {
     let roles = Roles::new(rules);
+    // The bridge's own owners: a container-port rule scoped there (`--on`)
+    // closes only what came in on its interfaces, listed apart below.
+    let bridge_owners: Vec<_> =
+        (0..dockblock_common::proto::COUNT).map(|p| rules::port_owners(rules, Scope::Container, p)).collect();
     let mut out = Vec::new();
     for c in s.containers.iter().filter(|c| c.running) {
         let keys = roles.container_claims(c);
         let on = roles.on_claims(c);
         for b in c.ports.iter().filter(|b| b.host_port != 0 && b.proto < dockblock_common::proto::COUNT) {
-            let bridge = roles.container_owner(b.container_port, b.proto);
+            let bridge = bridge_owners[b.proto as usize][usize::from(b.container_port)];
             let veth = Roles::veth_claim(&keys, b.container_port, b.proto).map(|claim| claim.rule);
             let mut verdict = Verdict::Open;
             let mut ids = Vec::new();
@@ -132,18 +138,22 @@ pub fn published(rules: &[Rule], s: &Snapshot) -> Vec<PublishedPort> {
             }
             ids.sort_unstable();
             ids.dedup();
-            let mut scoped: Vec<ScopedVerdict> = rules
-                .iter()
-                .filter(|r| rules::in_port_table(r) && r.scope == Scope::Dialed)
-                .filter(|r| r.options.scoping.is_scoped_at(Scope::Dialed))
-                .filter(|r| r.ports.protos & proto::bit(b.proto) != 0)
-                .filter(|r| r.ports.lo <= b.host_port && b.host_port <= r.ports.hi)
-                .map(|r| ScopedVerdict {
-                    rule: r.id,
-                    scoping: r.options.scoping.clone(),
-                    verdict: Verdict::of(r),
-                    hook: "xdp",
-                })
+            let scoped_at = |scope: Scope, port: u16, hook: &'static str| {
+                rules
+                    .iter()
+                    .filter(move |r| rules::in_port_table(r) && r.scope == scope)
+                    .filter(move |r| r.options.scoping.is_scoped_at(scope))
+                    .filter(|r| r.ports.protos & proto::bit(b.proto) != 0)
+                    .filter(move |r| r.ports.lo <= port && port <= r.ports.hi)
+                    .map(move |r| ScopedVerdict {
+                        rule: r.id,
+                        scoping: r.options.scoping.clone(),
+                        verdict: Verdict::of(r),
+                        hook,
+                    })
+            };
+            let mut scoped: Vec<ScopedVerdict> = scoped_at(Scope::Dialed, b.host_port, "xdp")
+                .chain(scoped_at(Scope::Container, b.container_port, "bridge"))
                 .collect();
             // Per `--on` interface, where the veth decides otherwise.
             for (name, on_keys) in &on {
@@ -195,7 +205,7 @@ pub fn published(rules: &[Rule], s: &Snapshot) -> Vec<PublishedPort> {
 /// "proto": "tcp", "networks", "verdict": "open"|"open_to"|"blocked",
 /// "open_to": [CIDR...], "rules": [id...]}`, and with scoped rules on the
 /// host port `"scoped": [{"rule", "on": [IFACE...], "to": [ADDR...],
-/// "verdict", "open_to", "hook": "xdp"|"veth"}]` (absent without).
+/// "verdict", "open_to", "hook": "xdp"|"bridge"|"veth"}]` (absent without).
 impl Serialize for PublishedPort {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
@@ -415,6 +425,26 @@ mod tests {
         );
         assert!(json[1].get("scoped").is_none(), "absent without scoped rules");
         assert!(table(&ports).contains("open; blocked at xdp on eth1 to 198.18.160.1"), "{}", table(&ports));
+    }
+
+    #[test]
+    fn an_on_container_port_rule_is_listed_at_the_bridge_for_its_interfaces() {
+        let s = shop();
+        let mut on = container_port(5, "3306/tcp");
+        on.options.scoping = Scoping::parse(&["eth1".into()], &[]).unwrap();
+        let ports = published(&[on.clone()], &s);
+        let db = ports.iter().find(|p| p.container == "db").unwrap();
+        assert_eq!(db.verdict, Verdict::Open, "from other interfaces");
+        assert_eq!(
+            (db.scoped.len(), db.scoped[0].hook, db.scoped[0].verdict.clone()),
+            (1, "bridge", Verdict::Blocked)
+        );
+        assert!(table(&ports).contains("open; blocked at bridge on eth1"), "{}", table(&ports));
+        // With --to it closes on every interface at the bridge: in the verdict.
+        on.options.scoping = Scoping::parse(&["eth1".into()], &["198.18.160.1".into()]).unwrap();
+        let ports = published(&[on], &s);
+        let db = ports.iter().find(|p| p.container == "db").unwrap();
+        assert_eq!((db.verdict.clone(), db.scoped.len()), (Verdict::Blocked, 0));
     }
 
     #[test]

@@ -202,6 +202,18 @@ fn a_container_port_rule_on_one_uplink_is_judged_at_the_bridge() {
         assert_eq!(from(closed), [false, false], "--on {on}: closed from its side\n{}", t.context());
         assert_eq!(from(open), [true, true], "--on {on}: open from the other side\n{}", t.context());
         t.assert_paths(&web, CONTROL_PORT, true, "--container-port 80/tcp leaves 81");
+        let ports = t.agent.json(&["ports"]);
+        let row = ports["ports"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["host_port"] == 21011 && p["host_ip"] == "0.0.0.0").cloned())
+            .unwrap_or_else(|| panic!("no 21011 in ports --json: {ports}"));
+        assert_eq!(row["verdict"], "open", "from interfaces the rule does not name: {row}");
+        let bridge = row["scoped"].as_array().and_then(|s| s.iter().find(|s| s["hook"] == "bridge").cloned());
+        let bridge = bridge.unwrap_or_else(|| panic!("no bridge scoped verdict: {row}"));
+        assert_eq!(
+            (bridge["on"].clone(), bridge["verdict"].clone()),
+            (serde_json::json!([on]), "blocked".into())
+        );
         t.agent.ok(&["unblock", "--container-port", "80/tcp", "--on", on]);
         t.assert_opens(&web, 80, "unblock --container-port --on");
     }
