@@ -45,8 +45,8 @@ pub trait Lookup {
 /// the packet first, falling back to the slot's own rule: at XDP
 /// (`by_address`) interface and address, then address, then interface; at
 /// the bridge the interface only (after DNAT the dialed address is gone,
-/// so user space compiles only `--on` keys there). `ifindex`: the
-/// interface the packet came in on.
+/// so user space compiles only `--on` keys there). `ingress`: where the
+/// interface the packet came in on is read.
 pub struct PortTable {
     pub scope: u32,
     pub ingress: Ingress,
@@ -145,7 +145,7 @@ pub fn judge(
     let Some(l4) = &facts.l4 else {
         return judge_later_fragment(&facts, hook, len);
     };
-    // A TCP segment other than a SYN cannot open a connection on any port:
+    // A whole TCP header without SYN, or with ACK, cannot open a connection:
     // it passes before any lookup, so established traffic pays the parse
     // and nothing else (the veth's lookups are hash lookups).
     if !l4.is_new {
