@@ -125,6 +125,23 @@ fn published_and_direct(out: &Outside, host_port: u16, ip: &str) -> [bool; 2] {
     })
 }
 
+/// `ports --json` says host port `host_port` is open from interfaces no
+/// rule names, and blocked at `hook` for packets from `on`.
+fn assert_blocked_only_on(t: &Topology, host_port: u16, hook: &str, on: &str) {
+    let ports = t.agent.json(&["ports"]);
+    let row = ports["ports"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["host_port"] == host_port && p["host_ip"] == "0.0.0.0").cloned())
+        .unwrap_or_else(|| panic!("no {host_port} in ports --json: {ports}"));
+    assert_eq!(row["verdict"], "open", "from interfaces the rule does not name: {row}");
+    let scoped = row["scoped"].as_array().and_then(|s| s.iter().find(|s| s["hook"] == hook).cloned());
+    let scoped = scoped.unwrap_or_else(|| panic!("no {hook} scoped verdict: {row}"));
+    assert_eq!(
+        (scoped["on"].clone(), scoped["verdict"].clone()),
+        (serde_json::json!([on]), "blocked".into())
+    );
+}
+
 #[test]
 fn a_docker_rule_on_one_uplink_is_judged_at_the_veth() {
     let t = Topology::with_daemon("sd", 162);
@@ -139,20 +156,7 @@ fn a_docker_rule_on_one_uplink_is_judged_at_the_veth() {
         assert_eq!(from(closed), [false, false], "--on {on}: closed from its side\n{}", t.context());
         assert_eq!(from(open), [true, true], "--on {on}: open from the other side\n{}", t.context());
         t.assert_paths(&web, CONTROL_PORT, true, "--container 80/tcp leaves 81");
-        let ports = t.agent.json(&["ports"]);
-        let row = ports["ports"]
-            .as_array()
-            .and_then(|p| p.iter().find(|p| p["host_port"] == 21010 && p["host_ip"] == "0.0.0.0").cloned())
-            .unwrap_or_else(|| panic!("no 21010 in ports --json: {ports}"));
-        assert_eq!(row["verdict"], "open", "from interfaces the rule does not name: {row}");
-        let veth = row["scoped"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["hook"] == "veth").cloned())
-            .unwrap_or_else(|| panic!("no veth scoped verdict: {row}"));
-        assert_eq!(
-            (veth["on"].clone(), veth["verdict"].clone()),
-            (serde_json::json!([on]), "blocked".into())
-        );
+        assert_blocked_only_on(&t, 21010, "veth", on);
         let ifindex = web.veths()[0].to_string();
         let explain = |iface: &str| {
             let dst = format!("{ip}:80");
@@ -202,18 +206,7 @@ fn a_container_port_rule_on_one_uplink_is_judged_at_the_bridge() {
         assert_eq!(from(closed), [false, false], "--on {on}: closed from its side\n{}", t.context());
         assert_eq!(from(open), [true, true], "--on {on}: open from the other side\n{}", t.context());
         t.assert_paths(&web, CONTROL_PORT, true, "--container-port 80/tcp leaves 81");
-        let ports = t.agent.json(&["ports"]);
-        let row = ports["ports"]
-            .as_array()
-            .and_then(|p| p.iter().find(|p| p["host_port"] == 21011 && p["host_ip"] == "0.0.0.0").cloned())
-            .unwrap_or_else(|| panic!("no 21011 in ports --json: {ports}"));
-        assert_eq!(row["verdict"], "open", "from interfaces the rule does not name: {row}");
-        let bridge = row["scoped"].as_array().and_then(|s| s.iter().find(|s| s["hook"] == "bridge").cloned());
-        let bridge = bridge.unwrap_or_else(|| panic!("no bridge scoped verdict: {row}"));
-        assert_eq!(
-            (bridge["on"].clone(), bridge["verdict"].clone()),
-            (serde_json::json!([on]), "blocked".into())
-        );
+        assert_blocked_only_on(&t, 21011, "bridge", on);
         t.agent.ok(&["unblock", "--container-port", "80/tcp", "--on", on]);
         t.assert_opens(&web, 80, "unblock --container-port --on");
     }
