@@ -188,11 +188,7 @@ pub struct Model {
     rules: Vec<Rule>,
     /// The interfaces `--on` names, resolved when the model was made.
     ifindexes: HashMap<String, u32>,
-    /// `VETHS` and `VETH_RULES`.
-    veths: HashMap<u32, VethState>,
-    veth_rules: HashMap<VethRuleKey, PortRule>,
-    /// `VETH_SCOPED_RULES`.
-    veth_scoped: HashMap<VethScopedKey, PortRule>,
+    veth: VethTable,
     config: Config,
     flows: HashSet<FlowId>,
     /// Occupied `FRAGS` slots by index (an empty slot is absent).
@@ -229,9 +225,7 @@ impl Model {
             allow,
             rules: rules.to_vec(),
             ifindexes,
-            veths: HashMap::new(),
-            veth_rules: HashMap::new(),
-            veth_scoped: HashMap::new(),
+            veth: VethTable::default(),
             config: *config,
             flows: HashSet::new(),
             frags: HashMap::new(),
@@ -299,27 +293,27 @@ impl Model {
 
     /// The `VETHS` entry of veth `ifindex`.
     pub fn set_veth(&mut self, ifindex: u32, state: VethState) {
-        self.veths.insert(ifindex, state);
+        self.veth.states.insert(ifindex, state);
     }
 
     /// A `VETH_RULES` entry.
     pub fn set_veth_rule(&mut self, key: VethRuleKey, rule: PortRule) {
-        self.veth_rules.insert(key, rule);
+        self.veth.rules.insert(key, rule);
     }
 
     /// A `VETH_SCOPED_RULES` entry.
     pub fn set_veth_scoped_rule(&mut self, key: VethScopedKey, rule: PortRule) {
-        self.veth_scoped.insert(key, rule);
+        self.veth.scoped.insert(key, rule);
     }
 
     /// `VETH_SCOPED_RULES`, as written.
     pub fn veth_scoped(&self) -> &HashMap<VethScopedKey, PortRule> {
-        &self.veth_scoped
+        &self.veth.scoped
     }
 
     /// The veth table, as `VETHS` and `VETH_RULES` hold it.
     pub fn veths(&self) -> (&HashMap<u32, VethState>, &HashMap<VethRuleKey, PortRule>) {
-        (&self.veths, &self.veth_rules)
+        (&self.veth.states, &self.veth.rules)
     }
 
     /// Records the flow a container sends `frame` on, at the ingress of
@@ -330,11 +324,11 @@ impl Model {
         if t.proto != proto::UDP {
             return;
         }
-        let judged = match self.reviewed(ifindex) {
+        let judged = match self.veth.reviewed(ifindex) {
             None => true,
             Some(flags) => {
                 flags & veth_flag::HAS_SCOPED != 0
-                    || self.veth_rule(ifindex, flags, t.proto, t.sport).is_some()
+                    || self.veth.rule(ifindex, flags, t.proto, t.sport).is_some()
             }
         };
         if judged {
@@ -439,11 +433,13 @@ impl Model {
         }
         let scope = if matches!(at, At::Xdp { .. }) { scope::DIALED } else { scope::CONTAINER };
         let rule = match at {
-            At::Veth { ifindex, from } => match self.reviewed(ifindex) {
+            At::Veth { ifindex, from } => match self.veth.reviewed(ifindex) {
                 None => PortRule::default(),
-                Some(flags) => match self.veth_decider(ifindex, from, flags, l4, dport) {
+                Some(flags) => match self.veth.decider(ifindex, from, flags, l4, dport) {
                     None => return (outcome::PASSED_NO_RULE, None),
-                    Some(rule) if rule.flags & rule_flag::FROM_CONTAINERS == 0 && self.is_container(from) => {
+                    Some(rule)
+                        if rule.flags & rule_flag::FROM_CONTAINERS == 0 && self.veth.is_container(from) =>
+                    {
                         return (outcome::PASSED_FROM_CONTAINER, None);
                     }
                     Some(rule) => rule,
@@ -525,44 +521,56 @@ impl Model {
         None
     }
 
+    fn is_allowed(&self, rule_id: u32, src: &[u8; 16]) -> bool {
+        let nets = self.allow.get(&rule_id).map_or(&[][..], |n| &n[..]);
+        nets.iter().any(|(net, len)| prefix_matches(net, *len, src))
+    }
+}
+
+/// The veth table as the veth hook reads it (`VETHS`, `VETH_RULES`,
+/// `VETH_SCOPED_RULES`): the model's, and the veth table's write-order
+/// test judges every moment of a sync with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VethTable {
+    pub states: HashMap<u32, VethState>,
+    pub rules: HashMap<VethRuleKey, PortRule>,
+    pub scoped: HashMap<VethScopedKey, PortRule>,
+}
+
+impl VethTable {
     /// The flags of veth `ifindex`'s `VETHS` entry, if it was reviewed.
-    fn reviewed(&self, ifindex: u32) -> Option<u32> {
-        let flags = self.veths.get(&ifindex)?.flags;
+    pub fn reviewed(&self, ifindex: u32) -> Option<u32> {
+        let flags = self.states.get(&ifindex)?.flags;
         (flags & veth_flag::REVIEWED != 0).then_some(flags)
     }
 
     /// Whether `ifindex` is the host-side veth of a container (reviewed or
     /// not, it has a `VETHS` entry).
     fn is_container(&self, ifindex: u32) -> bool {
-        ifindex != 0 && self.veths.contains_key(&ifindex)
+        ifindex != 0 && self.states.contains_key(&ifindex)
     }
 
-    /// The rule of veth `ifindex` for `proto`/`port` (see rule 8).
-    fn veth_rule(&self, ifindex: u32, flags: u32, proto: u32, port: u16) -> Option<PortRule> {
+    /// The rule of veth `ifindex` for `proto`/`port` (see rule 9).
+    fn rule(&self, ifindex: u32, flags: u32, proto: u32, port: u16) -> Option<PortRule> {
         let get = |port: u32| {
             let key = VethRuleKey { ifindex, proto, port };
-            self.veth_rules.get(&key).copied().filter(|r| r.rule_id != 0)
+            self.rules.get(&key).copied().filter(|r| r.rule_id != 0)
         };
         let exact = (flags & veth_flag::HAS_PORTS != 0).then(|| get(u32::from(port))).flatten();
         exact.or_else(|| (flags & veth_flag::HAS_WILDCARD != 0).then(|| get(VETH_ANY_PORT)).flatten())
     }
 
-    /// What decides at veth `ifindex` for a packet from `from` (see rule
-    /// 8): its scoped entry, else its `VETH_RULES` rule; `None`: no rule.
-    fn veth_decider(&self, ifindex: u32, from: u32, flags: u32, proto: u32, port: u16) -> Option<PortRule> {
+    /// What decides at veth `ifindex` (reviewed, with `flags`) for a packet
+    /// from `from` (see rule 9): its scoped entry, else its `VETH_RULES`
+    /// rule; `None`: no rule.
+    pub fn decider(&self, ifindex: u32, from: u32, flags: u32, proto: u32, port: u16) -> Option<PortRule> {
         if flags & veth_flag::HAS_SCOPED != 0 && from != 0 {
-            let get =
-                |port: u32| self.veth_scoped.get(&VethScopedKey { ifindex, proto, port, from }).copied();
+            let get = |port: u32| self.scoped.get(&VethScopedKey { ifindex, proto, port, from }).copied();
             if let Some(rule) = get(u32::from(port)).or_else(|| get(VETH_ANY_PORT)) {
                 return (rule.rule_id != 0).then_some(rule);
             }
         }
-        self.veth_rule(ifindex, flags, proto, port)
-    }
-
-    fn is_allowed(&self, rule_id: u32, src: &[u8; 16]) -> bool {
-        let nets = self.allow.get(&rule_id).map_or(&[][..], |n| &n[..]);
-        nets.iter().any(|(net, len)| prefix_matches(net, *len, src))
+        self.rule(ifindex, flags, proto, port)
     }
 }
 

@@ -116,7 +116,7 @@ pub fn published(rules: &[Rule], s: &Snapshot) -> Vec<PublishedPort> {
     // The bridge's own owners: a container-port rule scoped there (`--on`)
     // closes only what came in on its interfaces, listed apart below.
     let bridge_owners: Vec<_> =
-        (0..dockblock_common::proto::COUNT).map(|p| rules::port_owners(rules, Scope::Container, p)).collect();
+        (0..proto::COUNT).map(|p| rules::port_owners(rules, Scope::Container, p)).collect();
     let mut out = Vec::new();
     for c in s.containers.iter().filter(|c| c.running) {
         let keys = roles.container_claims(c);

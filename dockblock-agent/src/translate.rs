@@ -20,7 +20,7 @@ use std::{
     net::IpAddr,
 };
 
-use dockblock_common::{proto, veth_flag, PortRule, VethRuleKey, VethScopedKey, VethState, VETH_ANY_PORT};
+use dockblock_common::{proto, PortRule, VethRuleKey, VethScopedKey, VethState, VETH_ANY_PORT};
 use serde::Serialize;
 
 use crate::{
@@ -202,16 +202,7 @@ pub fn veth_plans_with(
             .collect();
         let scoped: Vec<(VethScopedKey, PortRule)> =
             on.iter().flat_map(|(from, on)| scoped_entries(veth.ifindex, *from, keys, on)).collect();
-        let mut flags = veth_flag::REVIEWED;
-        if entries.iter().any(|(k, _)| k.port != VETH_ANY_PORT) {
-            flags |= veth_flag::HAS_PORTS;
-        }
-        if entries.iter().any(|(k, _)| k.port == VETH_ANY_PORT) {
-            flags |= veth_flag::HAS_WILDCARD;
-        }
-        if !scoped.is_empty() {
-            flags |= veth_flag::HAS_SCOPED;
-        }
+        let flags = crate::vethtable::state_flags(&entries, &scoped);
         let state = VethState { flags, _pad: 0, container: id_bytes(&c.id) };
         plans.push(VethPlan { ifindex: veth.ifindex, state, entries, scoped });
     }

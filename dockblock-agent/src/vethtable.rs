@@ -19,12 +19,15 @@
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 
 use aya::maps::{HashMap, MapData};
-use dockblock_common::{map_names, veth_flag, PortRule, VethRuleKey, VethScopedKey, VethState};
+use dockblock_common::{
+    map_names, veth_flag, PortRule, VethRuleKey, VethScopedKey, VethState, VETH_ANY_PORT,
+};
 use serde::Serialize;
 
 use crate::{
     error::{Error, Result},
     link_info,
+    model::VethTable,
     paths::PinDir,
     store,
 };
@@ -38,6 +41,22 @@ pub struct VethPlan {
     pub entries: Vec<(VethRuleKey, PortRule)>,
     /// `VETH_SCOPED_RULES` entries (`--on`), keyed likewise.
     pub scoped: Vec<(VethScopedKey, PortRule)>,
+}
+
+/// The `VETHS` flags of a reviewed veth with these entries: which kinds
+/// of entry its hook looks up.
+pub fn state_flags(entries: &[(VethRuleKey, PortRule)], scoped: &[(VethScopedKey, PortRule)]) -> u32 {
+    let mut flags = veth_flag::REVIEWED;
+    if entries.iter().any(|(k, _)| k.port != VETH_ANY_PORT) {
+        flags |= veth_flag::HAS_PORTS;
+    }
+    if entries.iter().any(|(k, _)| k.port == VETH_ANY_PORT) {
+        flags |= veth_flag::HAS_WILDCARD;
+    }
+    if !scoped.is_empty() {
+        flags |= veth_flag::HAS_SCOPED;
+    }
+    flags
 }
 
 /// What [`sync`] changed, for the log line.
@@ -82,16 +101,18 @@ impl VethKey for VethScopedKey {
 pub fn sync(pins: &PinDir, plans: &[VethPlan]) -> Result<VethSync> {
     let mut states: States = store::open_pinned(pins, map_names::VETHS)?;
     let mut rules: Rules = store::open_pinned(pins, map_names::VETH_RULES)?;
-    let have_states: StdHashMap<u32, VethState> = read_map(pins, map_names::VETHS)?;
-    let have_rules: StdHashMap<VethRuleKey, PortRule> = read_map(pins, map_names::VETH_RULES)?;
     // Absent in a pin folder of a release before it, until `attach`.
     let mut scoped: Option<Scoped> = match pins.map(map_names::VETH_SCOPED_RULES).exists() {
         true => Some(store::open_pinned(pins, map_names::VETH_SCOPED_RULES)?),
         false => None,
     };
-    let have_scoped: StdHashMap<VethScopedKey, PortRule> = match scoped {
-        Some(_) => read_map(pins, map_names::VETH_SCOPED_RULES)?,
-        None => StdHashMap::new(),
+    let have = VethTable {
+        states: read_map(pins, map_names::VETHS)?,
+        rules: read_map(pins, map_names::VETH_RULES)?,
+        scoped: match scoped {
+            Some(_) => read_map(pins, map_names::VETH_SCOPED_RULES)?,
+            None => StdHashMap::new(),
+        },
     };
     let plans = dedup(plans);
     if scoped.is_none() && plans.iter().any(|p| !p.scoped.is_empty()) {
@@ -102,9 +123,8 @@ pub fn sync(pins: &PinDir, plans: &[VethPlan]) -> Result<VethSync> {
                 .into(),
         });
     }
-    check_capacity(pins, &plans, &have_rules, &have_scoped)?;
+    check_capacity(pins, &plans, &have.rules, &have.scoped)?;
 
-    let have = Have { states: &have_states, rules: &have_rules, scoped: &have_scoped };
     let mut done = VethSync::default();
     for op in write_order(&have, &plans) {
         match op {
@@ -129,13 +149,6 @@ pub fn sync(pins: &PinDir, plans: &[VethPlan]) -> Result<VethSync> {
     Ok(done)
 }
 
-/// The three tables as they are.
-struct Have<'a> {
-    states: &'a StdHashMap<u32, VethState>,
-    rules: &'a StdHashMap<VethRuleKey, PortRule>,
-    scoped: &'a StdHashMap<VethScopedKey, PortRule>,
-}
-
 /// One write to the veth table: a key set to a value, or removed (`None`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -152,16 +165,16 @@ impl Op {
 
 /// The writes that take `have` to `plans`, in the order the module doc
 /// gives (each prefix of it is a state the veth hooks may judge by).
-fn write_order(have: &Have, plans: &[VethPlan]) -> Vec<Op> {
+fn write_order(have: &VethTable, plans: &[VethPlan]) -> Vec<Op> {
     let mut ops = Vec::new();
     let planned: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
     let mut unplanned: Vec<u32> = have.states.keys().copied().filter(|i| !planned.contains(i)).collect();
     unplanned.sort_unstable();
     ops.extend(unplanned.into_iter().map(|i| Op::State(i, None)));
-    ops.extend(unplanned_keys(have.rules, &planned).into_iter().map(|k| Op::Rule(k, None)));
-    ops.extend(unplanned_keys(have.scoped, &planned).into_iter().map(|k| Op::Scoped(k, None)));
-    let rules_by_veth = by_veth(have.rules, &planned);
-    let scoped_by_veth = by_veth(have.scoped, &planned);
+    ops.extend(unplanned_keys(&have.rules, &planned).into_iter().map(|k| Op::Rule(k, None)));
+    ops.extend(unplanned_keys(&have.scoped, &planned).into_iter().map(|k| Op::Scoped(k, None)));
+    let rules_by_veth = by_veth(&have.rules, &planned);
+    let scoped_by_veth = by_veth(&have.scoped, &planned);
     for plan in plans {
         let (stale_rules, stale_scoped) = (
             stale(&rules_by_veth, plan.ifindex, &plan.entries),
@@ -171,15 +184,19 @@ fn write_order(have: &Have, plans: &[VethPlan]) -> Vec<Op> {
         // A reviewed veth whose entries change or go is closed while they
         // do: a mix of its old and new entries could let in what both
         // close (`no_moment_of_a_sync_opens_what_before_and_after_close`).
-        let changes = changed(have.rules, &plan.entries) || changed(have.scoped, &plan.scoped);
-        let close = have_state.is_some_and(|s| s.flags & veth_flag::REVIEWED != 0)
-            && (changes || !stale_rules.is_empty() || !stale_scoped.is_empty());
-        if let (true, Some(state)) = (close, have_state) {
-            ops.push(Op::State(plan.ifindex, Some(VethState { flags: 0, ..*state })));
+        let changes = changed(&have.rules, &plan.entries)
+            || changed(&have.scoped, &plan.scoped)
+            || !stale_rules.is_empty()
+            || !stale_scoped.is_empty();
+        let closed = have_state
+            .filter(|_| changes && have.reviewed(plan.ifindex).is_some())
+            .map(|s| VethState { flags: 0, ..*s });
+        if let Some(closed) = closed {
+            ops.push(Op::State(plan.ifindex, Some(closed)));
         }
-        ops.extend(new_entries(have.scoped, &plan.scoped).map(|(k, v)| Op::Scoped(k, Some(v))));
-        ops.extend(new_entries(have.rules, &plan.entries).map(|(k, v)| Op::Rule(k, Some(v))));
-        if close || have_state != Some(&plan.state) {
+        ops.extend(new_entries(&have.scoped, &plan.scoped).map(|(k, v)| Op::Scoped(k, Some(v))));
+        ops.extend(new_entries(&have.rules, &plan.entries).map(|(k, v)| Op::Rule(k, Some(v))));
+        if closed.is_some() || have_state != Some(&plan.state) {
             ops.push(Op::State(plan.ifindex, Some(plan.state)));
         }
         ops.extend(stale_rules.into_iter().map(|k| Op::Rule(k, None)));
@@ -363,7 +380,6 @@ fn remove<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, key: &K, n
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dockblock_common::VETH_ANY_PORT;
 
     fn key(ifindex: u32, port: u32) -> VethRuleKey {
         VethRuleKey { ifindex, proto: 0, port }
@@ -378,25 +394,13 @@ mod tests {
         }
     }
 
-    /// What the veth hook finds for a new connection (see `veth.rs`):
-    /// `Err(())` unreviewed, else the deciding rule id (`None`: no rule).
-    fn judged(tables: &Tables, ifindex: u32, port: u32, from: u32) -> Result<Option<u32>, ()> {
-        let state = tables.0.get(&ifindex).filter(|s| s.flags & veth_flag::REVIEWED != 0).ok_or(())?;
-        let flags = state.flags;
-        let found = |rule: Option<&PortRule>| rule.copied().filter(|r| r.rule_id != 0).map(|r| r.rule_id);
-        if flags & veth_flag::HAS_SCOPED != 0 && from != 0 {
-            let get = |port| tables.2.get(&VethScopedKey { ifindex, proto: 0, port, from });
-            if let Some(rule) = get(port).or_else(|| get(VETH_ANY_PORT)) {
-                return Ok(found(Some(rule)));
-            }
-        }
-        let get = |port| found(tables.1.get(&VethRuleKey { ifindex, proto: 0, port }));
-        let exact = if flags & veth_flag::HAS_PORTS != 0 { get(port) } else { None };
-        Ok(exact.or_else(|| if flags & veth_flag::HAS_WILDCARD != 0 { get(VETH_ANY_PORT) } else { None }))
+    /// What the veth hook finds for a new connection, as the model
+    /// judges it: `None` unreviewed, else the deciding rule id (`None`: no
+    /// rule).
+    fn judged(table: &VethTable, ifindex: u32, port: u16, from: u32) -> Option<Option<u32>> {
+        let flags = table.reviewed(ifindex)?;
+        Some(table.decider(ifindex, from, flags, 0, port).map(|r| r.rule_id))
     }
-
-    type Tables =
-        (StdHashMap<u32, VethState>, StdHashMap<VethRuleKey, PortRule>, StdHashMap<VethScopedKey, PortRule>);
 
     /// Veth 1's plan from a choice of entries: `VETH_RULES` on port 80 and
     /// every port (absent, rule 1, rule 2), `VETH_SCOPED_RULES` from
@@ -433,21 +437,11 @@ mod tests {
                 PortRule { rule_id, flags: 0 },
             ));
         }
-        let mut flags = veth_flag::REVIEWED;
-        if plan.entries.iter().any(|(k, _)| k.port != VETH_ANY_PORT) {
-            flags |= veth_flag::HAS_PORTS;
-        }
-        if plan.entries.iter().any(|(k, _)| k.port == VETH_ANY_PORT) {
-            flags |= veth_flag::HAS_WILDCARD;
-        }
-        if !plan.scoped.is_empty() {
-            flags |= veth_flag::HAS_SCOPED;
-        }
-        plan.state.flags = flags;
+        plan.state.flags = state_flags(&plan.entries, &plan.scoped);
         Some(plan)
     }
 
-    fn apply(tables: &mut Tables, op: Op) {
+    fn apply(table: &mut VethTable, op: Op) {
         fn set<K: Eq + std::hash::Hash, V>(map: &mut StdHashMap<K, V>, key: K, value: Option<V>) {
             match value {
                 Some(v) => drop(map.insert(key, v)),
@@ -455,18 +449,18 @@ mod tests {
             }
         }
         match op {
-            Op::State(i, v) => set(&mut tables.0, i, v),
-            Op::Rule(k, v) => set(&mut tables.1, k, v),
-            Op::Scoped(k, v) => set(&mut tables.2, k, v),
+            Op::State(i, v) => set(&mut table.states, i, v),
+            Op::Rule(k, v) => set(&mut table.rules, k, v),
+            Op::Scoped(k, v) => set(&mut table.scoped, k, v),
         }
     }
 
-    fn tables_of(plan: &Option<VethPlan>) -> Tables {
-        let mut t = Tables::default();
+    fn table_of(plan: &Option<VethPlan>) -> VethTable {
+        let mut t = VethTable::default();
         if let Some(p) = plan {
-            t.0.insert(p.ifindex, p.state);
-            t.1.extend(p.entries.iter().copied());
-            t.2.extend(p.scoped.iter().copied());
+            t.states.insert(p.ifindex, p.state);
+            t.rules.extend(p.entries.iter().copied());
+            t.scoped.extend(p.scoped.iter().copied());
         }
         t
     }
@@ -474,11 +468,11 @@ mod tests {
     /// Whether a new connection from source `src` (0, 1, 2) passes what
     /// [`judged`] found: unreviewed drops it, no rule passes it, rule 1
     /// drops it, rules 2 and 3 let their allow-lists (source 1, source 2) in.
-    fn opens(judged: Result<Option<u32>, ()>, src: u32) -> bool {
+    fn opens(judged: Option<Option<u32>>, src: u32) -> bool {
         match judged {
-            Err(()) => false,
-            Ok(None) => true,
-            Ok(Some(rule)) => rule == src + 1 && rule != 1,
+            None => false,
+            Some(None) => true,
+            Some(Some(rule)) => rule == src + 1 && rule != 1,
         }
     }
 
@@ -494,10 +488,9 @@ mod tests {
         let plans: Vec<Option<VethPlan>> = (0..=9 * 16).map(small_plan).collect();
         for old in &plans {
             for new in &plans {
-                let mut tables = tables_of(old);
-                let (before, after) = (tables_of(old), tables_of(new));
-                let have = Have { states: &before.0, rules: &before.1, scoped: &before.2 };
-                let ops = write_order(&have, new.as_slice());
+                let mut tables = table_of(old);
+                let (before, after) = (table_of(old), table_of(new));
+                let ops = write_order(&before, new.as_slice());
                 for step in 0..=ops.len() {
                     if step > 0 {
                         apply(&mut tables, ops[step - 1]);
