@@ -428,8 +428,7 @@ fn hooks_against_none(ctx: &Ctx, plan: &Plan, out: &mut Vec<Value>) -> Result<()
         drop(stats);
         let hooks = if want { "ab-hooks" } else { "ab-none" };
         log_run(ctx, hooks, &format!("pair {}", k / 2 + 1), &run);
-        out.push(json!({ "hooks": hooks, "phase": "interleaved", "pair": k / 2 + 1, "gbps": run.gbps,
-            "secs": plan.throughput_secs, "prog_ns": run.prog_ns, "prog_runs": run.prog_runs }));
+        out.push(run.json(plan, json!({ "hooks": hooks, "phase": "interleaved", "pair": k / 2 + 1 })));
     }
     set_hooked(&mut hooked, true)?;
     let _stats = usage::BpfStats::enable()?;
@@ -437,8 +436,7 @@ fn hooks_against_none(ctx: &Ctx, plan: &Plan, out: &mut Vec<Value>) -> Result<()
         ctx.check_stop()?;
         let run = measured_run(plan)?;
         log_run(ctx, "ab-hooks-stats", &format!("{i}/{}", plan.stats_runs), &run);
-        out.push(json!({ "hooks": "ab-hooks-stats", "phase": "stats", "run": i, "gbps": run.gbps,
-            "secs": plan.throughput_secs, "prog_ns": run.prog_ns, "prog_runs": run.prog_runs }));
+        out.push(run.json(plan, json!({ "hooks": "ab-hooks-stats", "phase": "stats", "run": i })));
     }
     Ok(())
 }
@@ -474,6 +472,17 @@ struct MeasuredRun {
     gbps: f64,
     prog_ns: u64,
     prog_runs: u64,
+}
+
+impl MeasuredRun {
+    /// `which` (the run's labels) with the run's numbers.
+    fn json(&self, plan: &Plan, mut which: Value) -> Value {
+        which["gbps"] = json!(self.gbps);
+        which["secs"] = json!(plan.throughput_secs);
+        which["prog_ns"] = json!(self.prog_ns);
+        which["prog_runs"] = json!(self.prog_runs);
+        which
+    }
 }
 
 fn measured_run(plan: &Plan) -> Result<MeasuredRun> {
