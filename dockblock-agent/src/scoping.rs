@@ -12,10 +12,10 @@
 //!   (`VETH_SCOPED_RULES`, made by `translate`); `--to` cannot be judged
 //!   after DNAT, so a rule with `--to` closes there for every interface
 //!   and address (fail closed) and outranks no other rule.
-//! - Bridge TC (plain container-port rules): none (it sees the
-//!   container's address after DNAT; a lookup by ingress interface there
-//!   took the program over the verifier's budget): a scoped rule applies
-//!   to every interface and address there (fail closed).
+//! - Bridge TC (plain container-port rules): `--on`, by
+//!   `skb->ingress_ifindex` (`SCOPED_RULES` keys without an address);
+//!   `--to` cannot be judged after DNAT, so a rule with `--to` is unscoped
+//!   there: it closes for every interface and address (fail closed).
 
 use std::{fmt, net::IpAddr};
 
