@@ -101,15 +101,29 @@ pub struct Attached {
 /// Loads the object with its maps pinned under `pins` (created if missing)
 /// and every program loaded into the kernel, not attached.
 pub fn load(pins: &PinDir, caps: &Capacities) -> Result<Ebpf> {
+    load_only(pins, caps, &PROGRAMS)
+}
+
+/// [`load`] with only `programs` loaded (a verifier run each, up to a
+/// second for the bridge and veth judges), unless a map migration swaps
+/// the program of every live link: then all of them.
+fn load_only(pins: &PinDir, caps: &Capacities, programs: &[&str]) -> Result<Ebpf> {
     let maps_dir = pins.maps_dir();
     std::fs::create_dir_all(&maps_dir).map_err(|e| Error::io("create", &maps_dir, e))?;
     // Refuses a pinned map of an unknown layout before anything changes.
     let migration = migrate::plan(pins)?;
     let mut ebpf = open_object(pins, caps, &migration)?;
     crate::testhook::step(); // maps created and pinned
-    xdp_program(&mut ebpf)?.load().map_err(|e| Error::bpf("load XDP program (verifier)", e))?;
-    for name in TC_PROGRAMS {
-        tc_program(&mut ebpf, name)?.load().map_err(|e| Error::bpf(format!("load {name} (verifier)"), e))?;
+    let programs = if migration.swaps_programs() { &PROGRAMS[..] } else { programs };
+    for &name in programs {
+        match name {
+            program_names::UPLINK_XDP => {
+                xdp_program(&mut ebpf)?.load().map_err(|e| Error::bpf("load XDP program (verifier)", e))?
+            }
+            _ => tc_program(&mut ebpf, name)?
+                .load()
+                .map_err(|e| Error::bpf(format!("load {name} (verifier)"), e))?,
+        }
     }
     migration.finish(&mut ebpf, pins)?;
     init_config(pins)?;
@@ -197,7 +211,9 @@ fn random_seed() -> Result<[u32; FRAG_KEY_WORDS]> {
     Ok(std::array::from_fn(|i| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())))
 }
 
-const TC_PROGRAMS: [&str; 5] = [
+/// Every program of the object.
+const PROGRAMS: [&str; 6] = [
+    program_names::UPLINK_XDP,
     program_names::BRIDGE_TC,
     program_names::UPLINK_TRACK,
     program_names::BRIDGE_TRACK,
@@ -258,14 +274,27 @@ pub fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedCla
 /// Attaches XDP to every uplink and TC to every bridge, pinning maps and
 /// links under `pins`. Safe to run again: live links get the new program in
 /// place, rules are kept.
+/// Loads only the programs it attaches.
 pub fn attach(pins: &PinDir, req: &AttachRequest) -> Result<Vec<Attached>> {
-    attach_keep(pins, req).map(|(done, _)| done)
+    let mut programs = Vec::new();
+    if !req.uplinks.is_empty() {
+        programs.extend([program_names::UPLINK_XDP, program_names::UPLINK_TRACK]);
+    }
+    if !req.bridges.is_empty() {
+        programs.extend([program_names::BRIDGE_TC, program_names::BRIDGE_TRACK]);
+    }
+    attach_loading(pins, req, &programs).map(|(done, _)| done)
 }
 
-/// [`attach`], returning the object it loaded too: the daemon attaches its
-/// veth and bridge programs from it ([`DockerHooks::from_object`]) instead of
-/// loading (and verifying) the object again.
+/// [`attach`], returning the object it loaded too, with every program
+/// loaded: the daemon attaches its veth and bridge programs from it
+/// ([`DockerHooks::from_object`]) instead of loading (and verifying) the
+/// object again.
 pub fn attach_keep(pins: &PinDir, req: &AttachRequest) -> Result<(Vec<Attached>, Ebpf)> {
+    attach_loading(pins, req, &PROGRAMS)
+}
+
+fn attach_loading(pins: &PinDir, req: &AttachRequest, programs: &[&str]) -> Result<(Vec<Attached>, Ebpf)> {
     // Check every name before changing anything.
     for name in &req.uplinks {
         check_interface(name, "")?;
@@ -280,7 +309,7 @@ pub fn attach_keep(pins: &PinDir, req: &AttachRequest) -> Result<(Vec<Attached>,
     let _lock = teardown::begin_attach(pins)?;
 
     let existed = pins.is_attached();
-    let result = attach_locked(pins, req, existed);
+    let result = attach_locked(pins, req, existed, programs);
     if result.is_err() && !existed {
         // A first attach that failed leaves nothing behind. Links it made
         // are unpinned with the folder and die with this process.
@@ -290,11 +319,16 @@ pub fn attach_keep(pins: &PinDir, req: &AttachRequest) -> Result<(Vec<Attached>,
     result
 }
 
-fn attach_locked(pins: &PinDir, req: &AttachRequest, existed: bool) -> Result<(Vec<Attached>, Ebpf)> {
+fn attach_locked(
+    pins: &PinDir,
+    req: &AttachRequest,
+    existed: bool,
+    programs: &[&str],
+) -> Result<(Vec<Attached>, Ebpf)> {
     if existed {
         check_capacities(pins, &req.capacities)?;
     }
-    let mut ebpf = load(pins, &req.capacities)?;
+    let mut ebpf = load_only(pins, &req.capacities, programs)?;
     let mut store = RuleStore::open(pins)?;
     apply_settings(&mut store, &req.settings)?;
     // Slots before links: a fresh link must never see slots the catalog does

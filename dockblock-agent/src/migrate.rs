@@ -139,6 +139,12 @@ pub fn plan(pins: &PinDir) -> Result<Plan> {
 }
 
 impl Plan {
+    /// Whether `finish` swaps the program of every live link (so every
+    /// program must be loaded, not only those the command attaches).
+    pub fn swaps_programs(&self) -> bool {
+        !self.steps.is_empty()
+    }
+
     /// Where the loader opens or creates map `name`.
     pub fn pin_path(&self, pins: &PinDir, name: &str) -> PathBuf {
         match self.steps.iter().any(|s| s.name == name) {

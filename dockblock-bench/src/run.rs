@@ -109,6 +109,7 @@ pub fn run(opts: &Options) -> Result<()> {
         bail!("the benchmark needs root (network namespaces, XDP, iptables)");
     }
     cmd::set_verbose(opts.verbose);
+    world::use_bench_config()?;
     let agent = world::agent_bin();
     if !agent.is_file() {
         bail!("no agent at {}: build it (`cargo build --release -p dockblock-agent`) or set DOCKBLOCK_AGENT_BIN", agent.display());

@@ -46,6 +46,22 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/dockblock-bench";
 /// Pids of servers the bench started, for cleanup after a killed run.
 const PID_FILE: &str = "/run/dockblock-bench.pids";
 
+/// The config file of every agent the bench runs.
+const CONFIG_FILE: &str = "/run/dockblock-bench.toml";
+
+/// Gives every agent the bench runs (CLI and daemon, through the inherited
+/// `DOCKBLOCK_CONFIG`) a config without failsafe ports: the bench blocks
+/// every port (`1-65535`, 65,535-rule files) on its own veth, where no
+/// session can be cut off. An environment variable, so agents of releases
+/// without config files ignore it.
+pub fn use_bench_config() -> Result<()> {
+    std::fs::write(CONFIG_FILE, "# written by dockblock-bench\nfailsafe = []\n")
+        .with_context(|| format!("writing {CONFIG_FILE}"))?;
+    // Set before any thread or child starts.
+    std::env::set_var("DOCKBLOCK_CONFIG", CONFIG_FILE);
+    Ok(())
+}
+
 /// The agent binary: `$DOCKBLOCK_AGENT_BIN`, else `dockblock-agent` next to
 /// this binary (`cargo xtask bench` builds both into target/release).
 pub fn agent_bin() -> PathBuf {
