@@ -380,9 +380,11 @@ impl Draft {
     /// when none is left.
     pub fn apply(&mut self, edits: &[Edit]) -> Result<()> {
         // Rules are found by id through an index and removed in one pass at
-        // the end, so a command of n edits stays linear in n.
-        let mut index: std::collections::HashMap<u32, usize> =
-            self.rules.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+        // the end, so a command of n edits stays linear in n. The index is
+        // made at the first edit that needs it: `block` of n ports applies
+        // n batches of adds, which would make it n times.
+        let mut index: Option<std::collections::HashMap<u32, usize>> = None;
+        let by_id = |rules: &[Rule]| rules.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
         let mut removed = vec![false; self.rules.len()];
         for edit in edits {
             match edit {
@@ -395,18 +397,20 @@ impl Draft {
                         return Err(Error::RulesFull { capacity: self.id_limit.saturating_sub(1) });
                     }
                     self.used.insert(id);
-                    index.insert(id, self.rules.len());
+                    if let Some(index) = index.as_mut() {
+                        index.insert(id, self.rules.len());
+                    }
                     self.rules.push(Rule::from_spec(id, spec.clone()));
                     removed.push(false);
                     self.fresh.push(id);
                 }
                 Edit::Update(rule) => {
-                    if let Some(&i) = index.get(&rule.id) {
+                    if let Some(&i) = index.get_or_insert_with(|| by_id(&self.rules)).get(&rule.id) {
                         self.rules[i] = rule.clone();
                     }
                 }
                 Edit::Remove(id) => {
-                    if let Some(i) = index.remove(id) {
+                    if let Some(i) = index.get_or_insert_with(|| by_id(&self.rules)).remove(id) {
                         removed[i] = true;
                     }
                     self.used.remove(id);
