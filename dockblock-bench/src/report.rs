@@ -356,6 +356,20 @@ fn markdown(results: &Value, quick: bool) -> String {
         env["seconds"].as_f64().unwrap_or(0.0),
         if quick { " --quick" } else { "" },
     );
+    // Parts measured again in a later run and put into this one's results
+    // (by hand: a part that failed is run alone with --only and --out).
+    for m in env["merged_parts"].as_array().into_iter().flatten() {
+        let parts: Vec<&str> =
+            m["parts"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
+        let _ = writeln!(
+            md,
+            "Parts {} from a run of their own ({} UTC, commit {}): {}.\n",
+            parts.join(", "),
+            s(&m["date"]),
+            s(&m["git_commit"]),
+            s(&m["why"]),
+        );
+    }
     let _ = writeln!(md, "| | |\n|---|---|");
     let _ = writeln!(md, "| kernel | {} |", s(&env["kernel"]));
     let _ = writeln!(md, "| CPU | {} x {} |", env["cpus"], s(&env["cpu"]));
